@@ -1,0 +1,30 @@
+//! The storage engine: the on-disk log of one partition.
+//!
+//! [`PartitionLog`] is the API; below it, [`segment`] owns one segment file
+//! and its indexes, [`entry`] the entry encoding, [`index`] the sparse
+//! indexes, [`checkpoint`] the log-start file, [`retention`] the pure
+//! deletion policy, and [`storage`] the single I/O seam ([`fault`] is its
+//! fault-injecting twin for tests). The record-batch codec itself lives in
+//! `strata-proto`, shared with the client.
+//!
+//! This module knows nothing about Raft's library, gRPC, topics or the
+//! network: it stores entries keyed by Raft log ids and hands them back.
+
+pub mod checkpoint;
+pub mod config;
+pub mod entry;
+pub mod error;
+pub mod fault;
+pub mod index;
+pub mod partition;
+pub mod retention;
+pub mod segment;
+pub mod storage;
+
+pub use config::{Clock, LogConfig, ManualClock, SystemClock};
+pub use entry::{Entry, EntryKind, LogId, NewEntry, Payload};
+pub use error::{LogError, Result};
+pub use partition::{
+    Appended, PartitionLog, RecoveryReport, RetentionReport, SegmentInfo, StoredBatch,
+};
+pub use storage::{FileStorage, Storage, StorageFile};

@@ -1,0 +1,14 @@
+//! Strata's wire formats, shared by every side so that the client never
+//! depends on the broker crate.
+//!
+//! For now this crate owns the record-batch codec ([`batch`]): the producer
+//! encodes a batch, the broker verifies it (without decompressing) and stores
+//! it verbatim, and the consumer decodes it. The gRPC definitions join this
+//! crate with the single-node broker.
+
+pub mod batch;
+
+pub use batch::{
+    BatchError, BatchHeader, BatchLimits, Compression, EncodeError, Header, ProducerInfo, Record,
+    VerifiedBatch, decode_records, encode_batch, parse_header, verify_batch, verify_slice,
+};
