@@ -795,7 +795,9 @@ impl PartitionLog {
             }
             seg.truncate_to(position, entry_max)?;
         }
-        Ok(())
+        // Truncating right at the purge point can leave a segment holding
+        // only purged entries.
+        self.drop_purged_segments()
     }
 
     /// Removes entries up to and including `upto` from the front. `upto`
@@ -850,16 +852,26 @@ impl PartitionLog {
         write_atomic(st.as_ref(), &path, &ckpt.encode())
             .map_err(LogError::io("write checkpoint", &path))?;
         self.start = ckpt;
+        self.drop_purged_segments()
+    }
+
+    /// Deletes the segments that lie wholly at or below the purge point,
+    /// keeping the invariant that every segment holds an unpurged entry.
+    fn drop_purged_segments(&mut self) -> Result<()> {
+        let Some(p) = self.start.last_purged else {
+            return Ok(());
+        };
         let n = self
             .segments
             .iter()
-            .take_while(|s| s.last_log_id.is_some_and(|l| l.index <= upto.index))
+            .take_while(|s| s.last_log_id.is_some_and(|l| l.index <= p.index))
             .count();
         if n > 0 {
             for s in self.segments.drain(..n) {
-                s.remove_files(st.as_ref())?;
+                s.remove_files(self.storage.as_ref())?;
             }
-            st.sync_dir(&self.dir)
+            self.storage
+                .sync_dir(&self.dir)
                 .map_err(LogError::io("fsync directory", &self.dir))?;
         }
         Ok(())
