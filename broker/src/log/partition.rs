@@ -229,7 +229,7 @@ impl PartitionLog {
                 None => report.segments_trusted += 1,
                 Some(end) => {
                     report.segments_scanned += 1;
-                    let file_len = seg.size_bytes();
+                    let file_len = end.file_len;
                     if !last {
                         if let Some(reason) = end.stopped {
                             return Err(LogError::Corrupt {

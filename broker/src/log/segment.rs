@@ -125,6 +125,8 @@ pub struct Segment {
 /// How a scan of a segment ended.
 #[derive(Debug)]
 pub struct ScanEnd {
+    /// Length of the file when it was scanned.
+    pub file_len: u64,
     /// Bytes of the file that hold valid entries (header included).
     pub valid_len: u64,
     /// Why the scan stopped before the end of the file, if it did.
@@ -297,7 +299,11 @@ impl Segment {
             debug_assert_eq!(*position, self.size);
             self.note_entry(meta);
         }
-        ScanEnd { valid_len, stopped }
+        ScanEnd {
+            file_len: len,
+            valid_len,
+            stopped,
+        }
     }
 
     /// Records an entry written (or found) at the current end.
