@@ -140,13 +140,13 @@ impl Harness {
                 if *new_term || self.model.term == 0 {
                     self.model.term += 1;
                 }
-                let mut index = self.model.last().map_or(0, |l| l.index + 1);
+                let index = self.model.last().map_or(0, |l| l.index + 1);
                 let now = {
                     use strata_broker::log::Clock;
                     self.clock.now_ms()
                 };
                 let mut news = Vec::new();
-                for s in specs {
+                for (index, s) in (index..).zip(specs) {
                     self.seed += 1;
                     let payload = match s {
                         Spec::Batch {
@@ -168,7 +168,6 @@ impl Harness {
                         log_id: LogId::new(self.model.term, 1, index),
                         payload,
                     });
-                    index += 1;
                 }
                 let appended = self.log().append(&news).unwrap();
                 for (e, a) in news.iter().zip(&appended) {

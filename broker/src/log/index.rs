@@ -158,7 +158,7 @@ fn checked_body<'a>(
         return Err("CRC mismatch".into());
     }
     let body = &body[FILE_HEADER_LEN..];
-    if (body.len() - fixed) % unit != 0 {
+    if !(body.len() - fixed).is_multiple_of(unit) {
         return Err("length is not a whole number of entries".into());
     }
     Ok(body)

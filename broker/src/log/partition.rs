@@ -593,7 +593,7 @@ impl PartitionLog {
             let mut cursor = seg
                 .cursor(pos, self.config.entry_bytes_max())
                 .with_chunk(budget + ENTRY_HEADER_LEN);
-            while let Some((meta, position, bytes)) = cursor.next_entry()? {
+            while let Some((meta, _, bytes)) = cursor.next_entry()? {
                 if meta.kind != EntryKind::Batch || meta.next_offset() <= offset {
                     continue;
                 }
@@ -604,21 +604,16 @@ impl PartitionLog {
                 if !out.is_empty() && used + len > budget {
                     return Ok(out);
                 }
-                let body = bytes.slice(ENTRY_HEADER_LEN..);
-                let header = batch::verify_slice(&body, &BatchLimits::UNLIMITED).map_err(|e| {
-                    LogError::Corrupt {
-                        path: seg.log_path(),
-                        position,
-                        offset: meta.base_offset,
-                        reason: e.to_string(),
-                    }
-                })?;
+                // The cursor verified the entry and its batch (CRC included).
+                let Some(max_timestamp_ms) = meta.max_timestamp_ms else {
+                    unreachable!("a decoded batch entry has a max timestamp");
+                };
                 out.push(StoredBatch {
                     log_id: meta.log_id,
                     base_offset: meta.base_offset,
-                    record_count: header.record_count,
-                    max_timestamp_ms: header.max_timestamp_ms,
-                    bytes: body,
+                    record_count: meta.record_count,
+                    max_timestamp_ms,
+                    bytes: bytes.slice(ENTRY_HEADER_LEN..),
                 });
                 used += len;
                 if used >= budget {

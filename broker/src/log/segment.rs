@@ -308,6 +308,16 @@ impl Segment {
 
     /// Records an entry written (or found) at the current end.
     fn note_entry(&mut self, meta: &EntryMeta) {
+        // Rolling keeps these within u32 (see `fits`); a segment of only
+        // non-batch entries cannot roll, and 4 GiB of those is a broken
+        // invariant, not an operating condition.
+        assert!(
+            self.size <= u64::from(u32::MAX)
+                && meta.next_offset() - self.header.base_offset <= u64::from(u32::MAX)
+                && meta.log_id.index - self.header.base_index <= u64::from(u32::MAX),
+            "segment {} outgrew its u32 relative fields",
+            self.header.base_offset
+        );
         let position = self.size as u32;
         let rel_offset = (meta.base_offset - self.header.base_offset) as u32;
         if self.entry_count > 0 && self.bytes_since_index >= self.index_interval_bytes {
