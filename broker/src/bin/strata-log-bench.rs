@@ -67,7 +67,11 @@ fn mb_per_s(bytes: u64, d: Duration) -> f64 {
 /// Writes `chunks` sequentially to fresh files of at most `file_bytes_max`
 /// each (the log's segment size, so both allocate the same way), fsyncing
 /// after each chunk; then removes them.
-fn raw_fsynced_write(dir: &Path, chunks: &[usize], file_bytes_max: u64) -> anyhow::Result<Duration> {
+fn raw_fsynced_write(
+    dir: &Path,
+    chunks: &[usize],
+    file_bytes_max: u64,
+) -> anyhow::Result<Duration> {
     let max = chunks.iter().copied().max().unwrap_or(0);
     let buf: Vec<u8> = (0..max).map(|i| (i * 7 + 3) as u8).collect();
     std::fs::create_dir_all(dir)?;
@@ -102,11 +106,19 @@ fn raw_fsynced_write(dir: &Path, chunks: &[usize], file_bytes_max: u64) -> anyho
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if args.records == 0 || args.batch_records == 0 || args.batches_per_sync == 0 || args.rounds == 0 {
+    if args.records == 0
+        || args.batch_records == 0
+        || args.batches_per_sync == 0
+        || args.rounds == 0
+    {
         bail!("--records, --batch-records, --batches-per-sync and --rounds must be positive");
     }
-    let scratch = Scratch(args.dir.join(format!("strata-log-bench-{}", std::process::id())));
-    std::fs::create_dir_all(&scratch.0).with_context(|| format!("create {}", scratch.0.display()))?;
+    let scratch = Scratch(
+        args.dir
+            .join(format!("strata-log-bench-{}", std::process::id())),
+    );
+    std::fs::create_dir_all(&scratch.0)
+        .with_context(|| format!("create {}", scratch.0.display()))?;
 
     // Producer side (not timed): encode every distinct batch once. Batches
     // are reused round-robin so memory stays bounded.
@@ -127,9 +139,16 @@ fn main() -> anyhow::Result<()> {
                 })
                 .collect();
             let mut out = Vec::new();
-            let c = if args.lz4 { Compression::Lz4 } else { Compression::None };
+            let c = if args.lz4 {
+                Compression::Lz4
+            } else {
+                Compression::None
+            };
             encode_batch(&records, c, None, &mut out)?;
-            Ok(Payload::Batch(verify_batch(Bytes::from(out), &BatchLimits::UNLIMITED)?))
+            Ok(Payload::Batch(verify_batch(
+                Bytes::from(out),
+                &BatchLimits::UNLIMITED,
+            )?))
         })
         .collect::<anyhow::Result<_>>()?;
     let encode_time = t.elapsed() / distinct as u32;
@@ -160,7 +179,11 @@ fn main() -> anyhow::Result<()> {
         // Alternate which goes first, so neither always inherits the other's
         // write-back.
         if round % 2 == 0 {
-            raw_times.push(raw_fsynced_write(&scratch.0.join("raw"), &groups, config.segment_bytes_max)?);
+            raw_times.push(raw_fsynced_write(
+                &scratch.0.join("raw"),
+                &groups,
+                config.segment_bytes_max,
+            )?);
         }
         if log_dir.exists() {
             std::fs::remove_dir_all(&log_dir)?;
@@ -185,7 +208,11 @@ fn main() -> anyhow::Result<()> {
         segments = log.segments().len();
         drop(log);
         if round % 2 == 1 {
-            raw_times.push(raw_fsynced_write(&scratch.0.join("raw"), &groups, config.segment_bytes_max)?);
+            raw_times.push(raw_fsynced_write(
+                &scratch.0.join("raw"),
+                &groups,
+                config.segment_bytes_max,
+            )?);
         }
     }
     raw_times.sort();
@@ -230,16 +257,45 @@ fn main() -> anyhow::Result<()> {
             encode_time.as_secs_f64() * 1e6,
         );
     } else {
-        println!("strata-log-bench: {total_records} records of {} bytes, {} per batch ({batch_bytes} bytes{}), {} batches per fsync, {:.1} MB in {segments} segments",
-            args.record_bytes, args.batch_records, if args.lz4 { ", lz4" } else { "" }, args.batches_per_sync, file_bytes as f64 / 1e6);
+        println!(
+            "strata-log-bench: {total_records} records of {} bytes, {} per batch ({batch_bytes} bytes{}), {} batches per fsync, {:.1} MB in {segments} segments",
+            args.record_bytes,
+            args.batch_records,
+            if args.lz4 { ", lz4" } else { "" },
+            args.batches_per_sync,
+            file_bytes as f64 / 1e6
+        );
         println!("{:<34} {:>14} {:>10}", "measurement", "records/s", "MB/s");
-        println!("{:<34} {:>14} {:>10.1}", "raw fsynced write (median)", "-", raw_mbs);
-        println!("{:<34} {:>14.0} {:>10.1}", "log append + group fsync (median)", append_rps, append_mbs);
-        println!("{:<34} {:>14.0} {:>10.1}", "log sequential read (page cache)", read_rps, read_mbs);
-        let each = |v: &[Duration]| v.iter().map(|d| format!("{:.0}", mb_per_s(file_bytes, *d))).collect::<Vec<_>>().join(", ");
-        println!("rounds (sorted, MB/s): raw [{}], log [{}]", each(&raw_times), each(&append_times));
-        println!("append / raw fsynced write: {ratio:.2} (medians), {best_ratio:.2} (best rounds: the raw limit is the best it reached)");
-        println!("open with {segments} segments: {:.2} ms", open_time.as_secs_f64() * 1e3);
+        println!(
+            "{:<34} {:>14} {:>10.1}",
+            "raw fsynced write (median)", "-", raw_mbs
+        );
+        println!(
+            "{:<34} {:>14.0} {:>10.1}",
+            "log append + group fsync (median)", append_rps, append_mbs
+        );
+        println!(
+            "{:<34} {:>14.0} {:>10.1}",
+            "log sequential read (page cache)", read_rps, read_mbs
+        );
+        let each = |v: &[Duration]| {
+            v.iter()
+                .map(|d| format!("{:.0}", mb_per_s(file_bytes, *d)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!(
+            "rounds (sorted, MB/s): raw [{}], log [{}]",
+            each(&raw_times),
+            each(&append_times)
+        );
+        println!(
+            "append / raw fsynced write: {ratio:.2} (medians), {best_ratio:.2} (best rounds: the raw limit is the best it reached)"
+        );
+        println!(
+            "open with {segments} segments: {:.2} ms",
+            open_time.as_secs_f64() * 1e3
+        );
     }
     Ok(())
 }

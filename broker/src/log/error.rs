@@ -64,6 +64,9 @@ pub enum LogError {
     /// The configuration is unusable.
     #[error("invalid log configuration: {0}")]
     Config(String),
+    /// The partition's writer thread has stopped.
+    #[error("the partition writer has stopped")]
+    WriterStopped,
     /// An earlier write or fsync failed, so what the page cache holds can no
     /// longer be trusted to match the disk; the log must be reopened.
     #[error("the log refuses writes after an earlier I/O failure ({0}); reopen it to recover")]

@@ -4,7 +4,8 @@
 //! and its indexes, [`entry`] the entry encoding, [`index`] the sparse
 //! indexes, [`checkpoint`] the log-start file, [`retention`] the pure
 //! deletion policy, and [`storage`] the single I/O seam ([`fault`] is its
-//! fault-injecting twin for tests). The record-batch codec itself lives in
+//! fault-injecting twin for tests), and [`writer`] group-commits appends
+//! from many callers into one fsync. The record-batch codec itself lives in
 //! `strata-proto`, shared with the client.
 //!
 //! This module knows nothing about Raft's library, gRPC, topics or the
@@ -20,6 +21,7 @@ pub mod partition;
 pub mod retention;
 pub mod segment;
 pub mod storage;
+pub mod writer;
 
 pub use config::{Clock, LogConfig, ManualClock, SystemClock};
 pub use entry::{Entry, EntryKind, LogId, NewEntry, Payload};
@@ -28,3 +30,4 @@ pub use partition::{
     Appended, PartitionLog, RecoveryReport, RetentionReport, SegmentInfo, StoredBatch,
 };
 pub use storage::{FileStorage, Storage, StorageFile};
+pub use writer::{Completion, PartitionWriter, WriterConfig, WriterStats};

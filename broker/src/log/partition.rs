@@ -35,7 +35,7 @@ use super::segment::{
     SEGMENT_HEADER_LEN, Segment, SegmentHeader, index_file_name, log_file_name, parse_file_name,
     time_index_file_name,
 };
-use super::storage::{FileStorage, Storage, read_all, write_atomic};
+use super::storage::{FileStorage, Storage, StorageFile, read_all, write_atomic};
 
 /// A record batch as stored, with where it sits in the partition.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,6 +97,38 @@ pub struct SegmentInfo {
     pub sealed: bool,
     /// Sparse offset-index points.
     pub index_points: usize,
+}
+
+/// An fsync prepared by [`PartitionLog::prepare_sync`].
+#[derive(Debug)]
+pub struct PendingSync {
+    storage: Arc<dyn Storage>,
+    file: Option<(Arc<dyn StorageFile>, PathBuf)>,
+    dir: Option<PathBuf>,
+    upto: Option<LogId>,
+    next_offset: u64,
+}
+
+impl PendingSync {
+    /// Performs the fsyncs (active segment, then directory if a segment was
+    /// created).
+    pub fn run(&self) -> Result<()> {
+        if let Some((file, path)) = &self.file {
+            file.sync_data()
+                .map_err(LogError::io("fsync segment", path))?;
+        }
+        if let Some(dir) = &self.dir {
+            self.storage
+                .sync_dir(dir)
+                .map_err(LogError::io("fsync directory", dir))?;
+        }
+        Ok(())
+    }
+
+    /// The last entry this sync makes durable.
+    pub fn upto(&self) -> Option<LogId> {
+        self.upto
+    }
 }
 
 /// What a retention pass did.
@@ -527,25 +559,52 @@ impl PartitionLog {
     /// plus one of the directory if a segment was created). Returns the log
     /// id of the last durable entry.
     pub fn sync(&mut self) -> Result<Option<LogId>> {
-        self.check_writable()?;
-        let r = self.sync_unchecked();
-        self.guard(r)
+        let pending = self.prepare_sync()?;
+        let r = pending.run();
+        self.finish_sync(pending, r)
     }
 
-    fn sync_unchecked(&mut self) -> Result<Option<LogId>> {
+    /// First half of [`Self::sync`]: notes what must be fsynced. The fsync
+    /// itself ([`PendingSync::run`]) needs no access to the log, so a
+    /// writer can run it without holding a lock that readers wait on, then
+    /// call [`Self::finish_sync`]. No other write may happen in between.
+    pub fn prepare_sync(&mut self) -> Result<PendingSync> {
+        self.check_writable()?;
+        let mut file = None;
         if let Some(seg) = self.segments.last_mut()
             && !seg.sealed
         {
-            seg.sync()?;
+            let r = seg.flush();
+            self.guard(r)?;
+            let Some(seg) = self.segments.last() else {
+                unreachable!()
+            };
+            file = Some((seg.file_handle(), seg.log_path()));
         }
-        if self.dir_dirty {
-            self.storage
-                .sync_dir(&self.dir)
-                .map_err(LogError::io("fsync directory", &self.dir))?;
-            self.dir_dirty = false;
+        Ok(PendingSync {
+            storage: self.storage.clone(),
+            file,
+            dir: std::mem::take(&mut self.dir_dirty).then(|| self.dir.clone()),
+            upto: self.last_log_id(),
+            next_offset: self.next_offset(),
+        })
+    }
+
+    /// Second half of [`Self::sync`]: records the outcome of
+    /// [`PendingSync::run`]. On failure the log is poisoned.
+    pub fn finish_sync(
+        &mut self,
+        pending: PendingSync,
+        result: Result<()>,
+    ) -> Result<Option<LogId>> {
+        self.guard(result)?;
+        if pending
+            .upto
+            .is_some_and(|u| self.durable.is_none_or(|d| d.index <= u.index))
+        {
+            self.durable = pending.upto;
+            self.durable_next_offset = pending.next_offset;
         }
-        self.durable = self.last_log_id();
-        self.durable_next_offset = self.next_offset();
         Ok(self.durable)
     }
 

@@ -397,6 +397,11 @@ impl Segment {
         Ok(())
     }
 
+    /// The open file, for an fsync run outside the log's lock.
+    pub fn file_handle(&self) -> Arc<dyn StorageFile> {
+        self.file.clone()
+    }
+
     /// Makes the segment's bytes durable.
     pub fn sync(&mut self) -> Result<()> {
         self.flush()?;
