@@ -16,7 +16,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::Parser;
-use strata_broker::log::{LogConfig, LogId, NewEntry, PartitionLog, Payload};
+use std::sync::Mutex;
+
+use strata_broker::log::{
+    LogConfig, LogId, NewEntry, PartitionLog, PartitionWriter, Payload, WriterConfig,
+};
 use strata_proto::{BatchLimits, Compression, Record, encode_batch, verify_batch};
 
 /// Benchmark the partition log: fsynced appends, sequential reads, and the
@@ -47,6 +51,15 @@ struct Args {
     /// since shared machines drift.
     #[arg(long, default_value_t = 5)]
     rounds: usize,
+    /// Append through the group-commit writer from this many producer
+    /// threads (one batch per request; the writer forms the groups and
+    /// --batches-per-sync only shapes the raw comparison). 0: append and
+    /// fsync directly from one thread.
+    #[arg(long, default_value_t = 0)]
+    producers: usize,
+    /// Requests each producer keeps in flight in --producers mode.
+    #[arg(long, default_value_t = 16)]
+    in_flight: usize,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -102,6 +115,93 @@ fn raw_fsynced_write(
     drop(f);
     std::fs::remove_dir_all(dir)?;
     Ok(d)
+}
+
+/// Appends `batches_per_sync` batches, then fsyncs, from this thread.
+fn append_direct(
+    mut log: PartitionLog,
+    args: &Args,
+    batches: &[Payload],
+    n_batches: u64,
+    round: usize,
+) -> anyhow::Result<(Duration, usize)> {
+    let t = Instant::now();
+    let mut index = 0u64;
+    let mut group = Vec::with_capacity(args.batches_per_sync);
+    while index < n_batches {
+        group.clear();
+        while group.len() < args.batches_per_sync && index < n_batches {
+            group.push(NewEntry {
+                log_id: LogId::new(1, 1, index),
+                payload: batches[(index as usize + round) % batches.len()].clone(),
+            });
+            index += 1;
+        }
+        log.append(&group)?;
+        log.sync()?;
+    }
+    Ok((t.elapsed(), log.segments().len()))
+}
+
+/// `--producers` threads each keep up to `--in-flight` one-batch requests
+/// queued at the group-commit writer, which decides the group sizes.
+fn append_through_writer(
+    log: PartitionLog,
+    args: &Args,
+    batches: &[Payload],
+    n_batches: u64,
+    round: usize,
+) -> anyhow::Result<(Duration, usize, u64)> {
+    let writer = PartitionWriter::spawn(log, WriterConfig::default())?;
+    // Raft assigns indexes in order; a lock stands in for it here.
+    let next = Mutex::new(0u64);
+    let t = Instant::now();
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let handles: Vec<_> = (0..args.producers)
+            .map(|_| {
+                s.spawn(|| -> anyhow::Result<()> {
+                    let (tx, rx) = std::sync::mpsc::channel();
+                    let mut in_flight = 0;
+                    loop {
+                        {
+                            let mut i = next
+                                .lock()
+                                .map_err(|_| anyhow::anyhow!("producer panicked"))?;
+                            if *i >= n_batches {
+                                break;
+                            }
+                            let e = NewEntry {
+                                log_id: LogId::new(1, 1, *i),
+                                payload: batches[(*i as usize + round) % batches.len()].clone(),
+                            };
+                            let tx = tx.clone();
+                            writer.append(vec![e], Box::new(move |r| drop(tx.send(r))))?;
+                            *i += 1;
+                        }
+                        in_flight += 1;
+                        if in_flight >= args.in_flight {
+                            rx.recv()??;
+                            in_flight -= 1;
+                        }
+                    }
+                    for _ in 0..in_flight {
+                        rx.recv()??;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("producer thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    let elapsed = t.elapsed();
+    let syncs = writer.stats().syncs;
+    let segments = writer.read().segments().len();
+    writer.close()?;
+    Ok((elapsed, segments, syncs))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -175,6 +275,7 @@ fn main() -> anyhow::Result<()> {
     let mut raw_times = Vec::new();
     let mut append_times = Vec::new();
     let mut segments = 0;
+    let mut syncs = 0;
     for round in 0..args.rounds {
         // Alternate which goes first, so neither always inherits the other's
         // write-back.
@@ -188,25 +289,16 @@ fn main() -> anyhow::Result<()> {
         if log_dir.exists() {
             std::fs::remove_dir_all(&log_dir)?;
         }
-        let mut log = PartitionLog::open_dir(&log_dir, config.clone())?;
-        let t = Instant::now();
-        let mut index = 0u64;
-        let mut group = Vec::with_capacity(args.batches_per_sync);
-        while index < n_batches {
-            group.clear();
-            while group.len() < args.batches_per_sync && index < n_batches {
-                group.push(NewEntry {
-                    log_id: LogId::new(1, 1, index),
-                    payload: batches[(index as usize + round) % distinct].clone(),
-                });
-                index += 1;
-            }
-            log.append(&group)?;
-            log.sync()?;
-        }
-        append_times.push(t.elapsed());
-        segments = log.segments().len();
-        drop(log);
+        let log = PartitionLog::open_dir(&log_dir, config.clone())?;
+        let (elapsed, segs, groups_committed) = if args.producers == 0 {
+            let (e, s) = append_direct(log, &args, &batches, n_batches, round)?;
+            (e, s, n_batches.div_ceil(args.batches_per_sync as u64))
+        } else {
+            append_through_writer(log, &args, &batches, n_batches, round)?
+        };
+        append_times.push(elapsed);
+        segments = segs;
+        syncs = groups_committed;
         if round % 2 == 1 {
             raw_times.push(raw_fsynced_write(
                 &scratch.0.join("raw"),
@@ -247,11 +339,12 @@ fn main() -> anyhow::Result<()> {
     let best_ratio = raw_times[0].as_secs_f64() / append_times[0].as_secs_f64();
     if args.json {
         println!(
-            "{{\"records\":{total_records},\"record_bytes\":{},\"batch_records\":{},\"batches_per_sync\":{},\"lz4\":{},\"batch_bytes\":{batch_bytes},\"file_bytes\":{file_bytes},\"segments\":{segments},\"append_records_per_s\":{append_rps:.0},\"append_mb_per_s\":{append_mbs:.1},\"raw_fsync_write_mb_per_s\":{raw_mbs:.1},\"rounds\":{},\"append_to_raw_ratio\":{ratio:.3},\"best_append_to_best_raw_ratio\":{best_ratio:.3},\"read_records_per_s\":{read_rps:.0},\"read_mb_per_s\":{read_mbs:.1},\"open_ms\":{:.2},\"encode_us_per_batch\":{:.1}}}",
+            "{{\"records\":{total_records},\"record_bytes\":{},\"batch_records\":{},\"batches_per_sync\":{},\"lz4\":{},\"batch_bytes\":{batch_bytes},\"file_bytes\":{file_bytes},\"segments\":{segments},\"producers\":{},\"fsyncs\":{syncs},\"append_records_per_s\":{append_rps:.0},\"append_mb_per_s\":{append_mbs:.1},\"raw_fsync_write_mb_per_s\":{raw_mbs:.1},\"rounds\":{},\"append_to_raw_ratio\":{ratio:.3},\"best_append_to_best_raw_ratio\":{best_ratio:.3},\"read_records_per_s\":{read_rps:.0},\"read_mb_per_s\":{read_mbs:.1},\"open_ms\":{:.2},\"encode_us_per_batch\":{:.1}}}",
             args.record_bytes,
             args.batch_records,
             args.batches_per_sync,
             args.lz4,
+            args.producers,
             args.rounds,
             open_time.as_secs_f64() * 1e3,
             encode_time.as_secs_f64() * 1e6,
@@ -292,6 +385,14 @@ fn main() -> anyhow::Result<()> {
         println!(
             "append / raw fsynced write: {ratio:.2} (medians), {best_ratio:.2} (best rounds: the raw limit is the best it reached)"
         );
+        if args.producers > 0 {
+            println!(
+                "{} producers x {} in flight through the writer: {syncs} fsyncs, {:.1} batches per fsync (last round)",
+                args.producers,
+                args.in_flight,
+                n_batches as f64 / syncs.max(1) as f64
+            );
+        }
         println!(
             "open with {segments} segments: {:.2} ms",
             open_time.as_secs_f64() * 1e3
