@@ -7,8 +7,15 @@
 //! crate with the single-node broker.
 
 pub mod batch;
+pub mod partitioner;
 
 pub use batch::{
     BatchError, BatchHeader, BatchLimits, Compression, EncodeError, Header, ProducerInfo, Record,
     VerifiedBatch, decode_records, encode_batch, parse_header, verify_batch, verify_slice,
 };
+
+/// Generated protobuf messages and gRPC stubs of `proto/strata.proto`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod pb {
+    tonic::include_proto!("strata.v1");
+}

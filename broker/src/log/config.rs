@@ -14,6 +14,14 @@ use super::segment::SEGMENT_HEADER_LEN;
 /// Largest segment the format allows: positions in the index are `u32`.
 pub const SEGMENT_BYTES_LIMIT: u64 = 1 << 31;
 
+/// Largest batch any configuration may accept: 64 MiB.
+pub const BATCH_BYTES_LIMIT: u32 = 64 << 20;
+
+/// The length bound applied when reading entries back. It depends on the
+/// format, not on the current configuration, so lowering a topic's batch
+/// limit never makes existing, larger entries look corrupt.
+pub const ENTRY_READ_LIMIT: usize = ENTRY_HEADER_LEN + BATCH_BYTES_LIMIT as usize;
+
 /// Configuration of one partition log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogConfig {
@@ -89,6 +97,13 @@ impl LogConfig {
         }
         if self.index_interval_bytes == 0 {
             return Err("index_interval_bytes must be positive".into());
+        }
+        if self.batch_bytes_max > BATCH_BYTES_LIMIT
+            || self.other_entry_bytes_max > BATCH_BYTES_LIMIT
+        {
+            return Err(format!(
+                "batch_bytes_max and other_entry_bytes_max may not exceed {BATCH_BYTES_LIMIT}"
+            ));
         }
         if self.batch_bytes_max < strata_proto::batch::BATCH_HEADER_LEN as u32 {
             return Err(format!(

@@ -30,4 +30,4 @@ pub use partition::{
     Appended, PartitionLog, RecoveryReport, RetentionReport, SegmentInfo, StoredBatch,
 };
 pub use storage::{FileStorage, Storage, StorageFile};
-pub use writer::{Completion, PartitionWriter, WriterConfig, WriterStats};
+pub use writer::{Completion, PartitionWriter, SyncObserver, WriterConfig, WriterStats};

@@ -27,7 +27,7 @@ use bytes::Bytes;
 use strata_proto::batch::{self, BatchLimits};
 
 use super::checkpoint::{CHECKPOINT_FILE, StartCheckpoint};
-use super::config::{Clock, LogConfig, SystemClock};
+use super::config::{Clock, ENTRY_READ_LIMIT, LogConfig, SystemClock};
 use super::entry::{ENTRY_HEADER_LEN, Entry, EntryKind, LogId, NewEntry, Payload};
 use super::error::{LogError, Result};
 use super::retention::{RetentionView, segments_to_delete};
@@ -232,7 +232,7 @@ impl PartitionLog {
                 None => StartCheckpoint::default(),
             };
 
-        let entry_max = config.entry_bytes_max();
+        let entry_max = ENTRY_READ_LIMIT;
         let mut segments: Vec<Segment> = Vec::with_capacity(log_bases.len());
         let n = log_bases.len();
         for (i, &base) in log_bases.iter().enumerate() {
@@ -375,6 +375,15 @@ impl PartitionLog {
     /// The configuration in force.
     pub fn config(&self) -> &LogConfig {
         &self.config
+    }
+
+    /// Replaces the configuration (limits and retention) of an open log.
+    /// The new limits apply to later appends, rolls and retention passes;
+    /// existing segments are not rewritten.
+    pub fn set_config(&mut self, config: LogConfig) -> Result<()> {
+        config.validate().map_err(LogError::Config)?;
+        self.config = config;
+        Ok(())
     }
 
     /// First offset a read may return.
@@ -650,7 +659,7 @@ impl PartitionLog {
                 SEGMENT_HEADER_LEN as u64
             };
             let mut cursor = seg
-                .cursor(pos, self.config.entry_bytes_max())
+                .cursor(pos, ENTRY_READ_LIMIT)
                 .with_chunk(budget + ENTRY_HEADER_LEN);
             while let Some((meta, _, bytes)) = cursor.next_entry()? {
                 if meta.kind != EntryKind::Batch || meta.next_offset() <= offset {
@@ -706,7 +715,7 @@ impl PartitionLog {
             } else {
                 SEGMENT_HEADER_LEN as u64
             };
-            let mut cursor = seg.cursor(pos, self.config.entry_bytes_max());
+            let mut cursor = seg.cursor(pos, ENTRY_READ_LIMIT);
             while let Some((meta, _, bytes)) = cursor.next_entry()? {
                 let idx = meta.log_id.index;
                 if idx < lo {
@@ -739,10 +748,7 @@ impl PartitionLog {
             if seg.next_offset <= start || seg.max_timestamp_ms.is_none_or(|m| m < timestamp_ms) {
                 continue;
             }
-            let mut cursor = seg.cursor(
-                seg.position_for_timestamp(timestamp_ms),
-                self.config.entry_bytes_max(),
-            );
+            let mut cursor = seg.cursor(seg.position_for_timestamp(timestamp_ms), ENTRY_READ_LIMIT);
             while let Some((meta, position, bytes)) = cursor.next_entry()? {
                 if meta.kind != EntryKind::Batch
                     || meta.next_offset() <= start
@@ -776,10 +782,7 @@ impl PartitionLog {
     /// Position of the entry with Raft index `raft_index` in `seg`, and its
     /// base offset.
     fn locate(&self, seg: &Segment, raft_index: u64) -> Result<(u64, u64)> {
-        let mut cursor = seg.cursor(
-            seg.position_for_index(raft_index),
-            self.config.entry_bytes_max(),
-        );
+        let mut cursor = seg.cursor(seg.position_for_index(raft_index), ENTRY_READ_LIMIT);
         while let Some((meta, position, _)) = cursor.next_entry()? {
             if meta.log_id.index == raft_index {
                 return Ok((position, meta.base_offset));
@@ -840,7 +843,7 @@ impl PartitionLog {
         };
         if seg.last_log_id.is_some_and(|l| l.index > a) {
             let (position, _) = self.locate(seg, a + 1)?;
-            let entry_max = self.config.entry_bytes_max();
+            let entry_max = ENTRY_READ_LIMIT;
             let Some(seg) = self.segments.last_mut() else {
                 unreachable!()
             };

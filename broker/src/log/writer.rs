@@ -25,6 +25,9 @@ use super::partition::{Appended, PartitionLog};
 /// Called once per request with its outcome, after the covering fsync.
 pub type Completion = Box<dyn FnOnce(Result<Vec<Appended>>) + Send>;
 
+/// Called with the duration of every group fsync (for metrics).
+pub type SyncObserver = Arc<dyn Fn(std::time::Duration) + Send + Sync>;
+
 /// Limits of the writer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WriterConfig {
@@ -81,6 +84,15 @@ fn write_lock(log: &RwLock<PartitionLog>) -> RwLockWriteGuard<'_, PartitionLog> 
 impl PartitionWriter {
     /// Starts the writer thread for `log`.
     pub fn spawn(log: PartitionLog, config: WriterConfig) -> std::io::Result<Self> {
+        Self::spawn_observed(log, config, None)
+    }
+
+    /// Starts the writer thread, reporting each fsync's duration to `observer`.
+    pub fn spawn_observed(
+        log: PartitionLog,
+        config: WriterConfig,
+        observer: Option<SyncObserver>,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = sync_channel(config.queue_depth.max(1));
         let name = format!("strata-writer-{}", log.dir().display());
         let log = Arc::new(RwLock::new(log));
@@ -88,7 +100,7 @@ impl PartitionWriter {
         let (l, s) = (log.clone(), stats.clone());
         let thread = std::thread::Builder::new()
             .name(name)
-            .spawn(move || run(l, s, rx, config))?;
+            .spawn(move || run(l, s, rx, config, observer))?;
         Ok(PartitionWriter {
             tx: Some(tx),
             log,
@@ -192,6 +204,7 @@ fn run(
     stats: Arc<RwLock<WriterStats>>,
     rx: Receiver<Request>,
     config: WriterConfig,
+    observer: Option<SyncObserver>,
 ) {
     let mut group: Vec<(Completion, Result<Vec<Appended>>)> = Vec::new();
     loop {
@@ -227,7 +240,11 @@ fn run(
         let pending = write_lock(&log).prepare_sync();
         let synced = match pending {
             Ok(p) => {
+                let started = std::time::Instant::now();
                 let r = p.run();
+                if let Some(observe) = &observer {
+                    observe(started.elapsed());
+                }
                 write_lock(&log).finish_sync(p, r).map(|_| ())
             }
             Err(e) => Err(e),

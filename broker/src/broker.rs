@@ -1,0 +1,351 @@
+//! The broker's core, shared by the gRPC and HTTP services: the topic
+//! registry over the metadata store and the partitions' logs, and every
+//! operation the services expose, in domain types (no prost, no JSON).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use strata_proto::batch::{VerifiedBatch, verify_batch};
+
+use crate::config::BrokerConfig;
+use crate::error::BrokerError;
+use crate::log::{PartitionLog, SyncObserver, WriterConfig};
+use crate::meta::{MetaStore, TopicRecord};
+use crate::metrics::Metrics;
+use crate::topic::{Acks, Partition, ProduceOutcome, TopicSettings, validate_topic_name};
+
+/// A topic and its open partitions.
+#[derive(Debug)]
+pub struct Topic {
+    /// What the metadata store holds.
+    pub record: TopicRecord,
+    /// Its partitions, by number.
+    pub partitions: Vec<Arc<Partition>>,
+}
+
+/// Per-partition figures for describe and metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionStatus {
+    /// Partition number.
+    pub partition: u32,
+    /// First readable offset.
+    pub log_start_offset: u64,
+    /// End of the committed prefix.
+    pub high_watermark: u64,
+    /// Bytes on disk.
+    pub size_bytes: u64,
+    /// Segment files.
+    pub segments: usize,
+}
+
+/// The broker core.
+#[derive(Debug)]
+pub struct Broker {
+    config: BrokerConfig,
+    meta: MetaStore,
+    metrics: Metrics,
+    topics: RwLock<HashMap<String, Arc<Topic>>>,
+}
+
+impl Broker {
+    /// Opens the data directory: the metadata store, then every topic's
+    /// partitions (recovering each log).
+    pub fn open(config: BrokerConfig, metrics: Metrics) -> Result<Self, BrokerError> {
+        std::fs::create_dir_all(config.data_dir.join("topics")).map_err(|e| {
+            BrokerError::InvalidConfig(format!(
+                "cannot create data directory {}: {e}",
+                config.data_dir.display()
+            ))
+        })?;
+        let meta = MetaStore::open(&config.data_dir.join("meta"))?;
+        let broker = Broker {
+            config,
+            meta,
+            metrics,
+            topics: RwLock::new(HashMap::new()),
+        };
+        for record in broker.meta.topics()? {
+            let topic = broker.open_topic(record)?;
+            broker
+                .topics_mut()
+                .insert(topic.record.name.clone(), Arc::new(topic));
+        }
+        Ok(broker)
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    fn topics_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Topic>>> {
+        self.topics.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn topics_read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Topic>>> {
+        self.topics.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn topic_dir(&self, name: &str) -> PathBuf {
+        self.config.data_dir.join("topics").join(name)
+    }
+
+    fn open_topic(&self, record: TopicRecord) -> Result<Topic, BrokerError> {
+        let log_config = record.settings.to_log_config(&self.config.log);
+        let writer = WriterConfig {
+            queue_depth: self.config.writer_queue_depth,
+            ..WriterConfig::default()
+        };
+        let partitions = (0..record.partitions)
+            .map(|p| {
+                let log = PartitionLog::open_dir(
+                    self.topic_dir(&record.name).join(p.to_string()),
+                    log_config.clone(),
+                )?;
+                let fsync = self
+                    .metrics
+                    .fsync
+                    .with_label_values(&[record.name.as_str()]);
+                let observer: SyncObserver = Arc::new(move |d| fsync.observe(d.as_secs_f64()));
+                Ok(Arc::new(Partition::open(
+                    &record.name,
+                    p,
+                    self.config.node_id,
+                    log,
+                    writer,
+                    Some(observer),
+                )?))
+            })
+            .collect::<Result<Vec<_>, BrokerError>>()?;
+        Ok(Topic { record, partitions })
+    }
+
+    /// A topic by name.
+    pub fn topic(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
+        self.topics_read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| BrokerError::UnknownTopic(name.to_owned()))
+    }
+
+    /// A partition by topic and number.
+    pub fn partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>, BrokerError> {
+        let t = self.topic(topic)?;
+        t.partitions
+            .get(partition as usize)
+            .cloned()
+            .ok_or(BrokerError::UnknownPartition {
+                topic: topic.to_owned(),
+                partition,
+                partitions: t.record.partitions,
+            })
+    }
+
+    /// Every topic, by name.
+    pub fn topics(&self) -> Vec<Arc<Topic>> {
+        let mut v: Vec<_> = self.topics_read().values().cloned().collect();
+        v.sort_by(|a, b| a.record.name.cmp(&b.record.name));
+        v
+    }
+
+    /// Creates a topic. Nothing is created when any argument is invalid.
+    pub fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u32,
+        settings: TopicSettings,
+    ) -> Result<Arc<Topic>, BrokerError> {
+        validate_topic_name(name)?;
+        if partitions == 0 || partitions > self.config.partitions_max {
+            return Err(BrokerError::InvalidConfig(format!(
+                "partitions must be between 1 and {}, got {partitions}",
+                self.config.partitions_max
+            )));
+        }
+        if replication_factor > 1 {
+            return Err(BrokerError::InvalidConfig(format!(
+                "replication factor {replication_factor} needs a cluster; this single-node broker supports 1"
+            )));
+        }
+        settings.validate(&self.config.log)?;
+        let mut topics = self.topics_mut();
+        if topics.contains_key(name) {
+            return Err(BrokerError::TopicExists(name.to_owned()));
+        }
+        let record = TopicRecord {
+            name: name.to_owned(),
+            partitions,
+            settings,
+        };
+        // Leftovers of a topic of the same name deleted before a crash.
+        let dir = self.topic_dir(name);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| {
+                BrokerError::InvalidConfig(format!(
+                    "cannot clear stale directory {}: {e}",
+                    dir.display()
+                ))
+            })?;
+        }
+        let topic = Arc::new(self.open_topic(record.clone())?);
+        self.meta.put_topic(&record)?;
+        topics.insert(name.to_owned(), topic.clone());
+        tracing::info!(topic = name, partitions, "topic created");
+        Ok(topic)
+    }
+
+    /// Changes a topic's settings (only those given) and applies them live.
+    pub fn alter_topic(
+        &self,
+        name: &str,
+        changes: &TopicSettings,
+    ) -> Result<Arc<Topic>, BrokerError> {
+        let mut topics = self.topics_mut();
+        let old = topics
+            .get(name)
+            .cloned()
+            .ok_or_else(|| BrokerError::UnknownTopic(name.to_owned()))?;
+        let mut settings = old.record.settings.clone();
+        settings.merge(changes);
+        settings.validate(&self.config.log)?;
+        let log_config = settings.to_log_config(&self.config.log);
+        let record = TopicRecord {
+            settings,
+            ..old.record.clone()
+        };
+        self.meta.put_topic(&record)?;
+        for p in &old.partitions {
+            p.set_config(log_config.clone())?;
+        }
+        let topic = Arc::new(Topic {
+            record,
+            partitions: old.partitions.clone(),
+        });
+        topics.insert(name.to_owned(), topic.clone());
+        Ok(topic)
+    }
+
+    /// Deletes a topic and its data.
+    pub fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
+        let topic = self
+            .topics_mut()
+            .remove(name)
+            .ok_or_else(|| BrokerError::UnknownTopic(name.to_owned()))?;
+        self.meta.delete_topic(name)?;
+        for p in &topic.partitions {
+            let _ = p.close();
+        }
+        let dir = self.topic_dir(name);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not remove a deleted topic's data; it is removed when the name is reused");
+        }
+        tracing::info!(topic = name, "topic deleted");
+        Ok(())
+    }
+
+    /// Status of each partition of a topic.
+    pub fn partition_status(&self, topic: &Topic) -> Vec<PartitionStatus> {
+        topic
+            .partitions
+            .iter()
+            .map(|p| {
+                let (size_bytes, segments) = p.size();
+                PartitionStatus {
+                    partition: p.id,
+                    log_start_offset: p.log_start_offset(),
+                    high_watermark: p.high_watermark(),
+                    size_bytes,
+                    segments,
+                }
+            })
+            .collect()
+    }
+
+    /// Verifies and appends a batch.
+    pub async fn produce(
+        &self,
+        topic: &str,
+        partition: u32,
+        batch: Bytes,
+        acks: Acks,
+    ) -> Result<ProduceOutcome, BrokerError> {
+        let p = self.partition(topic, partition)?;
+        let verified: VerifiedBatch = verify_batch(batch, &p.batch_limits())?;
+        p.produce(verified, acks).await
+    }
+
+    /// Allocates an idempotent-producer id (epoch 0).
+    pub fn init_producer(&self) -> Result<(u64, u16), BrokerError> {
+        Ok((self.meta.next_producer_id()?, 0))
+    }
+
+    /// Commits a group's offsets on a topic.
+    pub fn commit(
+        &self,
+        group: &str,
+        topic: &str,
+        offsets: &[(u32, u64)],
+    ) -> Result<(), BrokerError> {
+        if group.is_empty() || group.contains('\0') || group.len() > 255 {
+            return Err(BrokerError::InvalidRequest(format!(
+                "invalid group name {group:?}"
+            )));
+        }
+        let t = self.topic(topic)?;
+        for (p, _) in offsets {
+            if *p >= t.record.partitions {
+                return Err(BrokerError::UnknownPartition {
+                    topic: topic.to_owned(),
+                    partition: *p,
+                    partitions: t.record.partitions,
+                });
+            }
+        }
+        Ok(self.meta.commit(group, topic, offsets)?)
+    }
+
+    /// A group's committed offsets on a topic.
+    pub fn committed(&self, group: &str, topic: &str) -> Result<Vec<(u32, u64)>, BrokerError> {
+        Ok(self.meta.committed(group, topic)?)
+    }
+
+    /// Every committed offset.
+    pub fn all_committed(&self) -> Result<Vec<(String, String, u32, u64)>, BrokerError> {
+        Ok(self.meta.all_committed()?)
+    }
+
+    /// Runs retention on every partition; returns the segments deleted.
+    pub fn enforce_retention(&self) -> usize {
+        let mut deleted = 0;
+        for t in self.topics() {
+            for p in &t.partitions {
+                match p.enforce_retention() {
+                    Ok(r) => deleted += r.segments_deleted,
+                    Err(e) => {
+                        tracing::error!(topic = %p.topic, partition = p.id, error = %e, "retention failed")
+                    }
+                }
+            }
+        }
+        deleted
+    }
+
+    /// Makes everything queued durable and stops the partition writers.
+    pub fn shutdown(&self) {
+        for t in self.topics() {
+            for p in &t.partitions {
+                if let Err(e) = p.close() {
+                    tracing::error!(topic = %p.topic, partition = p.id, error = %e, "flush on shutdown failed");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! The broker's configuration: embedded defaults, an optional TOML file, and
+//! command-line overrides (applied in that order by `main.rs`).
+//!
+//! Every limit the services enforce is here with its default. Topic-level
+//! settings (retention, segment size and age, batch size) have broker-wide
+//! defaults here and per-topic overrides in the metadata store.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::log::LogConfig;
+
+/// Configuration of one broker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// This broker's node id.
+    pub node_id: u64,
+    /// Where topics and metadata are stored. Default `./strata-data`.
+    pub data_dir: PathBuf,
+    /// gRPC listen address. Default 127.0.0.1:7070.
+    pub grpc_addr: SocketAddr,
+    /// HTTP listen address. Default 127.0.0.1:7080.
+    pub http_addr: SocketAddr,
+    /// How often retention runs, in milliseconds. Default 60 s.
+    pub retention_check_ms: u64,
+    /// Bytes of batches per fetch response message, unless the request asks
+    /// for less. Default 1 MiB.
+    pub fetch_bytes_default: u32,
+    /// Largest HTTP request body. Default 8 MiB.
+    pub http_body_bytes_max: usize,
+    /// Largest gRPC message. Default 16 MiB.
+    pub grpc_message_bytes_max: usize,
+    /// Most records one HTTP read returns. Default 10,000.
+    pub http_records_max: u32,
+    /// Requests queued per partition writer before producers wait. Default 4096.
+    pub writer_queue_depth: usize,
+    /// Partitions a topic may have. Default 1024.
+    pub partitions_max: u32,
+    /// Broker-wide defaults for topics (segments, retention, batch size).
+    pub log: LogDefaults,
+}
+
+/// Broker-wide defaults of the topic settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogDefaults {
+    /// See [`LogConfig::segment_bytes_max`].
+    pub segment_bytes: u64,
+    /// See [`LogConfig::segment_ms`].
+    pub segment_ms: i64,
+    /// See [`LogConfig::retention_ms`]; -1 keeps forever.
+    pub retention_ms: i64,
+    /// See [`LogConfig::retention_bytes`]; -1 means no limit.
+    pub retention_bytes: i64,
+    /// See [`LogConfig::batch_bytes_max`].
+    pub max_batch_bytes: u32,
+    /// See [`LogConfig::index_interval_bytes`].
+    pub index_interval_bytes: u32,
+}
+
+impl Default for LogDefaults {
+    fn default() -> Self {
+        let d = LogConfig::default();
+        LogDefaults {
+            segment_bytes: d.segment_bytes_max,
+            segment_ms: d.segment_ms,
+            retention_ms: d.retention_ms.unwrap_or(-1),
+            retention_bytes: d.retention_bytes.map_or(-1, |b| b as i64),
+            max_batch_bytes: d.batch_bytes_max,
+            index_interval_bytes: d.index_interval_bytes,
+        }
+    }
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            node_id: 1,
+            data_dir: PathBuf::from("strata-data"),
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 7080)),
+            retention_check_ms: 60_000,
+            fetch_bytes_default: 1 << 20,
+            http_body_bytes_max: 8 << 20,
+            grpc_message_bytes_max: 16 << 20,
+            http_records_max: 10_000,
+            writer_queue_depth: 4096,
+            partitions_max: 1024,
+            log: LogDefaults::default(),
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// Parses a TOML config file's text; unknown keys are errors.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Checks the settings that cannot be checked by their types.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.retention_check_ms == 0 {
+            return Err("retention_check_ms must be positive".into());
+        }
+        if self.fetch_bytes_default == 0
+            || self.http_records_max == 0
+            || self.writer_queue_depth == 0
+        {
+            return Err(
+                "fetch_bytes_default, http_records_max and writer_queue_depth must be positive"
+                    .into(),
+            );
+        }
+        if self.partitions_max == 0 {
+            return Err("partitions_max must be positive".into());
+        }
+        crate::topic::TopicSettings::default()
+            .to_log_config(&self.log)
+            .validate()
+            .map_err(|e| format!("log defaults: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_toml_overrides_them() {
+        assert_eq!(BrokerConfig::default().validate(), Ok(()));
+        let c = BrokerConfig::from_toml("data_dir = \"/x\"\n[log]\nretention_ms = 1000\n").unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/x"));
+        assert_eq!(c.log.retention_ms, 1000);
+        assert_eq!(c.grpc_addr, BrokerConfig::default().grpc_addr);
+        assert!(
+            BrokerConfig::from_toml("nonsense = 1")
+                .unwrap_err()
+                .contains("unknown field")
+        );
+    }
+}

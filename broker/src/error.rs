@@ -1,0 +1,187 @@
+//! The services' error type, and the one place that maps errors to wire
+//! codes: the stable [`ErrorCode`] of the proto, gRPC statuses (with an
+//! encoded `ErrorDetail`) and HTTP statuses.
+
+use prost::Message;
+use strata_proto::BatchError;
+use strata_proto::pb::{ErrorCode, ErrorDetail};
+
+use crate::log::LogError;
+use crate::meta::MetaError;
+
+/// What went wrong serving a request.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// No such topic.
+    #[error("unknown topic {0:?}")]
+    UnknownTopic(String),
+    /// No such partition.
+    #[error("topic {topic:?} has no partition {partition} (it has {partitions})")]
+    UnknownPartition {
+        /// Topic.
+        topic: String,
+        /// Partition asked for.
+        partition: u32,
+        /// Partitions the topic has.
+        partitions: u32,
+    },
+    /// Bad topic name.
+    #[error("invalid topic name {0}")]
+    InvalidTopicName(String),
+    /// Topic exists.
+    #[error("topic {0:?} already exists")]
+    TopicExists(String),
+    /// Bad settings.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// The batch failed verification.
+    #[error("rejected batch: {0}")]
+    CorruptBatch(BatchError),
+    /// Batch over the limit.
+    #[error("batch of {size} bytes exceeds the topic's limit of {max} bytes")]
+    BatchTooLarge {
+        /// Size.
+        size: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// Offset outside the readable range.
+    #[error(
+        "offset {offset} is out of range: readable offsets are [{log_start_offset}, {high_watermark}]"
+    )]
+    OffsetOutOfRange {
+        /// Asked for.
+        offset: u64,
+        /// First readable.
+        log_start_offset: u64,
+        /// End of the committed prefix.
+        high_watermark: u64,
+    },
+    /// Sequence gap or stale duplicate from an idempotent producer.
+    #[error("producer {producer_id}: out-of-order sequence {got}, expected {expected}")]
+    OutOfOrderSequence {
+        /// Producer.
+        producer_id: u64,
+        /// Expected next sequence.
+        expected: u32,
+        /// Received.
+        got: u32,
+    },
+    /// A newer epoch of this producer exists.
+    #[error("producer {producer_id} epoch {epoch} is fenced by epoch {current}")]
+    ProducerFenced {
+        /// Producer.
+        producer_id: u64,
+        /// Epoch used.
+        epoch: u16,
+        /// Current epoch.
+        current: u16,
+    },
+    /// A malformed request.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The broker is stopping.
+    #[error("the broker is shutting down")]
+    ShuttingDown,
+    /// Storage failure.
+    #[error("storage: {0}")]
+    Storage(#[from] LogError),
+    /// Metadata store failure.
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+}
+
+impl From<BatchError> for BrokerError {
+    fn from(e: BatchError) -> Self {
+        match e {
+            BatchError::TooLarge { size, max } => BrokerError::BatchTooLarge { size, max },
+            e => BrokerError::CorruptBatch(e),
+        }
+    }
+}
+
+impl BrokerError {
+    /// The stable wire code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            BrokerError::UnknownTopic(_) => ErrorCode::UnknownTopic,
+            BrokerError::UnknownPartition { .. } => ErrorCode::UnknownPartition,
+            BrokerError::InvalidTopicName(_) => ErrorCode::InvalidTopicName,
+            BrokerError::TopicExists(_) => ErrorCode::TopicAlreadyExists,
+            BrokerError::InvalidConfig(_) => ErrorCode::InvalidConfig,
+            BrokerError::CorruptBatch(_) => ErrorCode::CorruptBatch,
+            BrokerError::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
+            BrokerError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+            BrokerError::Storage(LogError::OffsetOutOfRange { .. }) => ErrorCode::OffsetOutOfRange,
+            BrokerError::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequence,
+            BrokerError::ProducerFenced { .. } => ErrorCode::ProducerFenced,
+            BrokerError::InvalidRequest(_) => ErrorCode::InvalidRequest,
+            BrokerError::ShuttingDown => ErrorCode::ShuttingDown,
+            BrokerError::Storage(LogError::EntryTooLarge { .. }) => ErrorCode::BatchTooLarge,
+            BrokerError::Storage(_) | BrokerError::Meta(_) => ErrorCode::StorageError,
+        }
+    }
+
+    /// The detail carried in a gRPC status.
+    pub fn detail(&self) -> ErrorDetail {
+        let mut d = ErrorDetail {
+            code: self.code() as i32,
+            message: self.to_string(),
+            ..Default::default()
+        };
+        match self {
+            BrokerError::OffsetOutOfRange {
+                log_start_offset,
+                high_watermark,
+                ..
+            } => {
+                d.log_start_offset = Some(*log_start_offset);
+                d.high_watermark = Some(*high_watermark);
+            }
+            BrokerError::Storage(LogError::OffsetOutOfRange {
+                log_start_offset,
+                next_offset,
+                ..
+            }) => {
+                d.log_start_offset = Some(*log_start_offset);
+                d.high_watermark = Some(*next_offset);
+            }
+            _ => {}
+        }
+        d
+    }
+
+    /// The gRPC status: a standard code for generic clients, the detail for ours.
+    pub fn to_status(&self) -> tonic::Status {
+        use tonic::Code;
+        let code = match self.code() {
+            ErrorCode::UnknownTopic | ErrorCode::UnknownPartition => Code::NotFound,
+            ErrorCode::TopicAlreadyExists => Code::AlreadyExists,
+            ErrorCode::InvalidTopicName
+            | ErrorCode::InvalidConfig
+            | ErrorCode::CorruptBatch
+            | ErrorCode::BatchTooLarge
+            | ErrorCode::InvalidRequest => Code::InvalidArgument,
+            ErrorCode::OffsetOutOfRange => Code::OutOfRange,
+            ErrorCode::OutOfOrderSequence
+            | ErrorCode::ProducerFenced
+            | ErrorCode::UnknownProducer => Code::FailedPrecondition,
+            ErrorCode::NotLeader | ErrorCode::ShuttingDown => Code::Unavailable,
+            ErrorCode::StorageError | ErrorCode::Unspecified => Code::Internal,
+        };
+        tonic::Status::with_details(code, self.to_string(), self.detail().encode_to_vec().into())
+    }
+
+    /// The HTTP status.
+    pub fn http_status(&self) -> axum::http::StatusCode {
+        use axum::http::StatusCode;
+        match self.to_status().code() {
+            tonic::Code::NotFound => StatusCode::NOT_FOUND,
+            tonic::Code::AlreadyExists => StatusCode::CONFLICT,
+            tonic::Code::InvalidArgument | tonic::Code::OutOfRange => StatusCode::BAD_REQUEST,
+            tonic::Code::FailedPrecondition => StatusCode::CONFLICT,
+            tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Prometheus metrics: request rates, bytes and latencies recorded by the
+//! services, fsync latency reported by the partition writers, and partition
+//! gauges (size, segments, high watermark, log start offset) read from the
+//! broker at scrape time.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::broker::Broker;
+
+/// The broker's metrics.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by API and outcome (`ok` or an error code).
+    pub requests: IntCounterVec,
+    /// Request latency by API.
+    pub latency: HistogramVec,
+    /// Records produced by topic.
+    pub produced_records: IntCounterVec,
+    /// Batch bytes produced by topic.
+    pub produced_bytes: IntCounterVec,
+    /// Records fetched by topic.
+    pub fetched_records: IntCounterVec,
+    /// Batch bytes fetched by topic.
+    pub fetched_bytes: IntCounterVec,
+    /// Group fsync latency.
+    pub fsync: HistogramVec,
+    partition: IntGaugeVec,
+}
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    // Metric definitions are constants; a failure is a programming error.
+    r.unwrap_or_else(|e| panic!("metric definition: {e}"))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = must(IntCounterVec::new(Opts::new(name, help), labels));
+            must(registry.register(Box::new(c.clone())));
+            c
+        };
+        let requests = counter(
+            "strata_requests_total",
+            "Requests by API and outcome.",
+            &["api", "outcome"],
+        );
+        let produced_records = counter(
+            "strata_produce_records_total",
+            "Records produced.",
+            &["topic"],
+        );
+        let produced_bytes = counter(
+            "strata_produce_bytes_total",
+            "Batch bytes produced.",
+            &["topic"],
+        );
+        let fetched_records = counter("strata_fetch_records_total", "Records fetched.", &["topic"]);
+        let fetched_bytes = counter(
+            "strata_fetch_bytes_total",
+            "Batch bytes fetched.",
+            &["topic"],
+        );
+        let buckets = vec![
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+        ];
+        let latency = must(HistogramVec::new(
+            HistogramOpts::new("strata_request_duration_seconds", "Request latency by API.")
+                .buckets(buckets.clone()),
+            &["api"],
+        ));
+        must(registry.register(Box::new(latency.clone())));
+        let fsync = must(HistogramVec::new(
+            HistogramOpts::new(
+                "strata_fsync_duration_seconds",
+                "Group-commit fsync latency.",
+            )
+            .buckets(buckets),
+            &["topic"],
+        ));
+        must(registry.register(Box::new(fsync.clone())));
+        let partition = must(IntGaugeVec::new(
+            Opts::new(
+                "strata_partition",
+                "Partition figures: size_bytes, segments, high_watermark, log_start_offset.",
+            ),
+            &["topic", "partition", "figure"],
+        ));
+        must(registry.register(Box::new(partition.clone())));
+        Metrics {
+            registry,
+            requests,
+            latency,
+            produced_records,
+            produced_bytes,
+            fetched_records,
+            fetched_bytes,
+            fsync,
+            partition,
+        }
+    }
+
+    /// Records one request.
+    pub fn request(&self, api: &str, outcome: &str, took: Duration) {
+        self.requests.with_label_values(&[api, outcome]).inc();
+        self.latency
+            .with_label_values(&[api])
+            .observe(took.as_secs_f64());
+    }
+
+    /// The text exposition, with partition gauges read now.
+    pub fn render(&self, broker: &Broker) -> String {
+        self.partition.reset();
+        for t in broker.topics() {
+            for s in broker.partition_status(&t) {
+                let p = s.partition.to_string();
+                for (figure, v) in [
+                    ("size_bytes", s.size_bytes),
+                    ("segments", s.segments as u64),
+                    ("high_watermark", s.high_watermark),
+                    ("log_start_offset", s.log_start_offset),
+                ] {
+                    self.partition
+                        .with_label_values(&[t.record.name.as_str(), p.as_str(), figure])
+                        .set(i64::try_from(v).unwrap_or(i64::MAX));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            return format!("# metrics encoding failed: {e}\n");
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}

@@ -1,0 +1,143 @@
+//! Wires a broker together and runs it: opens the data directory, serves
+//! gRPC and HTTP, runs retention on a timer, and on SIGINT/SIGTERM stops
+//! accepting requests, makes everything queued durable and exits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::broker::Broker;
+use crate::config::BrokerConfig;
+use crate::metrics::Metrics;
+use crate::service::{grpc::GrpcService, http};
+
+/// Why the broker could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Bad configuration.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// Opening the data failed.
+    #[error(transparent)]
+    Broker(#[from] crate::error::BrokerError),
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// A server failed.
+    #[error("server failed: {0}")]
+    Serve(String),
+}
+
+/// Runs the broker until `shutdown` completes (e.g. a signal).
+pub async fn run(
+    config: BrokerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError> {
+    config.validate().map_err(NodeError::Config)?;
+    let (grpc_addr, http_addr) = (config.grpc_addr, config.http_addr);
+    let retention_every = Duration::from_millis(config.retention_check_ms);
+    let message_max = config.grpc_message_bytes_max;
+    let data_dir = config.data_dir.clone();
+    let b = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || Broker::open(config, Metrics::new()))
+            .await
+            .map_err(|e| NodeError::Serve(e.to_string()))??
+    };
+    let broker = Arc::new(b);
+    let grpc_listener = TcpListener::bind(grpc_addr)
+        .await
+        .map_err(|source| NodeError::Bind {
+            addr: grpc_addr,
+            source,
+        })?;
+    let http_listener = TcpListener::bind(http_addr)
+        .await
+        .map_err(|source| NodeError::Bind {
+            addr: http_addr,
+            source,
+        })?;
+    let grpc_local = grpc_listener
+        .local_addr()
+        .map_err(|e| NodeError::Serve(e.to_string()))?;
+    let http_local = http_listener
+        .local_addr()
+        .map_err(|e| NodeError::Serve(e.to_string()))?;
+    tracing::info!(data_dir = %data_dir.display(), grpc = %grpc_local, http = %http_local, "strata-broker serving");
+    // A line tests and scripts can wait for.
+    println!("strata-broker ready grpc={grpc_local} http={http_local}");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let retention = {
+        let broker = broker.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(retention_every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let b = broker.clone();
+                        let _ = tokio::task::spawn_blocking(move || b.enforce_retention()).await;
+                    }
+                    _ = stop.changed() => return,
+                }
+            }
+        })
+    };
+
+    let svc = strata_proto::pb::strata_server::StrataServer::new(GrpcService::new(broker.clone()))
+        .max_decoding_message_size(message_max)
+        .max_encoding_message_size(message_max);
+    let grpc = {
+        let mut stop = stop_rx.clone();
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .add_service(svc)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                async move {
+                    let _ = stop.changed().await;
+                },
+            )
+    };
+    let http = {
+        let mut stop = stop_rx.clone();
+        axum::serve(http_listener, http::router(broker.clone())).with_graceful_shutdown(
+            async move {
+                let _ = stop.changed().await;
+            },
+        )
+    };
+    let grpc_task = tokio::spawn(grpc);
+    let http_task = tokio::spawn(async move { http.await });
+    shutdown.await;
+    tracing::info!("shutting down: draining requests and flushing partitions");
+    let _ = stop_tx.send(true);
+    // Long-polling fetch streams keep servers' graceful shutdown waiting;
+    // give in-flight requests a bounded time.
+    let drain = async {
+        let _ = grpc_task.await;
+        let _ = http_task.await;
+    };
+    if tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still open after 5 s; closing them");
+    }
+    let _ = retention.await;
+    let b = broker.clone();
+    tokio::task::spawn_blocking(move || b.shutdown())
+        .await
+        .map_err(|e| NodeError::Serve(e.to_string()))?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}

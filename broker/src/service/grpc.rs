@@ -1,0 +1,498 @@
+//! The gRPC service: translates between prost messages and the broker
+//! core. Errors become statuses only through [`BrokerError::to_status`].
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use strata_proto::pb::{self, strata_server::Strata};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::broker::{Broker, PartitionStatus, Topic};
+use crate::error::BrokerError;
+use crate::topic::{Acks, TopicSettings};
+
+/// The gRPC service over a broker.
+#[derive(Debug, Clone)]
+pub struct GrpcService {
+    broker: Arc<Broker>,
+}
+
+impl GrpcService {
+    /// A service over `broker`.
+    pub fn new(broker: Arc<Broker>) -> Self {
+        GrpcService { broker }
+    }
+
+    fn observe<T>(
+        &self,
+        api: &str,
+        started: Instant,
+        r: Result<T, BrokerError>,
+    ) -> Result<Response<T>, Status> {
+        let outcome = match &r {
+            Ok(_) => "ok".to_owned(),
+            Err(e) => e.code().as_str_name().to_ascii_lowercase(),
+        };
+        self.broker
+            .metrics()
+            .request(api, &outcome, started.elapsed());
+        r.map(Response::new).map_err(|e| e.to_status())
+    }
+}
+
+/// Domain settings from the wire.
+pub fn settings_from_pb(c: Option<pb::TopicConfig>) -> TopicSettings {
+    let c = c.unwrap_or_default();
+    TopicSettings {
+        retention_ms: c.retention_ms,
+        retention_bytes: c.retention_bytes,
+        segment_bytes: c.segment_bytes,
+        segment_ms: c.segment_ms,
+        max_batch_bytes: c.max_batch_bytes,
+    }
+}
+
+fn settings_to_pb(s: &TopicSettings) -> pb::TopicConfig {
+    pb::TopicConfig {
+        retention_ms: s.retention_ms,
+        retention_bytes: s.retention_bytes,
+        segment_bytes: s.segment_bytes,
+        segment_ms: s.segment_ms,
+        max_batch_bytes: s.max_batch_bytes,
+    }
+}
+
+fn partition_to_pb(node: u64, s: &PartitionStatus) -> pb::PartitionInfo {
+    pb::PartitionInfo {
+        partition: s.partition,
+        leader: node,
+        replicas: vec![node],
+        log_start_offset: s.log_start_offset,
+        high_watermark: s.high_watermark,
+        size_bytes: s.size_bytes,
+        segments: s.segments as u32,
+    }
+}
+
+fn describe(broker: &Broker, t: &Topic) -> pb::TopicDescription {
+    let node = broker.config().node_id;
+    pb::TopicDescription {
+        name: t.record.name.clone(),
+        partitions: t.record.partitions,
+        config: Some(settings_to_pb(&t.record.settings)),
+        partition_info: broker
+            .partition_status(t)
+            .iter()
+            .map(|s| partition_to_pb(node, s))
+            .collect(),
+    }
+}
+
+fn acks_from_pb(a: i32) -> Result<Acks, BrokerError> {
+    match pb::Acks::try_from(a) {
+        Ok(pb::Acks::All) => Ok(Acks::All),
+        Ok(pb::Acks::Leader) => Ok(Acks::Leader),
+        Ok(pb::Acks::None) => Ok(Acks::None),
+        Err(_) => Err(BrokerError::InvalidRequest(format!(
+            "unknown acks value {a}"
+        ))),
+    }
+}
+
+type FetchStream = Pin<Box<dyn Stream<Item = Result<pb::FetchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Strata for GrpcService {
+    async fn produce(
+        &self,
+        req: Request<pb::ProduceRequest>,
+    ) -> Result<Response<pb::ProduceResponse>, Status> {
+        let started = Instant::now();
+        let r = req.into_inner();
+        let bytes = r.batch.len() as u64;
+        let topic = r.topic.clone();
+        let result = async {
+            let acks = acks_from_pb(r.acks)?;
+            self.broker
+                .produce(&r.topic, r.partition, r.batch, acks)
+                .await
+        }
+        .await
+        .map(|o| {
+            if !o.duplicate {
+                self.broker
+                    .metrics()
+                    .produced_records
+                    .with_label_values(&[topic.as_str()])
+                    .inc_by(u64::from(o.record_count));
+                self.broker
+                    .metrics()
+                    .produced_bytes
+                    .with_label_values(&[topic.as_str()])
+                    .inc_by(bytes);
+            }
+            pb::ProduceResponse {
+                base_offset: o.base_offset,
+                record_count: o.record_count,
+                duplicate: o.duplicate,
+            }
+        });
+        self.observe("produce", started, result)
+    }
+
+    async fn init_producer(
+        &self,
+        _: Request<pb::InitProducerRequest>,
+    ) -> Result<Response<pb::InitProducerResponse>, Status> {
+        let started = Instant::now();
+        let r = self
+            .broker
+            .init_producer()
+            .map(|(id, epoch)| pb::InitProducerResponse {
+                producer_id: id,
+                producer_epoch: u32::from(epoch),
+            });
+        self.observe("init_producer", started, r)
+    }
+
+    type FetchStream = FetchStream;
+
+    async fn fetch(
+        &self,
+        req: Request<pb::FetchRequest>,
+    ) -> Result<Response<Self::FetchStream>, Status> {
+        let started = Instant::now();
+        let r = req.into_inner();
+        let setup = (|| {
+            let p = self.broker.partition(&r.topic, r.partition)?;
+            let offset = match r.start {
+                Some(pb::fetch_request::Start::Offset(o)) => o,
+                Some(pb::fetch_request::Start::TimestampMs(t)) => p.offset_for_timestamp(t)?,
+                Some(pb::fetch_request::Start::Position(x))
+                    if x == pb::Position::Earliest as i32 =>
+                {
+                    p.log_start_offset()
+                }
+                Some(pb::fetch_request::Start::Position(x)) if x == pb::Position::Latest as i32 => {
+                    p.high_watermark()
+                }
+                _ => {
+                    return Err(BrokerError::InvalidRequest(
+                        "fetch needs an offset, a timestamp, or EARLIEST/LATEST".into(),
+                    ));
+                }
+            };
+            // Fail fast, before the stream starts, on an out-of-range start.
+            let lso = p.log_start_offset();
+            let hw = p.high_watermark();
+            if offset < lso || offset > hw {
+                return Err(BrokerError::OffsetOutOfRange {
+                    offset,
+                    log_start_offset: lso,
+                    high_watermark: hw,
+                });
+            }
+            Ok((p, offset))
+        })();
+        let (partition, mut offset) = match setup {
+            Ok(x) => x,
+            Err(e) => return self.observe("fetch", started, Err(e)),
+        };
+        let max_bytes = match r.max_bytes {
+            0 => self.broker.config().fetch_bytes_default,
+            n => n.min(self.broker.config().grpc_message_bytes_max as u32 / 2),
+        } as usize;
+        let follow = r.follow;
+        let max_wait = Duration::from_millis(u64::from(r.max_wait_ms.min(60_000)));
+        let metrics = self.broker.metrics().clone();
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut hw_rx = partition.watch_high_watermark();
+            let deadline = tokio::time::Instant::now() + max_wait;
+            loop {
+                let hw = *hw_rx.borrow_and_update();
+                if offset < hw {
+                    let p = partition.clone();
+                    let read = tokio::task::spawn_blocking(move || p.read(offset, max_bytes)).await;
+                    let batches = match read {
+                        Ok(Ok(b)) => b,
+                        Ok(Err(e)) => {
+                            let _ = tx.send(Err(e.to_status())).await;
+                            return;
+                        }
+                        Err(e) => {
+                            let _ = tx
+                                .send(Err(Status::internal(format!("read task failed: {e}"))))
+                                .await;
+                            return;
+                        }
+                    };
+                    let Some(last) = batches.last() else { continue };
+                    offset = last.last_offset() + 1;
+                    let records: u64 = batches.iter().map(|b| u64::from(b.record_count)).sum();
+                    let bytes: u64 = batches.iter().map(|b| b.bytes.len() as u64).sum();
+                    metrics
+                        .fetched_records
+                        .with_label_values(&[partition.topic.as_str()])
+                        .inc_by(records);
+                    metrics
+                        .fetched_bytes
+                        .with_label_values(&[partition.topic.as_str()])
+                        .inc_by(bytes);
+                    let msg = pb::FetchResponse {
+                        batches: batches
+                            .into_iter()
+                            .map(|b| pb::FetchedBatch {
+                                base_offset: b.base_offset,
+                                batch: b.bytes,
+                            })
+                            .collect(),
+                        high_watermark: hw,
+                        log_start_offset: partition.log_start_offset(),
+                    };
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return; // the client went away
+                    }
+                    continue;
+                }
+                // At the tail.
+                if follow {
+                    tokio::select! {
+                        changed = hw_rx.changed() => if changed.is_err() { return },
+                        _ = tx.closed() => return,
+                    }
+                } else if tokio::time::Instant::now() < deadline {
+                    tokio::select! {
+                        changed = hw_rx.changed() => if changed.is_err() { return },
+                        _ = tokio::time::sleep_until(deadline) => {}
+                    }
+                } else {
+                    return;
+                }
+            }
+        });
+        self.observe(
+            "fetch",
+            started,
+            Ok(Box::pin(ReceiverStream::new(rx)) as FetchStream),
+        )
+    }
+
+    async fn list_offsets(
+        &self,
+        req: Request<pb::ListOffsetsRequest>,
+    ) -> Result<Response<pb::ListOffsetsResponse>, Status> {
+        let started = Instant::now();
+        let r = req.into_inner();
+        let result = (|| {
+            let p = self.broker.partition(&r.topic, r.partition)?;
+            let offset = match r.spec {
+                Some(pb::list_offsets_request::Spec::TimestampMs(t)) => {
+                    p.offset_for_timestamp(t)?
+                }
+                Some(pb::list_offsets_request::Spec::Position(x))
+                    if x == pb::Position::Earliest as i32 =>
+                {
+                    p.log_start_offset()
+                }
+                Some(pb::list_offsets_request::Spec::Position(x))
+                    if x == pb::Position::Latest as i32 =>
+                {
+                    p.high_watermark()
+                }
+                _ => {
+                    return Err(BrokerError::InvalidRequest(
+                        "list offsets needs EARLIEST, LATEST or a timestamp".into(),
+                    ));
+                }
+            };
+            Ok(pb::ListOffsetsResponse {
+                offset,
+                log_start_offset: p.log_start_offset(),
+                high_watermark: p.high_watermark(),
+            })
+        })();
+        self.observe("list_offsets", started, result)
+    }
+
+    async fn metadata(
+        &self,
+        req: Request<pb::MetadataRequest>,
+    ) -> Result<Response<pb::MetadataResponse>, Status> {
+        let started = Instant::now();
+        let r = req.into_inner();
+        let result = (|| {
+            let topics = if r.topics.is_empty() {
+                self.broker.topics()
+            } else {
+                r.topics
+                    .iter()
+                    .map(|t| self.broker.topic(t))
+                    .collect::<Result<_, _>>()?
+            };
+            let c = self.broker.config();
+            Ok(pb::MetadataResponse {
+                brokers: vec![pb::BrokerInfo {
+                    node_id: c.node_id,
+                    grpc_addr: c.grpc_addr.to_string(),
+                    http_addr: c.http_addr.to_string(),
+                }],
+                topics: topics.iter().map(|t| describe(&self.broker, t)).collect(),
+            })
+        })();
+        self.observe("metadata", started, result)
+    }
+
+    async fn create_topic(
+        &self,
+        req: Request<pb::CreateTopicRequest>,
+    ) -> Result<Response<pb::CreateTopicResponse>, Status> {
+        let started = Instant::now();
+        let r = req.into_inner();
+        let broker = self.broker.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let t = broker.create_topic(
+                &r.name,
+                r.partitions,
+                r.replication_factor,
+                settings_from_pb(r.config),
+            )?;
+            Ok(pb::CreateTopicResponse {
+                topic: Some(describe(&broker, &t)),
+            })
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(BrokerError::InvalidRequest(format!(
+                "create task failed: {e}"
+            )))
+        });
+        self.observe("create_topic", started, result)
+    }
+
+    async fn list_topics(
+        &self,
+        _: Request<pb::ListTopicsRequest>,
+    ) -> Result<Response<pb::ListTopicsResponse>, Status> {
+        let started = Instant::now();
+        let topics = self
+            .broker
+            .topics()
+            .iter()
+            .map(|t| describe(&self.broker, t))
+            .collect();
+        self.observe(
+            "list_topics",
+            started,
+            Ok(pb::ListTopicsResponse { topics }),
+        )
+    }
+
+    async fn describe_topic(
+        &self,
+        req: Request<pb::DescribeTopicRequest>,
+    ) -> Result<Response<pb::TopicDescription>, Status> {
+        let started = Instant::now();
+        let r = self
+            .broker
+            .topic(&req.into_inner().name)
+            .map(|t| describe(&self.broker, &t));
+        self.observe("describe_topic", started, r)
+    }
+
+    async fn alter_topic_config(
+        &self,
+        req: Request<pb::AlterTopicConfigRequest>,
+    ) -> Result<Response<pb::TopicDescription>, Status> {
+        let started = Instant::now();
+        let r = req.into_inner();
+        let r = self
+            .broker
+            .alter_topic(&r.name, &settings_from_pb(r.config))
+            .map(|t| describe(&self.broker, &t));
+        self.observe("alter_topic_config", started, r)
+    }
+
+    async fn delete_topic(
+        &self,
+        req: Request<pb::DeleteTopicRequest>,
+    ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
+        let started = Instant::now();
+        let name = req.into_inner().name;
+        let broker = self.broker.clone();
+        let r = tokio::task::spawn_blocking(move || broker.delete_topic(&name))
+            .await
+            .unwrap_or_else(|e| {
+                Err(BrokerError::InvalidRequest(format!(
+                    "delete task failed: {e}"
+                )))
+            })
+            .map(|()| pb::DeleteTopicResponse {});
+        self.observe("delete_topic", started, r)
+    }
+
+    async fn commit_offsets(
+        &self,
+        req: Request<pb::CommitOffsetsRequest>,
+    ) -> Result<Response<pb::CommitOffsetsResponse>, Status> {
+        let started = Instant::now();
+        let r = req.into_inner();
+        let offsets: Vec<(u32, u64)> = r.offsets.iter().map(|o| (o.partition, o.offset)).collect();
+        let broker = self.broker.clone();
+        let r = tokio::task::spawn_blocking(move || broker.commit(&r.group, &r.topic, &offsets))
+            .await
+            .unwrap_or_else(|e| {
+                Err(BrokerError::InvalidRequest(format!(
+                    "commit task failed: {e}"
+                )))
+            })
+            .map(|()| pb::CommitOffsetsResponse {});
+        self.observe("commit_offsets", started, r)
+    }
+
+    async fn fetch_committed(
+        &self,
+        req: Request<pb::FetchCommittedRequest>,
+    ) -> Result<Response<pb::FetchCommittedResponse>, Status> {
+        let started = Instant::now();
+        let r = req.into_inner();
+        let r = self
+            .broker
+            .committed(&r.group, &r.topic)
+            .map(|v| pb::FetchCommittedResponse {
+                offsets: v
+                    .into_iter()
+                    .map(|(partition, offset)| pb::PartitionOffset { partition, offset })
+                    .collect(),
+            });
+        self.observe("fetch_committed", started, r)
+    }
+
+    async fn list_groups(
+        &self,
+        _: Request<pb::ListGroupsRequest>,
+    ) -> Result<Response<pb::ListGroupsResponse>, Status> {
+        let started = Instant::now();
+        let r = self.broker.all_committed().map(|all| {
+            let mut groups: Vec<pb::GroupTopic> = Vec::new();
+            for (group, topic, partition, offset) in all {
+                match groups.last_mut() {
+                    Some(g) if g.group == group && g.topic == topic => {
+                        g.offsets.push(pb::PartitionOffset { partition, offset })
+                    }
+                    _ => groups.push(pb::GroupTopic {
+                        group,
+                        topic,
+                        offsets: vec![pb::PartitionOffset { partition, offset }],
+                    }),
+                }
+            }
+            pb::ListGroupsResponse { groups }
+        });
+        self.observe("list_groups", started, r)
+    }
+}

@@ -1,0 +1,347 @@
+//! The HTTP API (axum): JSON ingest and query of records, health, metrics
+//! and the OpenAPI document (`docs/openapi.json`). Bodies are parsed by
+//! hand so malformed JSON gets a 400 that says what is wrong; errors are
+//! mapped only through [`BrokerError::http_status`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use strata_proto::batch::{BatchLimits, Compression, Header, Record, encode_batch};
+use strata_proto::partitioner::partition_for_key;
+
+use crate::broker::Broker;
+use crate::error::BrokerError;
+use crate::topic::Acks;
+
+/// The OpenAPI document served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
+
+#[derive(Debug, Clone)]
+struct AppState {
+    broker: Arc<Broker>,
+    round_robin: Arc<AtomicU32>,
+}
+
+/// The router over `broker`.
+pub fn router(broker: Arc<Broker>) -> Router {
+    let limit = broker.config().http_body_bytes_max;
+    Router::new()
+        .route("/v1/topics/{topic}/records", post(ingest))
+        .route(
+            "/v1/topics/{topic}/partitions/{partition}/records",
+            get(query),
+        )
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route(
+            "/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(AppState {
+            broker,
+            round_robin: Arc::new(AtomicU32::new(0)),
+        })
+}
+
+/// An error response: `{"error": {"code": ..., "message": ...}}`.
+#[derive(Debug)]
+struct ApiError(StatusCode, String, String);
+
+impl From<BrokerError> for ApiError {
+    fn from(e: BrokerError) -> Self {
+        ApiError(
+            e.http_status(),
+            e.code().as_str_name().to_owned(),
+            e.to_string(),
+        )
+    }
+}
+
+fn bad_request(msg: impl Into<String>) -> ApiError {
+    ApiError(
+        StatusCode::BAD_REQUEST,
+        "INVALID_REQUEST".into(),
+        msg.into(),
+    )
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.0,
+            axum::Json(json!({"error": {"code": self.1, "message": self.2}})),
+        )
+            .into_response()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IngestBody {
+    records: Vec<IngestRecord>,
+    /// How `key`, `value` and header values are encoded: `utf8` (default) or `base64`.
+    #[serde(default)]
+    encoding: Encoding,
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Encoding {
+    #[default]
+    Utf8,
+    Base64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IngestRecord {
+    key: Option<String>,
+    value: String,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    partition: Option<u32>,
+    timestamp_ms: Option<i64>,
+}
+
+fn decode(s: &str, enc: Encoding, what: &str, i: usize) -> Result<bytes::Bytes, ApiError> {
+    match enc {
+        Encoding::Utf8 => Ok(bytes::Bytes::copy_from_slice(s.as_bytes())),
+        Encoding::Base64 => B64
+            .decode(s)
+            .map(bytes::Bytes::from)
+            .map_err(|e| bad_request(format!("records[{i}].{what} is not valid base64: {e}"))),
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+async fn ingest(
+    State(st): State<AppState>,
+    Path(topic): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let started = Instant::now();
+    let r = ingest_inner(&st, &topic, &body).await;
+    let outcome = match &r {
+        Ok(_) => "ok".to_owned(),
+        Err(e) => e.1.to_ascii_lowercase(),
+    };
+    st.broker
+        .metrics()
+        .request("http_ingest", &outcome, started.elapsed());
+    r
+}
+
+async fn ingest_inner(
+    st: &AppState,
+    topic: &str,
+    body: &[u8],
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let body: IngestBody =
+        serde_json::from_slice(body).map_err(|e| bad_request(format!("invalid JSON body: {e}")))?;
+    if body.records.is_empty() {
+        return Err(bad_request("records is empty"));
+    }
+    let t = st.broker.topic(topic)?;
+    let partitions = t.record.partitions;
+    // Validate and place every record before anything is written.
+    let now = now_ms();
+    let mut by_partition: BTreeMap<u32, Vec<(usize, Record)>> = BTreeMap::new();
+    for (i, r) in body.records.iter().enumerate() {
+        let key = r
+            .key
+            .as_deref()
+            .map(|k| decode(k, body.encoding, "key", i))
+            .transpose()?;
+        let value = decode(&r.value, body.encoding, "value", i)?;
+        let headers = r
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                Ok(Header {
+                    key: k.clone(),
+                    value: decode(v, body.encoding, "headers", i)?,
+                })
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        let partition = match (r.partition, &key) {
+            (Some(p), _) if p >= partitions => {
+                return Err(BrokerError::UnknownPartition {
+                    topic: topic.to_owned(),
+                    partition: p,
+                    partitions,
+                }
+                .into());
+            }
+            (Some(p), _) => p,
+            (None, Some(k)) => partition_for_key(k, partitions),
+            (None, None) => st.round_robin.fetch_add(1, Ordering::Relaxed) % partitions,
+        };
+        let record = Record {
+            key,
+            value,
+            headers,
+            timestamp_ms: r.timestamp_ms.unwrap_or(now),
+        };
+        by_partition.entry(partition).or_default().push((i, record));
+    }
+    let mut encoded = Vec::new();
+    for (p, recs) in &by_partition {
+        let records: Vec<Record> = recs.iter().map(|(_, r)| r.clone()).collect();
+        let mut out = Vec::new();
+        encode_batch(&records, Compression::None, None, &mut out)
+            .map_err(|e| bad_request(e.to_string()))?;
+        let limits: BatchLimits = st.broker.partition(topic, *p)?.batch_limits();
+        if out.len() > limits.batch_bytes_max {
+            return Err(BrokerError::BatchTooLarge {
+                size: out.len(),
+                max: limits.batch_bytes_max,
+            }
+            .into());
+        }
+        encoded.push((*p, bytes::Bytes::from(out)));
+    }
+    let mut offsets = vec![json!(null); body.records.len()];
+    for (p, batch) in encoded {
+        let o = st.broker.produce(topic, p, batch, Acks::All).await?;
+        for (k, (i, _)) in by_partition[&p].iter().enumerate() {
+            offsets[*i] = json!({"partition": p, "offset": o.base_offset + k as u64});
+        }
+    }
+    Ok(axum::Json(json!({ "offsets": offsets })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueryParams {
+    offset: Option<u64>,
+    max: Option<u32>,
+    #[serde(default)]
+    encoding: Encoding,
+}
+
+async fn query(
+    State(st): State<AppState>,
+    Path((topic, partition)): Path<(String, u32)>,
+    params: Result<Query<QueryParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let started = Instant::now();
+    let Query(q) = params.map_err(|e| bad_request(format!("invalid query: {}", e.body_text())))?;
+    let r = query_inner(&st, &topic, partition, q).await;
+    let outcome = match &r {
+        Ok(_) => "ok".to_owned(),
+        Err(e) => e.1.to_ascii_lowercase(),
+    };
+    st.broker
+        .metrics()
+        .request("http_query", &outcome, started.elapsed());
+    r
+}
+
+async fn query_inner(
+    st: &AppState,
+    topic: &str,
+    partition: u32,
+    q: QueryParams,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let p = st.broker.partition(topic, partition)?;
+    let max = q
+        .max
+        .unwrap_or(100)
+        .min(st.broker.config().http_records_max) as usize;
+    if max == 0 {
+        return Err(bad_request("max must be positive"));
+    }
+    let start = q.offset.unwrap_or_else(|| p.log_start_offset());
+    let fetch_bytes = st.broker.config().fetch_bytes_default as usize;
+    let p2 = p.clone();
+    let batches = tokio::task::spawn_blocking(move || p2.read(start, fetch_bytes))
+        .await
+        .map_err(|e| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "STORAGE_ERROR".into(),
+                e.to_string(),
+            )
+        })??;
+    let enc = |b: &[u8], e: Encoding| -> serde_json::Value {
+        match (e, std::str::from_utf8(b)) {
+            (Encoding::Utf8, Ok(s)) => json!(s),
+            _ => json!(B64.encode(b)),
+        }
+    };
+    let mut records = Vec::new();
+    let mut next = start;
+    'outer: for b in batches {
+        let decoded = strata_proto::decode_records(b.bytes.clone(), &BatchLimits::UNLIMITED)
+            .map_err(BrokerError::CorruptBatch)?;
+        for (i, r) in decoded.iter().enumerate() {
+            let offset = b.base_offset + i as u64;
+            if offset < start {
+                continue;
+            }
+            if records.len() == max {
+                break 'outer;
+            }
+            // One encoding per record: base64 when asked, or when any of its
+            // fields is not UTF-8.
+            let is_text = |b: &[u8]| std::str::from_utf8(b).is_ok();
+            let text = is_text(&r.value)
+                && r.key.as_ref().is_none_or(|k| is_text(k))
+                && r.headers.iter().all(|h| is_text(&h.value));
+            let e = if q.encoding == Encoding::Utf8 && text {
+                Encoding::Utf8
+            } else {
+                Encoding::Base64
+            };
+            records.push(json!({
+                "offset": offset,
+                "timestamp_ms": r.timestamp_ms,
+                "key": r.key.as_ref().map(|k| enc(k, e)),
+                "value": enc(&r.value, e),
+                "headers": r.headers.iter().map(|h| (h.key.clone(), enc(&h.value, e))).collect::<BTreeMap<_, _>>(),
+                "encoding": e,
+            }));
+            next = offset + 1;
+        }
+    }
+    Ok(axum::Json(json!({
+        "records": records,
+        "next_offset": next,
+        "high_watermark": p.high_watermark(),
+        "log_start_offset": p.log_start_offset(),
+    })))
+}
+
+async fn health(State(st): State<AppState>) -> impl IntoResponse {
+    axum::Json(json!({
+        "status": "ok",
+        "node_id": st.broker.config().node_id,
+        "topics": st.broker.topics().len(),
+    }))
+}
+
+async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        st.broker.metrics().render(&st.broker),
+    )
+}

@@ -1,0 +1,14 @@
+//! Compiles `proto/strata.proto` with protox (pure Rust; no protoc) and
+//! generates the prost messages and tonic client and server.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let fds = protox::compile(["strata.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        // Batches travel as `bytes::Bytes`: no copy between the socket and the log.
+        .bytes(".")
+        .compile_fds(fds)?;
+    Ok(())
+}
