@@ -17,6 +17,7 @@ pub mod entry;
 pub mod error;
 pub mod fault;
 pub mod index;
+pub mod inspect;
 pub mod partition;
 pub mod retention;
 pub mod segment;

@@ -1,0 +1,274 @@
+//! `Admin`: topics, offsets, groups and metadata, over one gRPC connection.
+//! Also the connection helper every client type uses.
+
+use std::time::Duration;
+
+use strata_proto::pb::{self, strata_client::StrataClient};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::{ClientError, Result};
+
+/// Largest gRPC message the client sends or accepts.
+pub const MESSAGE_BYTES_MAX: usize = 64 << 20;
+
+/// Connects to a broker's gRPC address (`host:port`), with HTTP/2
+/// keep-alive so a dead connection is noticed.
+pub async fn connect(addr: &str) -> Result<StrataClient<Channel>> {
+    let url = if addr.starts_with("http://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    };
+    let endpoint = Endpoint::from_shared(url)
+        .map_err(|e| ClientError::Invalid(format!("address {addr:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true);
+    let channel = endpoint.connect().await.map_err(|e| ClientError::Connect {
+        addr: addr.to_owned(),
+        reason: format!("{e}: {}", source_chain(&e)),
+    })?;
+    Ok(StrataClient::new(channel)
+        .max_decoding_message_size(MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(MESSAGE_BYTES_MAX))
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut out = Vec::new();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push(s.to_string());
+        cur = s.source();
+    }
+    out.join(": ")
+}
+
+/// Per-topic settings; `None` leaves the broker's default (or, in
+/// `alter`, the current value).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TopicConfig {
+    /// Time retention in ms; -1 keeps forever.
+    pub retention_ms: Option<i64>,
+    /// Size retention per partition in bytes; -1 means no limit.
+    pub retention_bytes: Option<i64>,
+    /// Segment size in bytes.
+    pub segment_bytes: Option<u64>,
+    /// Segment age in ms before it rolls.
+    pub segment_ms: Option<i64>,
+    /// Largest batch accepted, in bytes.
+    pub max_batch_bytes: Option<u32>,
+}
+
+impl From<TopicConfig> for pb::TopicConfig {
+    fn from(c: TopicConfig) -> Self {
+        pb::TopicConfig {
+            retention_ms: c.retention_ms,
+            retention_bytes: c.retention_bytes,
+            segment_bytes: c.segment_bytes,
+            segment_ms: c.segment_ms,
+            max_batch_bytes: c.max_batch_bytes,
+        }
+    }
+}
+
+/// Where to read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OffsetSpec {
+    /// The log start offset.
+    Earliest,
+    /// The high watermark (the next offset to be written).
+    Latest,
+    /// The first offset whose timestamp is at or after this (ms).
+    Timestamp(i64),
+}
+
+/// Offsets of a partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartitionOffsets {
+    /// The offset asked for.
+    pub offset: u64,
+    /// First readable offset.
+    pub log_start_offset: u64,
+    /// End of the committed prefix.
+    pub high_watermark: u64,
+}
+
+/// Administrative operations.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    client: StrataClient<Channel>,
+}
+
+impl Admin {
+    /// Connects to `addr` (`host:port`).
+    pub async fn connect(addr: &str) -> Result<Self> {
+        Ok(Admin {
+            client: connect(addr).await?,
+        })
+    }
+
+    /// Creates a topic.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u32,
+        config: TopicConfig,
+    ) -> Result<pb::TopicDescription> {
+        let r = self
+            .client
+            .clone()
+            .create_topic(pb::CreateTopicRequest {
+                name: name.to_owned(),
+                partitions,
+                replication_factor,
+                config: Some(config.into()),
+            })
+            .await?;
+        r.into_inner()
+            .topic
+            .ok_or_else(|| ClientError::Invalid("broker returned no topic".into()))
+    }
+
+    /// Every topic.
+    pub async fn list_topics(&self) -> Result<Vec<pb::TopicDescription>> {
+        Ok(self
+            .client
+            .clone()
+            .list_topics(pb::ListTopicsRequest {})
+            .await?
+            .into_inner()
+            .topics)
+    }
+
+    /// One topic, with partition figures.
+    pub async fn describe_topic(&self, name: &str) -> Result<pb::TopicDescription> {
+        Ok(self
+            .client
+            .clone()
+            .describe_topic(pb::DescribeTopicRequest {
+                name: name.to_owned(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Changes the settings given in `config`.
+    pub async fn alter_topic(
+        &self,
+        name: &str,
+        config: TopicConfig,
+    ) -> Result<pb::TopicDescription> {
+        Ok(self
+            .client
+            .clone()
+            .alter_topic_config(pb::AlterTopicConfigRequest {
+                name: name.to_owned(),
+                config: Some(config.into()),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Deletes a topic and its data.
+    pub async fn delete_topic(&self, name: &str) -> Result<()> {
+        self.client
+            .clone()
+            .delete_topic(pb::DeleteTopicRequest {
+                name: name.to_owned(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Resolves an offset spec on one partition.
+    pub async fn list_offsets(
+        &self,
+        topic: &str,
+        partition: u32,
+        spec: OffsetSpec,
+    ) -> Result<PartitionOffsets> {
+        use pb::list_offsets_request::Spec;
+        let spec = match spec {
+            OffsetSpec::Earliest => Spec::Position(pb::Position::Earliest as i32),
+            OffsetSpec::Latest => Spec::Position(pb::Position::Latest as i32),
+            OffsetSpec::Timestamp(t) => Spec::TimestampMs(t),
+        };
+        let r = self
+            .client
+            .clone()
+            .list_offsets(pb::ListOffsetsRequest {
+                topic: topic.to_owned(),
+                partition,
+                spec: Some(spec),
+            })
+            .await?
+            .into_inner();
+        Ok(PartitionOffsets {
+            offset: r.offset,
+            log_start_offset: r.log_start_offset,
+            high_watermark: r.high_watermark,
+        })
+    }
+
+    /// Cluster metadata (brokers, topics, partitions).
+    pub async fn metadata(&self, topics: &[String]) -> Result<pb::MetadataResponse> {
+        Ok(self
+            .client
+            .clone()
+            .metadata(pb::MetadataRequest {
+                topics: topics.to_vec(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Commits offsets (the next offset to consume) of a group.
+    pub async fn commit(&self, group: &str, topic: &str, offsets: &[(u32, u64)]) -> Result<()> {
+        self.client
+            .clone()
+            .commit_offsets(pb::CommitOffsetsRequest {
+                group: group.to_owned(),
+                topic: topic.to_owned(),
+                offsets: offsets
+                    .iter()
+                    .map(|(partition, offset)| pb::PartitionOffset {
+                        partition: *partition,
+                        offset: *offset,
+                    })
+                    .collect(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// A group's committed offsets on a topic.
+    pub async fn committed(&self, group: &str, topic: &str) -> Result<Vec<(u32, u64)>> {
+        let r = self
+            .client
+            .clone()
+            .fetch_committed(pb::FetchCommittedRequest {
+                group: group.to_owned(),
+                topic: topic.to_owned(),
+            })
+            .await?
+            .into_inner();
+        Ok(r.offsets
+            .into_iter()
+            .map(|o| (o.partition, o.offset))
+            .collect())
+    }
+
+    /// Every group's committed offsets.
+    pub async fn list_groups(&self) -> Result<Vec<pb::GroupTopic>> {
+        Ok(self
+            .client
+            .clone()
+            .list_groups(pb::ListGroupsRequest {})
+            .await?
+            .into_inner()
+            .groups)
+    }
+}

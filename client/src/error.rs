@@ -1,0 +1,142 @@
+//! The client's error type: broker errors arrive as gRPC statuses carrying an
+//! `ErrorDetail` with a stable code, and are turned into typed variants here
+//! (one place), so callers match on `OffsetOutOfRange`, `UnknownTopic`, …
+//! rather than on strings.
+
+use prost::Message;
+use strata_proto::pb::{ErrorCode, ErrorDetail};
+
+/// What went wrong talking to Strata.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Could not connect.
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect {
+        /// Address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The connection failed or the broker is unavailable; retriable.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The offset is outside the readable range.
+    #[error(
+        "offset {offset} is out of range: readable offsets are [{log_start_offset}, {high_watermark}]"
+    )]
+    OffsetOutOfRange {
+        /// Offset asked for.
+        offset: u64,
+        /// First readable offset.
+        log_start_offset: u64,
+        /// End of the committed prefix.
+        high_watermark: u64,
+    },
+    /// No such topic.
+    #[error("{0}")]
+    UnknownTopic(String),
+    /// Another error the broker reported, with its stable code.
+    #[error("{message} ({code:?})")]
+    Broker {
+        /// Stable code.
+        code: ErrorCode,
+        /// The broker's message.
+        message: String,
+    },
+    /// A batch could not be encoded or decoded.
+    #[error("batch: {0}")]
+    Batch(String),
+    /// Bad arguments.
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    /// No committed offset and the reset policy is `error`.
+    #[error(
+        "no committed offset for group {group:?} on {topic}/{partition}, and the reset policy is 'error'"
+    )]
+    NoCommittedOffset {
+        /// Group.
+        group: String,
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+    },
+    /// The producer or consumer was closed.
+    #[error("closed")]
+    Closed,
+}
+
+impl ClientError {
+    /// Whether retrying the same request can succeed.
+    pub fn is_retriable(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Unavailable(_)
+                | ClientError::Broker {
+                    code: ErrorCode::NotLeader | ErrorCode::ShuttingDown | ErrorCode::StorageError,
+                    ..
+                }
+        )
+    }
+
+    /// The stable code, when the broker sent one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::OffsetOutOfRange { .. } => Some(ErrorCode::OffsetOutOfRange),
+            ClientError::UnknownTopic(_) => Some(ErrorCode::UnknownTopic),
+            ClientError::Broker { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(s: tonic::Status) -> Self {
+        let detail = ErrorDetail::decode(s.details())
+            .ok()
+            .filter(|d| d.code != 0);
+        let Some(d) = detail else {
+            return match s.code() {
+                tonic::Code::Unavailable
+                | tonic::Code::Unknown
+                | tonic::Code::Cancelled
+                | tonic::Code::DeadlineExceeded => ClientError::Unavailable(s.message().to_owned()),
+                _ => ClientError::Broker {
+                    code: ErrorCode::Unspecified,
+                    message: format!("{}: {}", s.code(), s.message()),
+                },
+            };
+        };
+        let code = ErrorCode::try_from(d.code).unwrap_or(ErrorCode::Unspecified);
+        match code {
+            ErrorCode::OffsetOutOfRange => ClientError::OffsetOutOfRange {
+                offset: parse_offset(&d.message).unwrap_or(0),
+                log_start_offset: d.log_start_offset.unwrap_or(0),
+                high_watermark: d.high_watermark.unwrap_or(0),
+            },
+            ErrorCode::UnknownTopic => ClientError::UnknownTopic(d.message),
+            _ => ClientError::Broker {
+                code,
+                message: d.message,
+            },
+        }
+    }
+}
+
+fn parse_offset(message: &str) -> Option<u64> {
+    message
+        .strip_prefix("offset ")?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+impl From<tonic::transport::Error> for ClientError {
+    fn from(e: tonic::transport::Error) -> Self {
+        ClientError::Unavailable(e.to_string())
+    }
+}
+
+/// Result alias of the client.
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;

@@ -1,0 +1,14 @@
+//! Strata's client library: [`Producer`], [`Consumer`] and [`Admin`] over
+//! the broker's gRPC API, with typed errors ([`ClientError`]). The `strata`
+//! CLI is a thin binary over it.
+
+pub mod admin;
+pub mod consumer;
+pub mod error;
+pub mod producer;
+
+pub use admin::{Admin, OffsetSpec, PartitionOffsets, TopicConfig};
+pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, ResetPolicy, Seek};
+pub use error::{ClientError, Result};
+pub use producer::{Acks, Delivery, Producer, ProducerConfig, RecordMetadata};
+pub use strata_proto::batch::{Compression, Header, Record};

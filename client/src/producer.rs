@@ -1,0 +1,538 @@
+//! `Producer`: batches records per partition by size and linger time,
+//! compresses (LZ4) and checksums each batch, keeps a bounded number of
+//! bytes in flight (sending waits when the budget is used up), and retries
+//! with exponential backoff without ever duplicating: every batch carries
+//! an idempotent-producer id, epoch and sequence, and the broker answers a
+//! retried batch with the original offsets.
+//!
+//! Each partition has one worker task that owns its batches: it sends up to
+//! `max_in_flight_per_partition` batches at once, in sequence order, and on
+//! a failure resends the failed batch and every later one, in order, after
+//! a backoff. A batch the broker rejects for good (too large, unknown
+//! topic, …) fails its records; the worker then takes a new producer id so
+//! the batches after it are not stuck behind the sequence gap.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use strata_proto::batch::{Compression, ProducerInfo, Record, encode_batch};
+use strata_proto::partitioner::partition_for_key;
+use strata_proto::pb::{self, ErrorCode, strata_client::StrataClient};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use crate::admin::connect;
+use crate::error::{ClientError, Result};
+
+/// When the broker acknowledges a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Acks {
+    /// Once durable on a quorum (the default).
+    #[default]
+    All,
+    /// Once durable on the leader.
+    Leader,
+    /// Fire and forget: no offsets are returned.
+    None,
+}
+
+/// Producer settings; the defaults suit throughput with bounded latency.
+#[derive(Clone, Debug)]
+pub struct ProducerConfig {
+    /// A batch is sent once its records reach this size. Default 256 KiB.
+    pub batch_bytes_max: usize,
+    /// A batch waits at most this long for more records. Default 5 ms.
+    pub linger: Duration,
+    /// Batch compression. Default LZ4.
+    pub compression: Compression,
+    /// Acknowledgement level. Default all.
+    pub acks: Acks,
+    /// Bytes of records buffered or in flight; `send` waits beyond it. Default 64 MiB.
+    pub buffer_bytes_max: usize,
+    /// Batches sent concurrently per partition. Default 5.
+    pub max_in_flight_per_partition: usize,
+    /// Attempts per batch before its records fail. Default 10.
+    pub attempts_max: u32,
+    /// First retry backoff; doubles up to `retry_backoff_max`. Default 50 ms.
+    pub retry_backoff: Duration,
+    /// Largest retry backoff. Default 2 s.
+    pub retry_backoff_max: Duration,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            batch_bytes_max: 256 << 10,
+            linger: Duration::from_millis(5),
+            compression: Compression::Lz4,
+            acks: Acks::All,
+            buffer_bytes_max: 64 << 20,
+            max_in_flight_per_partition: 5,
+            attempts_max: 10,
+            retry_backoff: Duration::from_millis(50),
+            retry_backoff_max: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Where an acknowledged record landed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordMetadata {
+    /// Partition.
+    pub partition: u32,
+    /// Offset; `None` with `acks=none`.
+    pub offset: Option<u64>,
+}
+
+/// Resolves when the record is acknowledged (or has failed for good).
+#[derive(Debug)]
+pub struct Delivery(oneshot::Receiver<Result<RecordMetadata>>);
+
+impl std::future::Future for Delivery {
+    type Output = Result<RecordMetadata>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(ClientError::Closed)))
+    }
+}
+
+struct Pending {
+    record: Record,
+    done: oneshot::Sender<Result<RecordMetadata>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+enum Msg {
+    Record(Pending, usize),
+    Flush(oneshot::Sender<()>),
+}
+
+struct Batch {
+    records: Vec<Pending>,
+    bytes: usize,
+    /// Sequence of the first record once assigned (at first send).
+    sequence: Option<u32>,
+    attempts: u32,
+}
+
+#[derive(Clone)]
+struct TopicHandle {
+    partitions: u32,
+    workers: Vec<mpsc::Sender<Msg>>,
+}
+
+/// Publishes records to Strata.
+#[derive(Clone)]
+pub struct Producer {
+    client: StrataClient<Channel>,
+    config: Arc<ProducerConfig>,
+    budget: Arc<Semaphore>,
+    topics: Arc<Mutex<HashMap<String, TopicHandle>>>,
+    round_robin: Arc<AtomicU32>,
+    tasks: Arc<Mutex<JoinSet<()>>>,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn record_size(r: &Record) -> usize {
+    18 + r.key.as_ref().map_or(0, |k| k.len())
+        + r.value.len()
+        + r.headers
+            .iter()
+            .map(|h| 6 + h.key.len() + h.value.len())
+            .sum::<usize>()
+}
+
+impl Producer {
+    /// Connects to a broker.
+    pub async fn connect(addr: &str, config: ProducerConfig) -> Result<Self> {
+        if config.batch_bytes_max == 0
+            || config.max_in_flight_per_partition == 0
+            || config.attempts_max == 0
+        {
+            return Err(ClientError::Invalid(
+                "batch_bytes_max, max_in_flight_per_partition and attempts_max must be positive"
+                    .into(),
+            ));
+        }
+        Ok(Producer {
+            client: connect(addr).await?,
+            budget: Arc::new(Semaphore::new(config.buffer_bytes_max)),
+            config: Arc::new(config),
+            topics: Arc::new(Mutex::new(HashMap::new())),
+            round_robin: Arc::new(AtomicU32::new(0)),
+            tasks: Arc::new(Mutex::new(JoinSet::new())),
+        })
+    }
+
+    async fn topic(&self, topic: &str) -> Result<TopicHandle> {
+        let mut topics = self.topics.lock().await;
+        if let Some(t) = topics.get(topic) {
+            return Ok(t.clone());
+        }
+        let d = self
+            .client
+            .clone()
+            .describe_topic(pb::DescribeTopicRequest {
+                name: topic.to_owned(),
+            })
+            .await?
+            .into_inner();
+        let mut tasks = self.tasks.lock().await;
+        let workers = (0..d.partitions)
+            .map(|p| {
+                let (tx, rx) = mpsc::channel(1024);
+                let w = Worker {
+                    client: self.client.clone(),
+                    config: self.config.clone(),
+                    topic: topic.to_owned(),
+                    partition: p,
+                    producer: None,
+                    next_sequence: 0,
+                };
+                tasks.spawn(w.run(rx));
+                tx
+            })
+            .collect();
+        let h = TopicHandle {
+            partitions: d.partitions,
+            workers,
+        };
+        topics.insert(topic.to_owned(), h.clone());
+        Ok(h)
+    }
+
+    /// Queues a record. Waits while the buffer is full (backpressure); the
+    /// returned [`Delivery`] resolves once the record is acknowledged. The
+    /// partition is `partition` if given, else the key's hash, else round
+    /// robin.
+    pub async fn send(
+        &self,
+        topic: &str,
+        record: Record,
+        partition: Option<u32>,
+    ) -> Result<Delivery> {
+        let t = self.topic(topic).await?;
+        let p = match (partition, &record.key) {
+            (Some(p), _) if p >= t.partitions => {
+                return Err(ClientError::Invalid(format!(
+                    "topic {topic} has {} partitions, not {}",
+                    t.partitions,
+                    p + 1
+                )));
+            }
+            (Some(p), _) => p,
+            (None, Some(k)) => partition_for_key(k, t.partitions),
+            (None, None) => self.round_robin.fetch_add(1, Ordering::Relaxed) % t.partitions,
+        };
+        let size = record_size(&record);
+        if size > self.config.buffer_bytes_max || size > u32::MAX as usize {
+            return Err(ClientError::Invalid(format!(
+                "record of {size} bytes exceeds buffer_bytes_max"
+            )));
+        }
+        let permit = self
+            .budget
+            .clone()
+            .acquire_many_owned(size as u32)
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        let (done, rx) = oneshot::channel();
+        t.workers[p as usize]
+            .send(Msg::Record(
+                Pending {
+                    record,
+                    done,
+                    _permit: permit,
+                },
+                size,
+            ))
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        Ok(Delivery(rx))
+    }
+
+    /// Sends and waits for the acknowledgement.
+    pub async fn send_and_wait(
+        &self,
+        topic: &str,
+        record: Record,
+        partition: Option<u32>,
+    ) -> Result<RecordMetadata> {
+        self.send(topic, record, partition).await?.await
+    }
+
+    /// Sends every buffered record now and waits until all are acknowledged
+    /// or failed.
+    pub async fn flush(&self) -> Result<()> {
+        let topics: Vec<TopicHandle> = self.topics.lock().await.values().cloned().collect();
+        let mut waits = Vec::new();
+        for t in topics {
+            for w in t.workers {
+                let (tx, rx) = oneshot::channel();
+                if w.send(Msg::Flush(tx)).await.is_ok() {
+                    waits.push(rx);
+                }
+            }
+        }
+        for w in waits {
+            let _ = w.await;
+        }
+        Ok(())
+    }
+
+    /// Flushes, then stops the partition workers.
+    pub async fn close(self) -> Result<()> {
+        self.flush().await?;
+        self.topics.lock().await.clear();
+        let mut tasks = self.tasks.lock().await;
+        while tasks.join_next().await.is_some() {}
+        Ok(())
+    }
+}
+
+struct Worker {
+    client: StrataClient<Channel>,
+    config: Arc<ProducerConfig>,
+    topic: String,
+    partition: u32,
+    producer: Option<(u64, u16)>,
+    next_sequence: u32,
+}
+
+type SendResult = (Batch, Result<pb::ProduceResponse>);
+
+impl Worker {
+    async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        let mut open: Option<Batch> = None;
+        let mut linger_deadline = Instant::now();
+        let mut queued: VecDeque<Batch> = VecDeque::new();
+        let mut in_flight: JoinSet<(u64, SendResult)> = JoinSet::new();
+        let mut results: HashMap<u64, SendResult> = HashMap::new();
+        let (mut launched, mut completed) = (0u64, 0u64);
+        let mut retry: VecDeque<Batch> = VecDeque::new();
+        let mut retry_at: Option<Instant> = None;
+        let mut reset_producer = false;
+        let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
+        let mut inbox_open = true;
+        loop {
+            let idle =
+                open.is_none() && queued.is_empty() && retry.is_empty() && in_flight.is_empty();
+            if idle {
+                for f in flushes.drain(..) {
+                    let _ = f.send(());
+                }
+                if !inbox_open {
+                    return;
+                }
+            }
+            // Launch what the window allows, in order: retries first.
+            let can_launch = retry_at.is_none_or(|t| Instant::now() >= t)
+                && (retry.is_empty() || in_flight.is_empty());
+            if reset_producer && in_flight.is_empty() {
+                // Every result of the round is in: renumber what is left
+                // under a new producer id, retries first, in order.
+                reset_producer = false;
+                self.producer = None;
+                self.next_sequence = 0;
+                for b in retry.iter_mut().chain(queued.iter_mut()) {
+                    b.sequence = None;
+                }
+            }
+            while can_launch && in_flight.len() < self.config.max_in_flight_per_partition {
+                let Some(mut batch) = retry.pop_front().or_else(|| queued.pop_front()) else {
+                    break;
+                };
+                retry_at = None;
+                match self.prepare(&mut batch).await {
+                    Ok(bytes) => {
+                        let mut client = self.client.clone();
+                        let req = pb::ProduceRequest {
+                            topic: self.topic.clone(),
+                            partition: self.partition,
+                            batch: bytes,
+                            acks: match self.config.acks {
+                                Acks::All => pb::Acks::All,
+                                Acks::Leader => pb::Acks::Leader,
+                                Acks::None => pb::Acks::None,
+                            } as i32,
+                        };
+                        let n = launched;
+                        launched += 1;
+                        in_flight.spawn(async move {
+                            let r = client
+                                .produce(req)
+                                .await
+                                .map(|r| r.into_inner())
+                                .map_err(ClientError::from);
+                            (n, (batch, r))
+                        });
+                    }
+                    Err(e) if e.is_retriable() && batch.attempts < self.config.attempts_max => {
+                        batch.attempts += 1;
+                        retry.push_front(batch);
+                        retry_at = Some(Instant::now() + self.backoff(1));
+                        break;
+                    }
+                    Err(e) => fail(batch, &e),
+                }
+            }
+            let linger = open.is_some();
+            tokio::select! {
+                msg = rx.recv(), if inbox_open => match msg {
+                    Some(Msg::Record(p, size)) => {
+                        let b = open.get_or_insert_with(|| {
+                            linger_deadline = Instant::now() + self.config.linger;
+                            Batch { records: Vec::new(), bytes: 0, sequence: None, attempts: 0 }
+                        });
+                        b.records.push(p);
+                        b.bytes += size;
+                        if b.bytes >= self.config.batch_bytes_max || b.records.len() >= 1 << 20 {
+                            queued.extend(open.take());
+                        }
+                    }
+                    Some(Msg::Flush(f)) => {
+                        queued.extend(open.take());
+                        flushes.push(f);
+                    }
+                    None => {
+                        inbox_open = false;
+                        queued.extend(open.take());
+                    }
+                },
+                _ = tokio::time::sleep_until(linger_deadline), if linger => {
+                    queued.extend(open.take());
+                }
+                _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() && in_flight.is_empty() => {}
+                joined = in_flight.join_next(), if !in_flight.is_empty() => {
+                    let Some(Ok((n, result))) = joined else { continue };
+                    results.insert(n, result);
+                    // Handle completions in launch order, so a failure is
+                    // seen before the later batches it affects.
+                    while let Some((batch, r)) = results.remove(&completed) {
+                        completed += 1;
+                        self.complete(batch, r, &mut retry, &mut retry_at, &mut reset_producer);
+                    }
+                }
+            }
+        }
+    }
+
+    fn backoff(&self, attempts: u32) -> Duration {
+        let exp = self
+            .config
+            .retry_backoff
+            .saturating_mul(1 << attempts.min(16));
+        exp.min(self.config.retry_backoff_max)
+    }
+
+    /// Encodes the batch with its producer id and sequence (assigned on the
+    /// first attempt and kept for retries, so the broker can deduplicate).
+    async fn prepare(&mut self, batch: &mut Batch) -> Result<Bytes> {
+        let (pid, epoch) = match self.producer {
+            Some(p) => p,
+            None => {
+                let r = self
+                    .client
+                    .clone()
+                    .init_producer(pb::InitProducerRequest {})
+                    .await?
+                    .into_inner();
+                let p = (r.producer_id, r.producer_epoch as u16);
+                self.producer = Some(p);
+                p
+            }
+        };
+        let sequence = *batch.sequence.get_or_insert_with(|| {
+            let s = self.next_sequence;
+            self.next_sequence = self.next_sequence.wrapping_add(batch.records.len() as u32);
+            s
+        });
+        let records: Vec<Record> = batch.records.iter().map(|p| p.record.clone()).collect();
+        let mut out = Vec::with_capacity(batch.bytes + 64);
+        encode_batch(
+            &records,
+            self.config.compression,
+            Some(ProducerInfo {
+                producer_id: pid,
+                producer_epoch: epoch,
+                base_sequence: sequence,
+            }),
+            &mut out,
+        )
+        .map_err(|e| ClientError::Batch(e.to_string()))?;
+        Ok(Bytes::from(out))
+    }
+
+    fn complete(
+        &mut self,
+        mut batch: Batch,
+        r: Result<pb::ProduceResponse>,
+        retry: &mut VecDeque<Batch>,
+        retry_at: &mut Option<Instant>,
+        reset_producer: &mut bool,
+    ) {
+        let retrying = !retry.is_empty() || *reset_producer;
+        match r {
+            Ok(resp) => {
+                for (i, p) in batch.records.drain(..).enumerate() {
+                    let offset =
+                        (self.config.acks != Acks::None).then_some(resp.base_offset + i as u64);
+                    let _ = p.done.send(Ok(RecordMetadata {
+                        partition: self.partition,
+                        offset,
+                    }));
+                }
+            }
+            // Behind an earlier failure, a sequence gap is expected: resend in order.
+            Err(ClientError::Broker {
+                code: ErrorCode::OutOfOrderSequence,
+                ..
+            }) if retrying && batch.attempts < self.config.attempts_max => {
+                batch.attempts += 1;
+                retry.push_back(batch);
+            }
+            Err(e) if e.is_retriable() && batch.attempts < self.config.attempts_max => {
+                batch.attempts += 1;
+                tracing::debug!(topic = %self.topic, partition = self.partition, attempt = batch.attempts, error = %e, "retrying batch");
+                *retry_at = Some(Instant::now() + self.backoff(batch.attempts));
+                retry.push_back(batch);
+            }
+            Err(e) => {
+                fail(batch, &e);
+                // Later batches carry sequences after the failed one; a new
+                // producer id lets them through.
+                *reset_producer = true;
+            }
+        }
+    }
+}
+
+fn fail(batch: Batch, e: &ClientError) {
+    for p in batch.records {
+        let err = match e {
+            ClientError::Broker { code, message } => ClientError::Broker {
+                code: *code,
+                message: message.clone(),
+            },
+            ClientError::UnknownTopic(m) => ClientError::UnknownTopic(m.clone()),
+            other => ClientError::Unavailable(other.to_string()),
+        };
+        let _ = p.done.send(Err(err));
+    }
+}
