@@ -58,6 +58,8 @@ pub struct ConsumerConfig {
     pub fetch_bytes_max: u32,
     /// Fetch messages buffered ahead of `poll`. Default 32.
     pub buffered_messages: usize,
+    /// Most records one `poll` returns (the rest wait for the next). Default 500.
+    pub max_poll_records: usize,
 }
 
 impl Default for ConsumerConfig {
@@ -67,6 +69,7 @@ impl Default for ConsumerConfig {
             reset: ResetPolicy::Latest,
             fetch_bytes_max: 1 << 20,
             buffered_messages: 32,
+            max_poll_records: 500,
         }
     }
 }
@@ -98,7 +101,14 @@ pub struct Consumer {
     admin: Admin,
     config: ConsumerConfig,
     topic: String,
+    /// Next offset `poll` returns, per partition.
     positions: BTreeMap<u32, u64>,
+    /// Next offset to decode from fetched batches, per partition.
+    fetched: BTreeMap<u32, u64>,
+    /// Decoded records not yet returned.
+    buffered: std::collections::VecDeque<ConsumerRecord>,
+    /// A partition's failure, reported by the next `poll`.
+    failed: Option<ClientError>,
     generation: BTreeMap<u32, u64>,
     tasks: BTreeMap<u32, JoinHandle<()>>,
     tx: mpsc::Sender<Delivered>,
@@ -151,6 +161,9 @@ impl Consumer {
             admin,
             topic: topic.to_owned(),
             positions: BTreeMap::new(),
+            fetched: BTreeMap::new(),
+            buffered: std::collections::VecDeque::new(),
+            failed: None,
             generation: BTreeMap::new(),
             tasks: BTreeMap::new(),
             tx,
@@ -194,6 +207,8 @@ impl Consumer {
         let gen_ = self.generation.get(&partition).map_or(0, |g| g + 1);
         self.generation.insert(partition, gen_);
         self.positions.insert(partition, offset);
+        self.fetched.insert(partition, offset);
+        self.buffered.retain(|r| r.partition != partition);
         let task = tokio::spawn(fetch_loop(
             self.client.clone(),
             self.topic.clone(),
@@ -258,11 +273,26 @@ impl Consumer {
     }
 
     /// Waits up to `timeout` for records; returns those available (possibly
-    /// none). Records of one partition come in offset order, each once.
+    /// none), at most `max_poll_records`. Records of one partition come in
+    /// offset order, each once.
     pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
         let deadline = tokio::time::Instant::now() + timeout;
+        let max = self.config.max_poll_records.max(1);
         let mut out = Vec::new();
         loop {
+            while out.len() < max {
+                let Some(r) = self.buffered.pop_front() else {
+                    break;
+                };
+                self.positions.insert(r.partition, r.offset + 1);
+                out.push(r);
+            }
+            if out.len() >= max {
+                return Ok(out);
+            }
             let msg = if out.is_empty() {
                 match tokio::time::timeout_at(deadline, self.rx.recv()).await {
                     Ok(Some(m)) => m,
@@ -285,14 +315,13 @@ impl Consumer {
                     if out.is_empty() {
                         return Err(e);
                     }
-                    tracing::warn!(partition, error = %e, "fetch failed; returning records received before it");
+                    self.failed = Some(e);
                     return Ok(out);
                 }
             };
-            let Some(pos) = self.positions.get(&partition).copied() else {
+            let Some(mut next) = self.fetched.get(&partition).copied() else {
                 continue;
             };
-            let mut next = pos;
             for b in resp.batches {
                 let records = decode_records(b.batch, &BatchLimits::UNLIMITED).map_err(|e| {
                     ClientError::Batch(format!(
@@ -312,7 +341,7 @@ impl Consumer {
                         )));
                     }
                     next = offset + 1;
-                    out.push(ConsumerRecord {
+                    self.buffered.push_back(ConsumerRecord {
                         topic: self.topic.clone(),
                         partition,
                         offset,
@@ -323,7 +352,7 @@ impl Consumer {
                     });
                 }
             }
-            self.positions.insert(partition, next);
+            self.fetched.insert(partition, next);
         }
     }
 

@@ -5,10 +5,10 @@
 //! an idempotent-producer id, epoch and sequence, and the broker answers a
 //! retried batch with the original offsets.
 //!
-//! Each partition has one worker task that owns its batches: it sends up to
-//! `max_in_flight_per_partition` batches at once, in sequence order, and on
-//! a failure resends the failed batch and every later one, in order, after
-//! a backoff. A batch the broker rejects for good (too large, unknown
+//! Each partition has one worker task that owns its batches: it sends them
+//! in sequence order, one at a time (see `MAX_IN_FLIGHT_PER_PARTITION`),
+//! and on a failure resends the failed batch and every later one, in order,
+//! after a backoff. A batch the broker rejects for good (too large, unknown
 //! topic, …) fails its records; the worker then takes a new producer id so
 //! the batches after it are not stuck behind the sequence gap.
 
@@ -28,6 +28,13 @@ use tonic::transport::Channel;
 
 use crate::admin::connect;
 use crate::error::{ClientError, Result};
+
+/// Batches in flight per partition. One, because gRPC requests travel on
+/// concurrent HTTP/2 streams that the broker may handle in any order: a
+/// second batch could overtake the first and break the per-producer
+/// sequence. Throughput comes from large batches, many partitions, and the
+/// broker's group commit across producers.
+const MAX_IN_FLIGHT_PER_PARTITION: usize = 1;
 
 /// When the broker acknowledges a batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -54,8 +61,6 @@ pub struct ProducerConfig {
     pub acks: Acks,
     /// Bytes of records buffered or in flight; `send` waits beyond it. Default 64 MiB.
     pub buffer_bytes_max: usize,
-    /// Batches sent concurrently per partition. Default 5.
-    pub max_in_flight_per_partition: usize,
     /// Attempts per batch before its records fail. Default 10.
     pub attempts_max: u32,
     /// First retry backoff; doubles up to `retry_backoff_max`. Default 50 ms.
@@ -72,7 +77,6 @@ impl Default for ProducerConfig {
             compression: Compression::Lz4,
             acks: Acks::All,
             buffer_bytes_max: 64 << 20,
-            max_in_flight_per_partition: 5,
             attempts_max: 10,
             retry_backoff: Duration::from_millis(50),
             retry_backoff_max: Duration::from_secs(2),
@@ -161,13 +165,9 @@ fn record_size(r: &Record) -> usize {
 impl Producer {
     /// Connects to a broker.
     pub async fn connect(addr: &str, config: ProducerConfig) -> Result<Self> {
-        if config.batch_bytes_max == 0
-            || config.max_in_flight_per_partition == 0
-            || config.attempts_max == 0
-        {
+        if config.batch_bytes_max == 0 || config.attempts_max == 0 {
             return Err(ClientError::Invalid(
-                "batch_bytes_max, max_in_flight_per_partition and attempts_max must be positive"
-                    .into(),
+                "batch_bytes_max and attempts_max must be positive".into(),
             ));
         }
         Ok(Producer {
@@ -354,7 +354,7 @@ impl Worker {
                     b.sequence = None;
                 }
             }
-            while can_launch && in_flight.len() < self.config.max_in_flight_per_partition {
+            while can_launch && in_flight.len() < MAX_IN_FLIGHT_PER_PARTITION {
                 let Some(mut batch) = retry.pop_front().or_else(|| queued.pop_front()) else {
                     break;
                 };

@@ -37,7 +37,7 @@ pub struct LogConfig {
     pub index_interval_bytes: u32,
     /// Largest record batch accepted for append. Default 1 MiB.
     pub batch_bytes_max: u32,
-    /// Largest payload of a non-batch entry (membership, command). Default 1 MiB.
+    /// Largest payload of a non-batch entry (membership, command). Default 64 KiB.
     pub other_entry_bytes_max: u32,
     /// Upper bound on the bytes one read returns (a read still returns one
     /// whole batch when that batch alone is larger). Default 16 MiB.
@@ -60,7 +60,7 @@ impl Default for LogConfig {
             segment_ms: 7 * DAY_MS,
             index_interval_bytes: 4096,
             batch_bytes_max: 1024 * 1024,
-            other_entry_bytes_max: 1024 * 1024,
+            other_entry_bytes_max: 64 * 1024,
             fetch_bytes_max: 16 * 1024 * 1024,
             retention_bytes: None,
             retention_ms: Some(7 * DAY_MS),

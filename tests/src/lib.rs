@@ -1,0 +1,327 @@
+//! Harness for end-to-end tests: starts real `strata-broker` processes on
+//! free loopback ports (reading the ports from the broker's ready line),
+//! kills them with SIGKILL or stops them with SIGTERM, runs the `strata`
+//! CLI, speaks raw HTTP and raw gRPC for bad-input tests, and polls
+//! conditions with deadlines (tests never sleep to wait for state).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary, building the binaries once if missing.
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    let path = dir.join(name);
+    // Build once per test process so the binaries are never stale (a no-op
+    // when they are up to date).
+    BUILT.get_or_init(|| {
+        let release = dir.file_name().is_some_and(|n| n == "release");
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "strata-broker",
+            "-p",
+            "strata-client",
+            "--bins",
+        ]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("running cargo build for the binaries");
+        assert!(status.success(), "building the binaries failed");
+    });
+    assert!(path.exists(), "{} is missing", path.display());
+    path
+}
+
+/// Polls `cond` until it holds or `timeout` passes (then panics with `what`).
+pub fn poll_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    let mut wait = Duration::from_millis(1);
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(wait); // backoff between polls of a condition, not a wait for state
+        wait = (wait * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// Async variant of [`poll_until`].
+pub async fn poll_until_async<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut wait = Duration::from_millis(1);
+    while !cond().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// A running `strata-broker` process.
+#[derive(Debug)]
+pub struct BrokerProcess {
+    child: Option<Child>,
+    /// gRPC address.
+    pub grpc: String,
+    /// HTTP address.
+    pub http: String,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    args: Vec<String>,
+    starts: u32,
+}
+
+impl BrokerProcess {
+    /// Starts a broker on `data_dir` with free ports and extra `args`.
+    pub fn start(data_dir: &Path, args: &[&str]) -> Self {
+        let mut b = BrokerProcess {
+            child: None,
+            grpc: String::new(),
+            http: String::new(),
+            data_dir: data_dir.to_path_buf(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            starts: 0,
+        };
+        b.launch();
+        b
+    }
+
+    fn launch(&mut self) {
+        self.starts += 1;
+        let log = std::fs::File::create(
+            self.data_dir
+                .with_extension(format!("stderr.{}", self.starts)),
+        )
+        .unwrap();
+        let mut child = Command::new(bin("strata-broker"))
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawning strata-broker");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("strata-broker ready") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "strata-broker did not become ready; see {}",
+                    self.data_dir.with_extension("stderr.N").display()
+                );
+            }
+        };
+        for part in line.split_whitespace() {
+            if let Some(a) = part.strip_prefix("grpc=") {
+                self.grpc = a.to_owned();
+            }
+            if let Some(a) = part.strip_prefix("http=") {
+                self.http = a.to_owned();
+            }
+        }
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM, and wait for a clean exit; returns the exit status's success.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return true;
+        };
+        let ok = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "sending SIGTERM failed");
+        c.wait().unwrap().success()
+    }
+
+    /// Starts the broker again on the same data directory (new ports).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart of a running broker");
+        self.launch();
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs the `strata` CLI against `broker`.
+pub fn cli(broker: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut child = Command::new(bin("strata"))
+        .args(["--broker", broker])
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning strata");
+    if let Some(input) = stdin {
+        let mut s = child.stdin.take().unwrap();
+        s.write_all(input).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// A minimal HTTP/1.1 request; returns (status, body).
+pub fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, dechunk(&body))
+}
+
+fn dechunk(body: &str) -> String {
+    // axum answers with Content-Length for JSON; chunked bodies are joined.
+    if !body.contains("\r\n") {
+        return body.to_owned();
+    }
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            return body.to_owned();
+        };
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A gRPC codec that sends and receives raw bytes, to send garbage.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let v = bytes::Buf::chunk(src).to_vec();
+        bytes::Buf::advance(src, v.len());
+        Ok(Some(v))
+    }
+}
+
+/// Sends `body` as the raw request message of gRPC `method` (e.g.
+/// `/strata.v1.Strata/Produce`).
+pub async fn raw_grpc(
+    addr: &str,
+    method: &'static str,
+    body: Vec<u8>,
+) -> Result<Vec<u8>, tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    grpc.unary(
+        tonic::Request::new(body),
+        tonic::codegen::http::uri::PathAndQuery::from_static(method),
+        RawCodec,
+    )
+    .await
+    .map(|r| r.into_inner())
+}

@@ -1,0 +1,665 @@
+//! End-to-end tests of a single-node broker: the real `strata-broker`
+//! binary driven through `strata-client`, the `strata` CLI, raw gRPC and
+//! raw HTTP. Kill -9 is SIGKILL; waits poll with deadlines.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::BufRead;
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message;
+use strata_client::{
+    Acks, Admin, ClientError, Compression, Consumer, ConsumerConfig, Producer, ProducerConfig,
+    Record, ResetPolicy, Seek, TopicConfig,
+};
+use strata_proto::pb::{self, ErrorCode, ErrorDetail};
+use strata_tests::{BrokerProcess, cli, http, poll_until, poll_until_async, raw_grpc};
+
+fn rec(key: Option<String>, value: String) -> Record {
+    // Current timestamps: time retention (7 days by default) must not apply.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    Record {
+        key: key.map(Bytes::from),
+        value: Bytes::from(value),
+        headers: vec![],
+        timestamp_ms: now,
+    }
+}
+
+/// Reads a topic from the log start up to the high watermark as of now.
+async fn read_all(addr: &str, topic: &str) -> BTreeMap<(u32, u64), Bytes> {
+    let admin = Admin::connect(addr).await.unwrap();
+    let d = admin.describe_topic(topic).await.unwrap();
+    let want: u64 = d
+        .partition_info
+        .iter()
+        .map(|p| p.high_watermark - p.log_start_offset)
+        .sum();
+    let config = ConsumerConfig {
+        reset: ResetPolicy::Earliest,
+        ..ConsumerConfig::default()
+    };
+    let mut c = Consumer::connect(addr, topic, None, config).await.unwrap();
+    let mut out = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while (out.len() as u64) < want {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "read {} of {want}",
+            out.len()
+        );
+        for r in c.poll(Duration::from_millis(500)).await.unwrap() {
+            assert!(
+                out.insert((r.partition, r.offset), r.value).is_none(),
+                "offset delivered twice"
+            );
+        }
+    }
+    out
+}
+
+fn status_code(s: &tonic::Status) -> ErrorCode {
+    ErrorCode::try_from(ErrorDetail::decode(s.details()).unwrap().code).unwrap()
+}
+
+async fn raw_client(addr: &str) -> pb::strata_client::StrataClient<tonic::transport::Channel> {
+    pb::strata_client::StrataClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+}
+
+/// Fetches every batch of a partition from offset 0 without following.
+async fn raw_batches(addr: &str, topic: &str, partition: u32) -> Vec<(u64, Bytes)> {
+    let mut client = raw_client(addr).await;
+    let req = pb::FetchRequest {
+        topic: topic.into(),
+        partition,
+        start: Some(pb::fetch_request::Start::Offset(0)),
+        max_bytes: 4096,
+        follow: false,
+        max_wait_ms: 0,
+    };
+    let mut stream = client.fetch(req).await.unwrap().into_inner();
+    let mut out = Vec::new();
+    while let Some(m) = stream.message().await.unwrap() {
+        out.extend(m.batches.into_iter().map(|b| (b.base_offset, b.batch)));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_consume_and_replay_return_identical_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(&dir.path().join("data"), &[]);
+    let admin = Admin::connect(&broker.grpc).await.unwrap();
+    admin
+        .create_topic("t", 2, 1, TopicConfig::default())
+        .await
+        .unwrap();
+    let producer = Producer::connect(&broker.grpc, ProducerConfig::default())
+        .await
+        .unwrap();
+    let mut deliveries = Vec::new();
+    for i in 0..2000 {
+        let value = format!("value-{i}");
+        let d = producer
+            .send(
+                "t",
+                rec(Some(format!("key-{}", i % 17)), value.clone()),
+                None,
+            )
+            .await
+            .unwrap();
+        deliveries.push((value, d));
+    }
+    let mut sent = BTreeMap::new();
+    for (value, d) in deliveries {
+        let m = d.await.unwrap();
+        assert!(
+            sent.insert((m.partition, m.offset.unwrap()), Bytes::from(value))
+                .is_none()
+        );
+    }
+    producer.close().await.unwrap();
+    assert_eq!(read_all(&broker.grpc, "t").await, sent);
+
+    // Replaying returns the stored batches byte for byte, every time.
+    for p in 0..2 {
+        let first = raw_batches(&broker.grpc, "t", p).await;
+        assert!(!first.is_empty());
+        assert_eq!(raw_batches(&broker.grpc, "t", p).await, first);
+    }
+
+    // HTTP ingest and query, health and metrics.
+    let (code, body) = http(&broker.http, "POST", "/v1/topics/t/records", br#"{"records":[{"key":"a","value":"hello","partition":1},{"value":"aGk=","partition":1}],"encoding":"utf8"}"#);
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let o = v["offsets"][0]["offset"].as_u64().unwrap();
+    let (code, body) = http(
+        &broker.http,
+        "GET",
+        &format!("/v1/topics/t/partitions/1/records?offset={o}&max=2"),
+        b"",
+    );
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["records"][0]["value"], "hello");
+    assert_eq!(v["records"][0]["key"], "a");
+    assert_eq!(v["records"][1]["value"], "aGk=");
+    assert_eq!(v["records"].as_array().unwrap().len(), 2);
+    let (code, body) = http(&broker.http, "GET", "/health", b"");
+    assert_eq!(
+        (
+            code,
+            serde_json::from_str::<serde_json::Value>(&body).unwrap()["status"].clone()
+        ),
+        (200, "ok".into())
+    );
+    let (code, body) = http(&broker.http, "GET", "/metrics", b"");
+    assert_eq!(code, 200);
+    for name in [
+        "strata_produce_records_total",
+        "strata_request_duration_seconds_bucket",
+        "strata_fsync_duration_seconds",
+        "figure=\"high_watermark\"",
+    ] {
+        assert!(body.contains(name), "metrics lack {name}");
+    }
+    let (code, body) = http(&broker.http, "GET", "/openapi.json", b"");
+    assert_eq!(code, 200);
+    assert!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["paths"]["/v1/topics/{topic}/records"].is_object());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_kill_9_and_nothing_else_appears() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = BrokerProcess::start(&dir.path().join("data"), &[]);
+    let admin = Admin::connect(&broker.grpc).await.unwrap();
+    admin
+        .create_topic("k", 1, 1, TopicConfig::default())
+        .await
+        .unwrap();
+    let config = ProducerConfig {
+        batch_bytes_max: 4096,
+        attempts_max: 2,
+        retry_backoff: Duration::from_millis(10),
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::connect(&broker.grpc, config).await.unwrap();
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+    let mut waiters = tokio::task::JoinSet::new();
+    let total = 20_000;
+    for i in 0..total {
+        let value = format!("r{i}");
+        let d = producer
+            .send("k", rec(None, value.clone()), Some(0))
+            .await
+            .unwrap();
+        let sink = acked.clone();
+        waiters.spawn(async move {
+            if let Ok(m) = d.await {
+                sink.lock().unwrap().insert(m.offset.unwrap(), value);
+            }
+        });
+        if i == total / 2 {
+            let a = acked.clone();
+            poll_until_async("some acknowledgements", Duration::from_secs(20), || {
+                let n = a.lock().unwrap().len();
+                async move { n > 1000 }
+            })
+            .await;
+            broker.kill9();
+            break;
+        }
+    }
+    while waiters.join_next().await.is_some() {}
+    drop(producer);
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 1000);
+
+    broker.restart();
+    let got = read_all(&broker.grpc, "k").await;
+    for (offset, value) in &acked {
+        assert_eq!(
+            got.get(&(0, *offset)).map(|b| b.as_ref()),
+            Some(value.as_bytes()),
+            "acknowledged record at {offset} lost"
+        );
+    }
+    // Nothing else: every record is one that was sent, once, and offsets are dense.
+    let mut seen = HashSet::new();
+    for (i, ((_, offset), value)) in got.iter().enumerate() {
+        assert_eq!(*offset, i as u64);
+        let v = std::str::from_utf8(value).unwrap();
+        assert!(
+            v.starts_with('r') && v[1..].parse::<u64>().unwrap() < total,
+            "unknown record {v}"
+        );
+        assert!(seen.insert(v.to_owned()), "duplicate {v}");
+    }
+    // And a clean stop (SIGTERM) exits successfully.
+    assert!(
+        broker.stop(),
+        "strata-broker did not exit cleanly on SIGTERM"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_consumer_resumes_from_its_committed_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = BrokerProcess::start(&dir.path().join("data"), &[]);
+    let admin = Admin::connect(&broker.grpc).await.unwrap();
+    admin
+        .create_topic("c", 1, 1, TopicConfig::default())
+        .await
+        .unwrap();
+    let total: u64 = 50_000;
+    let lines: String = (0..total).map(|i| format!("v{i}\n")).collect();
+    let out = cli(
+        &broker.grpc,
+        &["produce", "c", "--quiet"],
+        Some(lines.as_bytes()),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A CLI consumer in a group, killed with SIGKILL mid-stream.
+    let mut child = std::process::Command::new(strata_tests::bin("strata"))
+        .args([
+            "--broker",
+            &broker.grpc,
+            "--json",
+            "consume",
+            "c",
+            "--group",
+            "g",
+            "--follow",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let printed = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
+    let paused = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (p2, pause2) = (printed.clone(), paused.clone());
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            // The kill can cut the last line short.
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                break;
+            };
+            p2.lock().unwrap().push(v["offset"].as_u64().unwrap());
+            // Stop reading for a while: the full pipe blocks the consumer
+            // mid-stream, so it is killed with records left to read.
+            while p2.lock().unwrap().len() >= 2000
+                && pause2.load(std::sync::atomic::Ordering::SeqCst)
+            {
+                std::thread::yield_now();
+            }
+        }
+    });
+    poll_until(
+        "the consumer to print records",
+        Duration::from_secs(20),
+        || printed.lock().unwrap().len() >= 2000,
+    );
+    let admin2 = admin.clone();
+    poll_until_async("a commit", Duration::from_secs(20), || {
+        let a = admin2.clone();
+        async move {
+            a.committed("g", "c")
+                .await
+                .unwrap()
+                .first()
+                .is_some_and(|(_, o)| *o > 0)
+        }
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Collect what the killed consumer had written to the pipe.
+    paused.store(false, std::sync::atomic::Ordering::SeqCst);
+    reader.join().unwrap();
+    let printed = printed.lock().unwrap().clone();
+    assert_eq!(
+        printed,
+        (0..printed.len() as u64).collect::<Vec<_>>(),
+        "printed in order without gaps"
+    );
+    // Committed offsets survive a broker crash too.
+    let committed = admin.committed("g", "c").await.unwrap()[0].1;
+    assert!(
+        committed > 0 && committed <= printed.len() as u64,
+        "committed {committed}, printed {}",
+        printed.len()
+    );
+    // The pipe's backpressure keeps the killed consumer near what was read:
+    // it must have stopped mid-stream for this test to mean anything.
+    assert!(
+        committed < total,
+        "the consumer finished before it was killed"
+    );
+    broker.kill9();
+    broker.restart();
+
+    let config = ConsumerConfig {
+        group: Some("g".into()),
+        reset: ResetPolicy::Error,
+        ..ConsumerConfig::default()
+    };
+    let mut c = Consumer::connect(&broker.grpc, "c", None, config)
+        .await
+        .unwrap();
+    assert_eq!(
+        c.positions()[&0],
+        committed,
+        "resumes at the committed offset"
+    );
+    let mut rest = Vec::new();
+    while rest.len() < (total - committed) as usize {
+        let rs = c.poll(Duration::from_secs(5)).await.unwrap();
+        assert!(!rs.is_empty(), "stalled after {} records", rest.len());
+        rest.extend(rs.iter().map(|r| (r.offset, r.value.clone())));
+    }
+    assert_eq!(rest.first().unwrap().0, committed);
+    for (i, (offset, value)) in rest.iter().enumerate() {
+        assert_eq!(*offset, committed + i as u64);
+        assert_eq!(value.as_ref(), format!("v{offset}").as_bytes());
+    }
+    // A group without commits and policy `error` fails explicitly.
+    let config = ConsumerConfig {
+        group: Some("fresh".into()),
+        reset: ResetPolicy::Error,
+        ..ConsumerConfig::default()
+    };
+    let err = Consumer::connect(&broker.grpc, "c", None, config)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClientError::NoCommittedOffset { .. }),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_old_data_and_old_offsets_are_out_of_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(&dir.path().join("data"), &["--retention-check-ms", "100"]);
+    let admin = Admin::connect(&broker.grpc).await.unwrap();
+    let config = TopicConfig {
+        segment_bytes: Some(128 * 1024),
+        max_batch_bytes: Some(16 * 1024),
+        retention_bytes: Some(256 * 1024),
+        ..TopicConfig::default()
+    };
+    admin.create_topic("r", 1, 1, config).await.unwrap();
+    let pconfig = ProducerConfig {
+        batch_bytes_max: 8 * 1024,
+        compression: Compression::None,
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::connect(&broker.grpc, pconfig).await.unwrap();
+    let mut ds = Vec::new();
+    for i in 0..6000 {
+        ds.push(
+            producer
+                .send("r", rec(None, format!("{i:0100}")), None)
+                .await
+                .unwrap(),
+        );
+    }
+    for d in ds {
+        d.await.unwrap();
+    }
+    let a = admin.clone();
+    poll_until_async("retention to move the log start", Duration::from_secs(20), || {
+        let a = a.clone();
+        async move { a.describe_topic("r").await.unwrap().partition_info[0].log_start_offset > 0 }
+    })
+    .await;
+    let info = admin.describe_topic("r").await.unwrap().partition_info[0].clone();
+    assert!(
+        info.size_bytes >= 256 * 1024 && info.size_bytes < (256 + 2 * 128) * 1024,
+        "{info:?}"
+    );
+
+    let mut c = Consumer::connect(
+        &broker.grpc,
+        "r",
+        None,
+        ConsumerConfig {
+            reset: ResetPolicy::Latest,
+            ..ConsumerConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    match c.seek(0, Seek::Offset(0)).await {
+        Err(ClientError::OffsetOutOfRange {
+            offset: 0,
+            log_start_offset,
+            high_watermark: 6000,
+        }) => {
+            assert!(log_start_offset >= info.log_start_offset);
+        }
+        other => panic!("expected out of range, got {other:?}"),
+    }
+    let err = raw_client(&broker.grpc)
+        .await
+        .fetch(pb::FetchRequest {
+            topic: "r".into(),
+            partition: 0,
+            start: Some(pb::fetch_request::Start::Offset(0)),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status_code(&err), ErrorCode::OffsetOutOfRange);
+    let d = ErrorDetail::decode(err.details()).unwrap();
+    assert!(d.log_start_offset.unwrap() > 0);
+    let out = cli(
+        &broker.grpc,
+        &["consume", "r", "-p", "0", "--offset", "0"],
+        None,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("out of range"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_error_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = BrokerProcess::start(&dir.path().join("data"), &[]);
+    let admin = Admin::connect(&broker.grpc).await.unwrap();
+    admin
+        .create_topic("b", 1, 1, TopicConfig::default())
+        .await
+        .unwrap();
+    let producer = Producer::connect(&broker.grpc, ProducerConfig::default())
+        .await
+        .unwrap();
+    for i in 0..10 {
+        producer
+            .send_and_wait("b", rec(None, format!("{i}")), None)
+            .await
+            .unwrap();
+    }
+    let grpc = broker.grpc.clone();
+    let hw = || {
+        let grpc = grpc.clone();
+        async move {
+            Admin::connect(&grpc)
+                .await
+                .unwrap()
+                .describe_topic("b")
+                .await
+                .unwrap()
+                .partition_info[0]
+                .high_watermark
+        }
+    };
+    assert_eq!(hw().await, 10);
+
+    // Unknown topic, invalid topic name.
+    let err = producer
+        .send("nope", rec(None, "x".into()), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::UnknownTopic(_)), "{err}");
+    let err = admin
+        .create_topic("bad/name", 1, 1, TopicConfig::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidTopicName), "{err}");
+    assert!(err.to_string().contains("'/' is not allowed"), "{err}");
+    let err = admin
+        .create_topic("b", 1, 1, TopicConfig::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::TopicAlreadyExists));
+    let err = admin
+        .create_topic(
+            "z",
+            1,
+            1,
+            TopicConfig {
+                retention_ms: Some(0),
+                ..TopicConfig::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidConfig));
+
+    let mut raw = raw_client(&broker.grpc).await;
+    let produce = |batch: Vec<u8>| pb::ProduceRequest {
+        topic: "b".into(),
+        partition: 0,
+        batch: Bytes::from(batch),
+        acks: 0,
+    };
+    // Oversized batch (the default limit is 1 MiB).
+    let mut big = Vec::new();
+    strata_proto::encode_batch(
+        &[rec(None, "x".repeat(2 << 20))],
+        Compression::None,
+        None,
+        &mut big,
+    )
+    .unwrap();
+    let err = raw.produce(produce(big)).await.unwrap_err();
+    assert_eq!(status_code(&err), ErrorCode::BatchTooLarge, "{err}");
+    // Bad CRC.
+    let mut bad = Vec::new();
+    strata_proto::encode_batch(
+        &[rec(None, "hello".into())],
+        Compression::None,
+        None,
+        &mut bad,
+    )
+    .unwrap();
+    let last = bad.len() - 1;
+    bad[last] ^= 0x01;
+    let err = raw.produce(produce(bad)).await.unwrap_err();
+    assert_eq!(status_code(&err), ErrorCode::CorruptBatch);
+    assert!(err.message().contains("CRC mismatch"), "{}", err.message());
+    // Unknown partition.
+    let mut ok = Vec::new();
+    strata_proto::encode_batch(&[rec(None, "x".into())], Compression::None, None, &mut ok).unwrap();
+    let err = raw
+        .produce(pb::ProduceRequest {
+            partition: 9,
+            ..produce(ok)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status_code(&err), ErrorCode::UnknownPartition);
+    // Garbage protobuf.
+    let err = raw_grpc(&broker.grpc, "/strata.v1.Strata/Produce", vec![0xff; 64])
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("decode"), "{err}");
+    // Garbage JSON, wrong field types, unknown topic and bad queries over HTTP.
+    for (method, path, body, code) in [
+        ("POST", "/v1/topics/b/records", &b"{not json"[..], 400),
+        (
+            "POST",
+            "/v1/topics/b/records",
+            br#"{"records":[{"value":5}]}"#,
+            400,
+        ),
+        (
+            "POST",
+            "/v1/topics/b/records",
+            br#"{"records":[{"value":"!!","partition":0}],"encoding":"base64"}"#,
+            400,
+        ),
+        ("POST", "/v1/topics/b/records", br#"{"records":[]}"#, 400),
+        (
+            "POST",
+            "/v1/topics/nope/records",
+            br#"{"records":[{"value":"x"}]}"#,
+            404,
+        ),
+        (
+            "GET",
+            "/v1/topics/b/partitions/0/records?offset=abc",
+            b"",
+            400,
+        ),
+        (
+            "GET",
+            "/v1/topics/b/partitions/0/records?offset=99",
+            b"",
+            400,
+        ),
+        ("GET", "/v1/topics/b/partitions/7/records", b"", 404),
+    ] {
+        let (got, resp) = http(&broker.http, method, path, body);
+        assert_eq!(got, code, "{method} {path}: {resp}");
+        let v: serde_json::Value =
+            serde_json::from_str(&resp).unwrap_or_else(|_| panic!("{path}: not JSON: {resp}"));
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{resp}"
+        );
+    }
+    // CLI exit codes.
+    assert_eq!(
+        cli(&broker.grpc, &["consume", "nope"], None).status.code(),
+        Some(3)
+    );
+    assert_eq!(
+        cli("127.0.0.1:1", &["topic", "list"], None).status.code(),
+        Some(5)
+    );
+
+    // Nothing changed, and the broker still serves.
+    assert!(broker.is_running());
+    assert_eq!(hw().await, 10);
+    producer
+        .send_and_wait("b", rec(None, "after".into()), None)
+        .await
+        .unwrap();
+    assert_eq!(hw().await, 11);
+    assert_eq!(read_all(&broker.grpc, "b").await.len(), 11);
+    let _ = Acks::All;
+}
