@@ -97,16 +97,28 @@ pub async fn run(
         .max_encoding_message_size(message_max);
     let grpc = {
         let mut stop = stop_rx.clone();
+        // Accepted sockets get TCP_NODELAY: with Nagle, a response can wait
+        // for the client's delayed ACK (40 ms).
+        let incoming = tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            |s| {
+                s.inspect(|s| {
+                    if let Err(e) = s.set_nodelay(true) {
+                        tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+                    }
+                })
+            },
+        );
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            // Large flow-control windows: batches are up to megabytes.
+            .initial_stream_window_size(Some(8 << 20))
+            .initial_connection_window_size(Some(32 << 20))
             .add_service(svc)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
-                async move {
-                    let _ = stop.changed().await;
-                },
-            )
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop.changed().await;
+            })
     };
     let http = {
         let mut stop = stop_rx.clone();

@@ -25,7 +25,9 @@ pub async fn connect(addr: &str) -> Result<StrataClient<Channel>> {
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(20))
-        .keep_alive_while_idle(true);
+        .keep_alive_while_idle(true)
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(32 << 20));
     let channel = endpoint.connect().await.map_err(|e| ClientError::Connect {
         addr: addr.to_owned(),
         reason: format!("{e}: {}", source_chain(&e)),

@@ -914,8 +914,18 @@ async fn bench_produce(broker: &str, json: bool, a: BenchProduceArgs) -> anyhow:
         let producer = Producer::connect(broker, config.clone()).await?;
         let (topic, value) = (a.topic.clone(), value.clone());
         tasks.spawn(async move {
-            let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-            let mut pending = tokio::task::JoinSet::new();
+            // A reaper awaits deliveries in send order (one partition's
+            // acknowledgements arrive in order) and records send-to-ack time.
+            let (tx, mut rx) =
+                tokio::sync::mpsc::channel::<(Instant, strata_client::Delivery)>(1 << 16);
+            let reaper = tokio::spawn(async move {
+                let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+                while let Some((t0, d)) = rx.recv().await {
+                    d.await?;
+                    hist.record(t0.elapsed().as_micros().max(1) as u64)?;
+                }
+                anyhow::Ok(hist)
+            });
             for _ in 0..per {
                 let t0 = Instant::now();
                 let record = Record {
@@ -925,15 +935,13 @@ async fn bench_produce(broker: &str, json: bool, a: BenchProduceArgs) -> anyhow:
                     timestamp_ms: now_ms(),
                 };
                 let d = producer.send(&topic, record, None).await?;
-                pending.spawn(async move { d.await.map(|_| t0.elapsed()) });
-                while let Some(r) = pending.try_join_next() {
-                    hist.record(r??.as_micros() as u64)?;
-                }
+                tx.send((t0, d))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("latency reaper stopped"))?;
             }
+            drop(tx);
             producer.flush().await?;
-            while let Some(r) = pending.join_next().await {
-                hist.record(r??.as_micros() as u64)?;
-            }
+            let hist = reaper.await??;
             producer.close().await?;
             anyhow::Ok(hist)
         });
