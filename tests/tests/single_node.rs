@@ -663,3 +663,251 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     assert_eq!(read_all(&broker.grpc, "b").await.len(), 11);
     let _ = Acks::All;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_retries_never_duplicate_and_sequences_are_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(&dir.path().join("data"), &[]);
+    let admin = Admin::connect(&broker.grpc).await.unwrap();
+    admin
+        .create_topic("i", 1, 1, TopicConfig::default())
+        .await
+        .unwrap();
+    let mut raw = raw_client(&broker.grpc).await;
+    let id = raw
+        .init_producer(pb::InitProducerRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let batch = |epoch: u16, seq: u32, n: usize| {
+        let records: Vec<Record> = (0..n).map(|k| rec(None, format!("s{seq}-{k}"))).collect();
+        let mut out = Vec::new();
+        let p = strata_proto::ProducerInfo {
+            producer_id: id.producer_id,
+            producer_epoch: epoch,
+            base_sequence: seq,
+        };
+        strata_proto::encode_batch(&records, Compression::Lz4, Some(p), &mut out).unwrap();
+        pb::ProduceRequest {
+            topic: "i".into(),
+            partition: 0,
+            batch: Bytes::from(out),
+            acks: 0,
+        }
+    };
+    let first = raw.produce(batch(0, 0, 3)).await.unwrap().into_inner();
+    assert_eq!((first.base_offset, first.duplicate), (0, false));
+    let second = raw.produce(batch(0, 3, 2)).await.unwrap().into_inner();
+    assert_eq!(second.base_offset, 3);
+    // A retry of either batch gets the original offsets and appends nothing.
+    let again = raw.produce(batch(0, 0, 3)).await.unwrap().into_inner();
+    assert_eq!((again.base_offset, again.duplicate), (0, true));
+    let again = raw.produce(batch(0, 3, 2)).await.unwrap().into_inner();
+    assert_eq!((again.base_offset, again.duplicate), (3, true));
+    // A gap is refused; an older epoch is fenced once a newer one wrote.
+    let err = raw.produce(batch(0, 9, 1)).await.unwrap_err();
+    assert_eq!(status_code(&err), ErrorCode::OutOfOrderSequence, "{err}");
+    let err = raw.produce(batch(1, 4, 1)).await.unwrap_err();
+    assert_eq!(
+        status_code(&err),
+        ErrorCode::OutOfOrderSequence,
+        "a new epoch starts at sequence 0"
+    );
+    raw.produce(batch(1, 0, 1)).await.unwrap();
+    let err = raw.produce(batch(0, 5, 1)).await.unwrap_err();
+    assert_eq!(status_code(&err), ErrorCode::ProducerFenced);
+    let values: Vec<Bytes> = read_all(&broker.grpc, "i").await.into_values().collect();
+    let want: Vec<Bytes> = ["s0-0", "s0-1", "s0-2", "s3-0", "s3-1", "s0-0"]
+        .into_iter()
+        .map(|s| Bytes::from_static(s.as_bytes()))
+        .collect();
+    assert_eq!(values, want);
+
+    // Offsets by timestamp: records carry their timestamps.
+    let p = Producer::connect(&broker.grpc, ProducerConfig::default())
+        .await
+        .unwrap();
+    admin
+        .create_topic("ts", 1, 1, TopicConfig::default())
+        .await
+        .unwrap();
+    for t in [1000, 2000, 3000] {
+        let r = Record {
+            timestamp_ms: 1_800_000_000_000 + t,
+            ..rec(None, format!("t{t}"))
+        };
+        p.send_and_wait("ts", r, None).await.unwrap();
+    }
+    let o = admin
+        .list_offsets(
+            "ts",
+            0,
+            strata_client::OffsetSpec::Timestamp(1_800_000_001_500),
+        )
+        .await
+        .unwrap();
+    assert_eq!(o.offset, 1);
+    let o = admin
+        .list_offsets(
+            "ts",
+            0,
+            strata_client::OffsetSpec::Timestamp(1_900_000_000_000),
+        )
+        .await
+        .unwrap();
+    assert_eq!(o.offset, 3, "past the last record: the high watermark");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_topics_groups_and_offline_log_inspection() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut broker = BrokerProcess::start(&data, &[]);
+    let b = broker.grpc.clone();
+    let run = |args: &[&str], stdin: Option<&[u8]>| {
+        let out = cli(&b, args, stdin);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, _, err) = run(
+        &[
+            "topic",
+            "create",
+            "cli",
+            "--partitions",
+            "2",
+            "--retention-ms",
+            "86400000",
+        ],
+        None,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let (_, out, _) = run(&["--json", "topic", "describe", "cli"], None);
+    let d: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (
+            d["partitions"].as_u64(),
+            d["config"]["retention_ms"].as_i64()
+        ),
+        (Some(2), Some(86_400_000))
+    );
+    let (code, out, _) = run(
+        &[
+            "--json",
+            "topic",
+            "alter",
+            "cli",
+            "--retention-bytes",
+            "1000000",
+        ],
+        None,
+    );
+    assert_eq!(code, Some(0));
+    let d: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (
+            d["config"]["retention_ms"].as_i64(),
+            d["config"]["retention_bytes"].as_i64()
+        ),
+        (Some(86_400_000), Some(1_000_000))
+    );
+    let (code, _, err) = run(&["topic", "alter", "cli", "--retention-ms", "0"], None);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("retention_ms must be positive"), "{err}");
+
+    let input: String = (0..100)
+        .map(|i| format!("key{}|value{i}\n", i % 5))
+        .collect();
+    let (code, _, err) = run(
+        &["produce", "cli", "--key-separator", "|", "--quiet"],
+        Some(input.as_bytes()),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let (code, out, _) = run(&["--json", "consume", "cli", "--from", "earliest"], None);
+    assert_eq!(code, Some(0));
+    let records: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 100);
+    // The same key always lands in the same partition.
+    let mut by_key = BTreeMap::new();
+    for r in &records {
+        let p = by_key
+            .entry(r["key"].as_str().unwrap().to_owned())
+            .or_insert(r["partition"].as_u64());
+        assert_eq!(*p, r["partition"].as_u64());
+    }
+    // Group commit, offsets with lag, reset.
+    let (code, _, _) = run(&["consume", "cli", "--group", "g", "-n", "10"], None);
+    assert_eq!(code, Some(0));
+    let (_, out, _) = run(&["--json", "group", "offsets", "g"], None);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let committed: u64 = rows.iter().map(|r| r["committed"].as_u64().unwrap()).sum();
+    let lag: u64 = rows.iter().map(|r| r["lag"].as_u64().unwrap()).sum();
+    assert!(committed >= 10 && committed + lag == 100, "{out}");
+    let (code, _, _) = run(&["group", "reset", "g", "cli", "--to", "earliest"], None);
+    assert_eq!(code, Some(0));
+    let (_, out, _) = run(&["--json", "group", "offsets", "g"], None);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert!(
+        rows.iter().all(|r| r["committed"].as_u64() == Some(0)),
+        "{out}"
+    );
+
+    // Offline inspection: clean, then a flipped byte is found (exit 6).
+    assert!(broker.stop());
+    let (code, out, err) = run(&["log", "verify", data.to_str().unwrap()], None);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(out.matches(" OK").count(), 2, "{out}");
+    let (code, out, _) = run(
+        &[
+            "log",
+            "dump",
+            "--records",
+            data.join("topics/cli/0").to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(code, Some(0));
+    assert!(out.contains("value"), "{out}");
+    let seg = data.join("topics/cli/0/00000000000000000000.log");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x20;
+    std::fs::write(&seg, bytes).unwrap();
+    let (code, out, _) = run(&["log", "verify", data.to_str().unwrap()], None);
+    assert_eq!(code, Some(6), "{out}");
+    assert!(
+        out.contains("PROBLEM") && out.contains("CRC mismatch"),
+        "{out}"
+    );
+    let (code, _, err) = run(
+        &[
+            "log",
+            "verify",
+            dir.path().join("nothing").to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(code, Some(1), "{err}");
+
+    // The broker recovers the damaged tail on restart and keeps serving.
+    broker.restart();
+    let admin = Admin::connect(&broker.grpc).await.unwrap();
+    let d = admin.describe_topic("cli").await.unwrap();
+    assert_eq!(d.partitions, 2);
+    assert_eq!(
+        cli(&broker.grpc, &["topic", "delete", "cli"], None)
+            .status
+            .code(),
+        Some(0)
+    );
+    assert!(matches!(
+        admin.describe_topic("cli").await.unwrap_err(),
+        ClientError::UnknownTopic(_)
+    ));
+}
