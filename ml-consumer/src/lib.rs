@@ -10,4 +10,5 @@ pub mod checkpoint;
 pub mod features;
 pub mod learners;
 pub mod metrics;
+pub mod serve;
 pub mod trainer;

@@ -32,6 +32,8 @@ pub fn bin(name: &str) -> PathBuf {
             "strata-broker",
             "-p",
             "strata-client",
+            "-p",
+            "strata-ml",
             "--bins",
         ]);
         if release {
