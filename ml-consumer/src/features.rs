@@ -9,6 +9,10 @@
 //! order is the record's own (JSON object order, CSV column order), so the
 //! same record always yields the same features in the same order.
 
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 /// How records are read.
@@ -82,11 +86,11 @@ impl Label {
     }
 }
 
-/// One extracted example.
+/// One extracted example. Feature names borrow from the record where they can.
 #[derive(Clone, Debug, PartialEq, Default)]
-pub struct Example {
+pub struct Example<'a> {
     /// Named features in record order.
-    pub features: Vec<(String, f64)>,
+    pub features: Vec<(Cow<'a, str>, f64)>,
     /// The label, when the spec names one and the record has it.
     pub label: Option<Label>,
 }
@@ -118,30 +122,16 @@ pub enum FeatureError {
     Unsupported(String),
 }
 
-fn hash_feature(spec: &FeatureSpec, key: &str, out: &mut Vec<(String, f64)>) {
+fn hash_feature(spec: &FeatureSpec, key: &str, out: &mut Vec<(Cow<'_, str>, f64)>) {
     let mut cursor = std::io::Cursor::new(key.as_bytes());
     // Reading from an in-memory cursor cannot fail.
     let h = murmur3::murmur3_32(&mut cursor, spec.hash_seed).unwrap_or(0) as i32;
     let buckets = 1u64 << spec.hash_bits.min(31);
     let bucket = u64::from(h.unsigned_abs()) % buckets;
-    out.push((format!("h{bucket}"), if h >= 0 { 1.0 } else { -1.0 }));
-}
-
-fn label_from_json(field: &str, v: &serde_json::Value) -> Result<Label, FeatureError> {
-    let bad = |reason: &str| FeatureError::Label {
-        field: field.to_owned(),
-        reason: reason.to_owned(),
-    };
-    match v {
-        serde_json::Value::Bool(b) => Ok(Label::Bool(*b)),
-        serde_json::Value::Number(n) => n
-            .as_f64()
-            .map(Label::Number)
-            .ok_or_else(|| bad("not a finite number")),
-        serde_json::Value::String(s) => label_from_str(field, s),
-        serde_json::Value::Null => Err(bad("is null")),
-        _ => Err(bad("must be a boolean, number or string")),
-    }
+    out.push((
+        Cow::Owned(format!("h{bucket}")),
+        if h >= 0 { 1.0 } else { -1.0 },
+    ));
 }
 
 fn label_from_str(field: &str, s: &str) -> Result<Label, FeatureError> {
@@ -158,27 +148,7 @@ fn label_from_str(field: &str, s: &str) -> Result<Label, FeatureError> {
     }
 }
 
-fn add_value(
-    spec: &FeatureSpec,
-    name: &str,
-    v: &serde_json::Value,
-    out: &mut Vec<(String, f64)>,
-) -> Result<(), FeatureError> {
-    match v {
-        serde_json::Value::Number(n) => {
-            if let Some(x) = n.as_f64() {
-                out.push((name.to_owned(), x));
-            }
-        }
-        serde_json::Value::Bool(b) => out.push((name.to_owned(), f64::from(u8::from(*b)))),
-        serde_json::Value::String(s) => add_string(spec, name, s, out),
-        serde_json::Value::Null => {}
-        _ => return Err(FeatureError::Unsupported(name.to_owned())),
-    }
-    Ok(())
-}
-
-fn add_string(spec: &FeatureSpec, name: &str, s: &str, out: &mut Vec<(String, f64)>) {
+fn add_string(spec: &FeatureSpec, name: &str, s: &str, out: &mut Vec<(Cow<'_, str>, f64)>) {
     if spec.text.iter().any(|t| t == name) {
         for token in s
             .split(|c: char| !c.is_alphanumeric())
@@ -191,21 +161,117 @@ fn add_string(spec: &FeatureSpec, name: &str, s: &str, out: &mut Vec<(String, f6
     }
 }
 
+/// One JSON field value, as the visitor sees it (no intermediate tree).
+enum Field<'a> {
+    Number(f64),
+    Bool(bool),
+    Str(Cow<'a, str>),
+    Null,
+    Nested,
+}
+
+impl<'de> Deserialize<'de> for Field<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Field<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Field<'de>, E> {
+                Ok(Field::Number(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Field<'de>, E> {
+                Ok(Field::Number(v as f64))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Field<'de>, E> {
+                Ok(Field::Number(v as f64))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Field<'de>, E> {
+                Ok(Field::Bool(v))
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Field<'de>, E> {
+                Ok(Field::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Field<'de>, E> {
+                Ok(Field::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_unit<E>(self) -> Result<Field<'de>, E> {
+                Ok(Field::Null)
+            }
+            fn visit_none<E>(self) -> Result<Field<'de>, E> {
+                Ok(Field::Null)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut a: A) -> Result<Field<'de>, A::Error> {
+                while a.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Field::Nested)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Field<'de>, A::Error> {
+                while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Field::Nested)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A whole record object: its fields in text order.
+struct Object<'a>(Vec<(Cow<'a, str>, Field<'a>)>);
+
+impl<'de> Deserialize<'de> for Object<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Object<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Object<'de>, A::Error> {
+                let mut fields = Vec::with_capacity(a.size_hint().unwrap_or(16));
+                while let Some(k) = a.next_key::<Cow<'de, str>>()? {
+                    fields.push((k, a.next_value::<Field<'de>>()?));
+                }
+                Ok(Object(fields))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+fn label_from_field(field: &str, v: &Field<'_>) -> Result<Label, FeatureError> {
+    let bad = |reason: &str| FeatureError::Label {
+        field: field.to_owned(),
+        reason: reason.to_owned(),
+    };
+    match v {
+        Field::Bool(b) => Ok(Label::Bool(*b)),
+        Field::Number(n) => Ok(Label::Number(*n)),
+        Field::Str(s) => label_from_str(field, s),
+        Field::Null => Err(bad("is null")),
+        Field::Nested => Err(bad("must be a boolean, number or string")),
+    }
+}
+
 /// Extracts an example from a record value.
-pub fn extract(spec: &FeatureSpec, value: &[u8]) -> Result<Example, FeatureError> {
+pub fn extract<'a>(spec: &FeatureSpec, value: &'a [u8]) -> Result<Example<'a>, FeatureError> {
     let mut ex = Example::default();
     match &spec.format {
         Format::Json => {
-            let v: serde_json::Value =
+            let obj: Object<'a> =
                 serde_json::from_slice(value).map_err(|e| FeatureError::NotJson(e.to_string()))?;
-            let obj = v
-                .as_object()
-                .ok_or_else(|| FeatureError::NotJson("the value is not an object".into()))?;
-            for (k, v) in obj {
-                if spec.label.as_deref() == Some(k.as_str()) {
-                    ex.label = Some(label_from_json(k, v)?);
-                } else if !spec.ignore.iter().any(|i| i == k) {
-                    add_value(spec, k, v, &mut ex.features)?;
+            ex.features.reserve(obj.0.len());
+            for (k, v) in obj.0 {
+                if spec.label.as_deref() == Some(&*k) {
+                    ex.label = Some(label_from_field(&k, &v)?);
+                } else if spec.ignore.iter().any(|i| *i == *k) {
+                } else {
+                    match v {
+                        Field::Number(x) => ex.features.push((k, x)),
+                        Field::Bool(b) => ex.features.push((k, f64::from(u8::from(b)))),
+                        Field::Str(s) => add_string(spec, &k, &s, &mut ex.features),
+                        Field::Null => {}
+                        Field::Nested => return Err(FeatureError::Unsupported(k.into_owned())),
+                    }
                 }
             }
         }
@@ -224,7 +290,7 @@ pub fn extract(spec: &FeatureSpec, value: &[u8]) -> Result<Example, FeatureError
                     ex.label = Some(label_from_str(k, f)?);
                 } else if spec.ignore.iter().any(|i| i == k) {
                 } else if let Ok(x) = f.trim().parse::<f64>() {
-                    ex.features.push((k.clone(), x));
+                    ex.features.push((Cow::Owned(k.clone()), x));
                 } else if !f.is_empty() {
                     add_string(spec, k, f, &mut ex.features);
                 }
@@ -260,8 +326,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ex.label, Some(Label::Bool(true)));
-        assert_eq!(ex.features[0], ("a".into(), 1.5));
-        assert_eq!(ex.features[1], ("b".into(), 1.0));
+        assert_eq!(ex.features[0], (Cow::Borrowed("a"), 1.5));
+        assert_eq!(ex.features[1], (Cow::Borrowed("b"), 1.0));
         assert_eq!(ex.features.len(), 5, "a, b, color, and two title tokens");
         assert!(
             ex.features[2..]

@@ -291,13 +291,13 @@ impl Learner {
     }
 
     /// Predicts without learning (unknown features count as absent).
-    pub fn predict(&mut self, features: &[(String, f64)]) -> Prediction {
+    pub fn predict<K: AsRef<str>>(&mut self, features: &[(K, f64)]) -> Prediction {
         let (raw, scaled) = &mut self.scratch;
         raw.clear();
         raw.extend(
             features
                 .iter()
-                .filter_map(|(k, v)| self.index.get(k).map(|i| (i, *v))),
+                .filter_map(|(k, v)| self.index.get(k.as_ref()).map(|i| (i, *v))),
         );
         self.scaler.transform(raw, scaled);
         let z = self.linear.raw(scaled);
@@ -308,7 +308,11 @@ impl Learner {
     }
 
     /// Learns one example.
-    pub fn learn(&mut self, features: &[(String, f64)], label: &Label) -> Result<(), LearnError> {
+    pub fn learn<K: AsRef<str>>(
+        &mut self,
+        features: &[(K, f64)],
+        label: &Label,
+    ) -> Result<(), LearnError> {
         let y = match self.algo {
             Algo::LogisticRegression => {
                 let b = label.as_bool().ok_or_else(|| {
@@ -323,7 +327,7 @@ impl Learner {
         let (raw, scaled) = &mut self.scratch;
         raw.clear();
         for (k, v) in features {
-            raw.push((self.index.intern(k), *v));
+            raw.push((self.index.intern(k.as_ref()), *v));
         }
         self.scaler.learn(raw);
         self.scaler.transform(raw, scaled);
@@ -373,10 +377,9 @@ mod tests {
         );
         for i in 0..5000 {
             let x = (i % 100) as f64 / 10.0;
-            l.learn(&[("x".into(), x)], &Label::Number(3.0 * x + 1.0))
-                .unwrap();
+            l.learn(&[("x", x)], &Label::Number(3.0 * x + 1.0)).unwrap();
         }
-        let Prediction::Value(v) = l.predict(&[("x".into(), 5.0)]) else {
+        let Prediction::Value(v) = l.predict(&[("x", 5.0)]) else {
             panic!()
         };
         assert!((v - 16.0).abs() < 0.5, "{v}");

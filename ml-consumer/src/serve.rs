@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use strata_client::{Admin, ClientError, OffsetSpec, Producer, ProducerConfig, Record};
 
 use crate::checkpoint::{Checkpoint, Store};
-use crate::features::{Example, FeatureSpec, Format, extract};
+use crate::features::{FeatureSpec, Format, extract};
 use crate::learners::{Algo, Hyper, Prediction};
 use crate::trainer::{self, JobConfig, Start, validate_model_name};
 
@@ -328,7 +328,7 @@ fn prediction_json(p: &Prediction) -> Value {
 }
 
 /// Features of one instance given as a JSON object, with the model's spec.
-fn instance(spec: &FeatureSpec, v: &Value, i: usize) -> Result<Example, ApiError> {
+fn instance(spec: &FeatureSpec, v: &Value, i: usize) -> Result<Vec<(String, f64)>, ApiError> {
     if !v.is_object() {
         return Err(bad(format!("instances[{i}] is not a JSON object")));
     }
@@ -338,7 +338,12 @@ fn instance(spec: &FeatureSpec, v: &Value, i: usize) -> Result<Example, ApiError
         ..spec.clone()
     };
     let bytes = serde_json::to_vec(v).map_err(|e| bad(e.to_string()))?;
-    extract(&json_spec, &bytes).map_err(|e| bad(format!("instances[{i}]: {e}")))
+    let ex = extract(&json_spec, &bytes).map_err(|e| bad(format!("instances[{i}]: {e}")))?;
+    Ok(ex
+        .features
+        .into_iter()
+        .map(|(k, v)| (k.into_owned(), v))
+        .collect())
 }
 
 async fn predict(
@@ -370,7 +375,7 @@ async fn predict(
         .collect::<Result<Vec<_>, _>>()?;
     let predictions: Vec<Value> = examples
         .iter()
-        .map(|ex| prediction_json(&cp.learner.predict(&ex.features)))
+        .map(|f| prediction_json(&cp.learner.predict(f)))
         .collect();
     Ok(axum::Json(
         json!({"model": name, "version": cp.version, "offsets": cp.offsets, "predictions": predictions}),

@@ -62,6 +62,14 @@ enum Command {
     /// Benchmarks against a running broker.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// ML models: `strata ml train|list|status|predict|rollback|serve …` (runs
+    /// the `strata-ml` worker installed next to `strata`; see `strata ml --help`).
+    #[command(disable_help_flag = true)]
+    Ml {
+        /// Arguments for strata-ml.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -359,7 +367,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Group(g) => group(&cli.broker, cli.json, g).await,
         Command::Log(l) => log_cmd(cli.json, l),
         Command::Bench(b) => bench(&cli.broker, cli.json, b).await,
+        Command::Ml { args } => ml(&cli.broker, &args),
     }
+}
+
+/// Runs `strata-ml` (next to this executable, else on PATH) with `args`.
+fn ml(broker: &str, args: &[String]) -> anyhow::Result<()> {
+    let sibling = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("strata-ml")));
+    let program = sibling
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("strata-ml"));
+    let status = std::process::Command::new(&program)
+        .arg("--broker")
+        .arg(broker)
+        .args(args)
+        .status()
+        .with_context(|| {
+            format!(
+                "running {} (build it with `cargo build --release -p strata-ml`)",
+                program.display()
+            )
+        })?;
+    if !status.success() {
+        bail!("strata-ml exited with {status}");
+    }
+    Ok(())
 }
 
 fn print_json(v: &serde_json::Value) {
