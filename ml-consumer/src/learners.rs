@@ -9,8 +9,6 @@
 //! the intercept has its own learning rate; predicting never updates the
 //! scaler; a zero-variance feature scales to 0.
 
-use std::collections::HashMap;
-
 use serde::{Deserialize, Serialize};
 
 use crate::features::Label;
@@ -21,7 +19,7 @@ use crate::features::Label;
 pub struct FeatureIndex {
     names: Vec<String>,
     #[serde(skip)]
-    map: HashMap<String, usize>,
+    map: rustc_hash::FxHashMap<String, usize>,
 }
 
 impl FeatureIndex {

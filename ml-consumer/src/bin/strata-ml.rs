@@ -113,6 +113,20 @@ enum Command {
         /// Version.
         version: u64,
     },
+    /// Measure training throughput on a topic: end to end (broker → features
+    /// → learn, one job, no intermediate checkpoints) and the same learner on
+    /// the same records held in memory. Uses a scratch store.
+    Bench {
+        /// Topic holding JSON records.
+        #[arg(long)]
+        topic: String,
+        /// Label field.
+        #[arg(long)]
+        label: String,
+        /// SGD learning rate.
+        #[arg(long, default_value_t = 0.01)]
+        lr: f64,
+    },
     /// Serve the predictive HTTP API.
     Serve {
         /// Listen address.
@@ -217,6 +231,57 @@ fn main() -> anyhow::Result<()> {
                 let store = open_store(&cli.store)?;
                 let cp = store.rollback(&model, version)?;
                 println!("model {model} now at version {} (offsets {:?})", cp.version, cp.offsets);
+            }
+            Command::Bench { topic, label, lr } => {
+                let scratch = std::env::temp_dir().join(format!("strata-ml-bench-{}", std::process::id()));
+                let store = open_store(&scratch)?;
+                let spec = FeatureSpec { label: Some(label), ..FeatureSpec::default() };
+                let cfg = JobConfig {
+                    broker: cli.broker.clone(),
+                    topic: topic.clone(),
+                    model: "bench".into(),
+                    algo: Algo::LogisticRegression,
+                    hyper: Hyper { lr, ..Hyper::default() },
+                    spec: spec.clone(),
+                    start: parse_start("earliest").map_err(anyhow::Error::msg)?,
+                    checkpoint_every: u64::MAX,
+                    checkpoint_interval: Duration::from_secs(3600),
+                    block: 1000,
+                    follow: false,
+                };
+                let t = std::time::Instant::now();
+                let cp = run(&store, &cfg, |_| {}).await?;
+                let e2e = t.elapsed().as_secs_f64();
+                let n = cp.learned;
+                // The same records, in memory.
+                let consumer_cfg = strata_client::ConsumerConfig { reset: strata_client::ResetPolicy::Earliest, max_poll_records: 100_000, ..Default::default() };
+                let mut c = strata_client::Consumer::connect(&cli.broker, &topic, None, consumer_cfg).await?;
+                let mut values = Vec::with_capacity(n as usize);
+                while (values.len() as u64) < n + cp.skipped {
+                    let rs = c.poll(Duration::from_secs(5)).await?;
+                    if rs.is_empty() {
+                        bail!("topic {topic} ended after {} records", values.len());
+                    }
+                    values.extend(rs.into_iter().map(|r| r.value));
+                }
+                let mut learner = strata_ml::learners::Learner::new(Algo::LogisticRegression, Hyper { lr, ..Hyper::default() });
+                let mut metrics = strata_ml::metrics::Prequential::default();
+                let t = std::time::Instant::now();
+                for v in &values {
+                    let Ok(ex) = extract(&spec, v) else { continue };
+                    let Some(label) = ex.label else { continue };
+                    let p = learner.predict(&ex.features);
+                    metrics.update(&p, &label);
+                    learner.learn(&ex.features, &label)?;
+                }
+                let mem = t.elapsed().as_secs_f64();
+                let _ = std::fs::remove_dir_all(&scratch);
+                println!("{}", serde_json::json!({
+                    "records": n,
+                    "end_to_end_samples_per_s": n as f64 / e2e,
+                    "in_memory_samples_per_s": values.len() as f64 / mem,
+                    "accuracy": metrics.report(true).accuracy,
+                }));
             }
             Command::Serve { http_addr } => {
                 let store = open_store(&cli.store)?;
