@@ -60,28 +60,40 @@ impl Default for FeatureSpec {
 /// A label as read from the record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Label {
-    /// true / false (also "True"/"False", "1"/"0" strings, 1/0 numbers for classifiers).
+    /// true / false (also "True"/"False" strings).
     Bool(bool),
-    /// A number (regression).
+    /// A number (regression, or a numeric class).
     Number(f64),
+    /// Any other string: a class name.
+    Class(String),
 }
 
 impl Label {
-    /// As a boolean class, if it can be one.
+    /// As a boolean class, if it can be one (0/1 numbers count).
     pub fn as_bool(&self) -> Option<bool> {
         match self {
             Label::Bool(b) => Some(*b),
             Label::Number(n) if *n == 0.0 => Some(false),
             Label::Number(n) if *n == 1.0 => Some(true),
-            Label::Number(_) => None,
+            _ => None,
         }
     }
 
-    /// As a number.
-    pub fn as_f64(&self) -> f64 {
+    /// As a number, if it is one.
+    pub fn as_f64(&self) -> Option<f64> {
         match self {
-            Label::Bool(b) => f64::from(u8::from(*b)),
-            Label::Number(n) => *n,
+            Label::Bool(b) => Some(f64::from(u8::from(*b))),
+            Label::Number(n) => Some(*n),
+            Label::Class(_) => None,
+        }
+    }
+
+    /// As a class name ("true"/"false" for booleans).
+    pub fn class_key(&self) -> String {
+        match self {
+            Label::Bool(b) => b.to_string(),
+            Label::Number(n) => n.to_string(),
+            Label::Class(s) => s.clone(),
         }
     }
 }
@@ -134,18 +146,15 @@ fn hash_feature(spec: &FeatureSpec, key: &str, out: &mut Vec<(Cow<'_, str>, f64)
     ));
 }
 
-fn label_from_str(field: &str, s: &str) -> Result<Label, FeatureError> {
-    match s.trim() {
-        "true" | "True" | "TRUE" => Ok(Label::Bool(true)),
-        "false" | "False" | "FALSE" => Ok(Label::Bool(false)),
+fn label_from_str(_field: &str, s: &str) -> Result<Label, FeatureError> {
+    Ok(match s.trim() {
+        "true" | "True" | "TRUE" => Label::Bool(true),
+        "false" | "False" | "FALSE" => Label::Bool(false),
         t => t
             .parse::<f64>()
             .map(Label::Number)
-            .map_err(|_| FeatureError::Label {
-                field: field.to_owned(),
-                reason: format!("{s:?} is neither a boolean nor a number"),
-            }),
-    }
+            .unwrap_or_else(|_| Label::Class(t.to_owned())),
+    })
 }
 
 fn add_string(spec: &FeatureSpec, name: &str, s: &str, out: &mut Vec<(Cow<'_, str>, f64)>) {

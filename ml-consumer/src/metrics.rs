@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use crate::features::Label;
-use crate::learners::Prediction;
+use crate::learners::{Prediction, Task};
 
 /// Rolling window length.
 pub const WINDOW: usize = 1000;
@@ -24,7 +24,7 @@ pub struct Prequential {
     sq_err_sum: f64,
     window: VecDeque<f64>,
     window_sum: f64,
-    last_label: Option<bool>,
+    last_label: Option<String>,
     baseline_correct: u64,
     mean: f64,
     baseline_abs_err_sum: f64,
@@ -64,28 +64,36 @@ impl Prequential {
         }
     }
 
-    /// Scores a prediction made before learning `label`.
-    pub fn update(&mut self, prediction: &Prediction, label: &Label) {
+    /// Scores a prediction made before learning `label` (unsupervised
+    /// learners pass `None` and only count).
+    pub fn update(&mut self, prediction: &Prediction, label: Option<&Label>) {
         self.n += 1;
+        let Some(label) = label else { return };
         match prediction {
-            Prediction::Class { p_true } => {
-                let y = label.as_bool().unwrap_or(false);
-                let hit = prediction.class() == Some(y);
+            Prediction::Class { .. } | Prediction::Classes { .. } => {
+                let y = label.class_key();
+                let hit = prediction.class_label().as_deref() == Some(y.as_str());
                 self.correct += u64::from(hit);
-                let p = p_true.clamp(1e-15, 1.0 - 1e-15);
-                self.log_loss_sum += if y { -p.ln() } else { -(1.0 - p).ln() };
+                let p = prediction
+                    .prob_of(&y)
+                    .unwrap_or(0.0)
+                    .clamp(1e-15, 1.0 - 1e-15);
+                self.log_loss_sum += -p.ln();
                 self.push_window(f64::from(u8::from(hit)));
-                if self.last_label == Some(y) {
+                let yb = label.as_bool();
+                if self.last_label.as_deref() == Some(y.as_str()) {
                     self.baseline_correct += 1;
                 }
                 self.last_label = Some(y);
-                self.scores.push_back((*p_true, y));
-                if self.scores.len() > WINDOW {
-                    self.scores.pop_front();
+                if let (Prediction::Class { p_true }, Some(yb)) = (prediction, yb) {
+                    self.scores.push_back((*p_true, yb));
+                    if self.scores.len() > WINDOW {
+                        self.scores.pop_front();
+                    }
                 }
             }
             Prediction::Value(v) => {
-                let y = label.as_f64();
+                let y = label.as_f64().unwrap_or(0.0);
                 let err = (v - y).abs();
                 self.abs_err_sum += err;
                 self.sq_err_sum += err * err;
@@ -93,14 +101,27 @@ impl Prequential {
                 self.baseline_abs_err_sum += (self.mean - y).abs();
                 self.mean += (y - self.mean) / self.n as f64;
             }
+            Prediction::Cluster(_) | Prediction::Anomaly(_) => {}
         }
     }
 
     /// The current figures.
-    pub fn report(&self, classifier: bool) -> Report {
+    pub fn report(&self, task: Task) -> Report {
         let n = self.n.max(1) as f64;
         let w = (!self.window.is_empty()).then(|| self.window_sum / self.window.len() as f64);
-        if classifier {
+        if task == Task::Unsupervised {
+            return Report {
+                n: self.n,
+                accuracy: None,
+                log_loss: None,
+                roc_auc_window: None,
+                window: None,
+                baseline: None,
+                mae: None,
+                rmse: None,
+            };
+        }
+        if task == Task::Classification {
             Report {
                 n: self.n,
                 accuracy: Some(self.correct as f64 / n),

@@ -127,6 +127,9 @@ struct CreateModel {
     ignore: Vec<String>,
     follow: Option<bool>,
     checkpoint_every: Option<u64>,
+    k: Option<usize>,
+    decay: Option<f64>,
+    seed: Option<u64>,
 }
 
 /// Parses `earliest`, `latest`, `offset:N` or `timestamp:MS`.
@@ -155,9 +158,8 @@ async fn create(State(r): State<Registry>, body: Bytes) -> Result<impl IntoRespo
         serde_json::from_slice(&body).map_err(|e| bad(format!("invalid JSON body: {e}")))?;
     validate_model_name(&req.name).map_err(|e| bad(e.to_string()))?;
     let algo: Algo = req.algo.parse().map_err(bad)?;
-    // Both learners of this build are supervised.
-    if req.label.is_none() {
-        return Err(bad(format!("{:?} needs a label field", algo)));
+    if algo.supervised() && req.label.is_none() {
+        return Err(bad(format!("{algo:?} needs a label field")));
     }
     let start = parse_start(req.from.as_deref().unwrap_or("earliest")).map_err(bad)?;
     if lock(&r.models)
@@ -181,9 +183,13 @@ async fn create(State(r): State<Registry>, body: Bytes) -> Result<impl IntoRespo
         model: req.name.clone(),
         algo,
         hyper: Hyper {
+            k: req.k.unwrap_or(d.k),
+            decay: req.decay.unwrap_or(d.decay),
+            seed: req.seed.unwrap_or(d.seed),
             lr: req.lr.unwrap_or(d.lr),
             intercept_lr: req.intercept_lr.unwrap_or(d.intercept_lr),
             l2: req.l2.unwrap_or(d.l2),
+            ..d
         },
         spec: FeatureSpec {
             format: match req.csv_header {
@@ -267,7 +273,6 @@ pub fn spawn_job(r: &Registry, cfg: JobConfig) {
 
 fn model_json(name: &str, s: &Served) -> Value {
     let cp = &s.checkpoint;
-    let classifier = cp.learner.algo == Algo::LogisticRegression;
     json!({
         "name": name,
         "state": s.state,
@@ -279,7 +284,7 @@ fn model_json(name: &str, s: &Served) -> Value {
         "learned": cp.learned,
         "skipped": cp.skipped,
         "recent_skips": cp.recent_skips,
-        "metrics": cp.metrics.report(classifier),
+        "metrics": cp.metrics.report(cp.learner.algo.task()),
         "features": cp.learner.index.names().len(),
         "saved_ms": cp.saved_ms,
     })
@@ -320,10 +325,17 @@ async fn status(
     Ok(axum::Json(v))
 }
 
-fn prediction_json(p: &Prediction) -> Value {
+/// A prediction as JSON.
+pub fn prediction_json(p: &Prediction) -> Value {
     match p {
         Prediction::Class { p_true } => json!({"class": p_true > &0.5, "p_true": p_true}),
+        Prediction::Classes { probs } => json!({
+            "class": probs.first().map(|(c, _)| c.clone()),
+            "probabilities": probs.iter().map(|(c, p)| (c.clone(), *p)).collect::<BTreeMap<_, _>>(),
+        }),
         Prediction::Value(v) => json!({"value": v}),
+        Prediction::Cluster(c) => json!({"cluster": c}),
+        Prediction::Anomaly(s) => json!({"anomaly_score": s}),
     }
 }
 

@@ -220,19 +220,19 @@ pub async fn run(
             }
             let Some(r) = buf.pop_front() else { break };
             match extract(&cp.spec, &r.value) {
-                Ok(ex) => match &ex.label {
-                    Some(label) => {
-                        let prediction = cp.learner.predict(&ex.features);
-                        match cp.learner.learn(&ex.features, label) {
-                            Ok(()) => {
-                                cp.metrics.update(&prediction, label);
-                                cp.learned += 1;
-                            }
-                            Err(e) => skip(&mut cp, p, r.offset, e.to_string()),
+                Ok(ex) if ex.label.is_none() && cp.learner.algo.supervised() => {
+                    skip(&mut cp, p, r.offset, "no label".into())
+                }
+                Ok(ex) => {
+                    let prediction = cp.learner.predict(&ex.features);
+                    match cp.learner.learn(&ex.features, ex.label.as_ref()) {
+                        Ok(()) => {
+                            cp.metrics.update(&prediction, ex.label.as_ref());
+                            cp.learned += 1;
                         }
+                        Err(e) => skip(&mut cp, p, r.offset, e.to_string()),
                     }
-                    None => skip(&mut cp, p, r.offset, "no label".into()),
-                },
+                }
                 Err(e) => skip(&mut cp, p, r.offset, e.to_string()),
             }
             cp.offsets.insert(p, r.offset + 1);

@@ -36,7 +36,7 @@ fn phishing_json() -> Vec<String> {
         .collect()
 }
 
-fn train(broker: &str, store: &Path, kill_after: Option<usize>) -> (usize, bool) {
+fn train(broker: &str, store: &Path, algo: &[&str], kill_after: Option<usize>) -> (usize, bool) {
     let mut child = Command::new(bin("strata-ml"))
         .args([
             "--store",
@@ -49,16 +49,8 @@ fn train(broker: &str, store: &Path, kill_after: Option<usize>) -> (usize, bool)
             "--model",
             "m",
         ])
-        .args([
-            "--label",
-            "is_phishing",
-            "--lr",
-            "0.005",
-            "--checkpoint-every",
-            "300",
-            "--block",
-            "100",
-        ])
+        .args(algo)
+        .args(["--checkpoint-every", "300", "--block", "100"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -127,73 +119,97 @@ async fn killed_and_resumed_training_is_bit_identical_to_an_uninterrupted_run() 
         .unwrap();
     producer.close().await.unwrap();
 
-    let reference = dir.path().join("reference");
-    let (total_checkpoints, finished) = train(&broker.grpc, &reference, None);
-    assert!(finished);
-    assert!(total_checkpoints > 50, "{total_checkpoints} checkpoints");
+    // A supervised learner, and one whose state includes a random generator.
+    let logistic: &[&str] = &[
+        "--algo",
+        "logistic-regression",
+        "--label",
+        "is_phishing",
+        "--lr",
+        "0.005",
+    ];
+    let hst: &[&str] = &[
+        "--algo",
+        "half-space-trees",
+        "--seed",
+        "7",
+        "--ignore",
+        "is_phishing",
+    ];
+    for (name, algo) in [("logistic", logistic), ("hst", hst)] {
+        let reference = dir.path().join(format!("{name}-reference"));
+        let (total_checkpoints, finished) = train(&broker.grpc, &reference, algo, None);
+        assert!(finished);
+        assert!(total_checkpoints > 50, "{total_checkpoints} checkpoints");
 
-    // Kill at several pseudo-random points (seeded, so a failure replays).
-    let crashy = dir.path().join("crashy");
-    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-    for _ in 0..4 {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let k = 1 + (seed % 12) as usize;
-        let (_, finished) = train(&broker.grpc, &crashy, Some(k));
-        assert!(
-            !finished,
-            "the job finished before its kill; kill points must land mid-training"
+        // Kill at several pseudo-random points (seeded, so a failure replays).
+        let crashy = dir.path().join(format!("{name}-crashy"));
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..4 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let k = 1 + (seed % 12) as usize;
+            let (_, finished) = train(&broker.grpc, &crashy, algo, Some(k));
+            assert!(
+                !finished,
+                "{name}: the job finished before its kill; kill points must land mid-training"
+            );
+        }
+        let (_, finished) = train(&broker.grpc, &crashy, algo, None);
+        assert!(finished);
+
+        let a = Store::open(&reference)
+            .unwrap()
+            .latest("m")
+            .unwrap()
+            .unwrap();
+        let b = Store::open(&crashy).unwrap().latest("m").unwrap().unwrap();
+        assert_eq!(a.offsets, b.offsets, "{name}");
+        assert_eq!(a.learned, (rows.len() * COPIES) as u64, "{name}");
+        assert_eq!(
+            (a.skipped, b.skipped),
+            (1, 1),
+            "{name}: the garbage record is skipped once"
         );
+        assert_eq!(b.recent_skips[0].partition, 1);
+        assert!(
+            b.recent_skips[0].reason.contains("not a JSON object"),
+            "{:?}",
+            b.recent_skips
+        );
+        // Bit-identical parameters (RNG state included) and metrics.
+        assert_eq!(
+            serde_json::to_string(&a.learner).unwrap(),
+            serde_json::to_string(&b.learner).unwrap(),
+            "{name}"
+        );
+        let bits = |w: &[f64]| w.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(&a.learner.parameters()),
+            bits(&b.learner.parameters()),
+            "{name}"
+        );
+        assert!(!a.learner.parameters().is_empty());
+        assert_eq!(a.metrics, b.metrics, "{name}");
+        // …and predictions.
+        let (mut la, mut lb) = (a.learner.clone(), b.learner.clone());
+        let spec = FeatureSpec {
+            label: None,
+            ..a.spec.clone()
+        };
+        for row in rows.iter().take(100) {
+            let ex = extract(&spec, row.as_bytes()).unwrap();
+            let (pa, pb) = (la.predict(&ex.features), lb.predict(&ex.features));
+            assert_eq!(format!("{pa:?}"), format!("{pb:?}"), "{name}");
+        }
+        if name == "logistic" {
+            let acc = a
+                .metrics
+                .report(strata_ml::learners::Task::Classification)
+                .accuracy
+                .unwrap();
+            assert!(acc > 0.85, "prequential accuracy {acc}");
+        }
     }
-    let (_, finished) = train(&broker.grpc, &crashy, None);
-    assert!(finished);
-
-    let a = Store::open(&reference)
-        .unwrap()
-        .latest("m")
-        .unwrap()
-        .unwrap();
-    let b = Store::open(&crashy).unwrap().latest("m").unwrap().unwrap();
-    assert_eq!(a.offsets, b.offsets);
-    assert_eq!(a.learned, (rows.len() * COPIES) as u64);
-    assert_eq!(
-        (a.skipped, b.skipped),
-        (1, 1),
-        "the garbage record is skipped once"
-    );
-    assert_eq!(b.recent_skips[0].partition, 1);
-    assert!(
-        b.recent_skips[0].reason.contains("not a JSON object"),
-        "{:?}",
-        b.recent_skips
-    );
-    // Bit-identical parameters and metrics.
-    assert_eq!(
-        serde_json::to_string(&a.learner).unwrap(),
-        serde_json::to_string(&b.learner).unwrap()
-    );
-    let bits = |w: &[f64]| w.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-    assert_eq!(
-        bits(&a.learner.linear.weights),
-        bits(&b.learner.linear.weights)
-    );
-    assert_eq!(
-        a.learner.linear.intercept.to_bits(),
-        b.learner.linear.intercept.to_bits()
-    );
-    assert_eq!(a.metrics, b.metrics);
-    // …and predictions.
-    let (mut la, mut lb) = (a.learner.clone(), b.learner.clone());
-    let spec = FeatureSpec {
-        label: None,
-        ..a.spec.clone()
-    };
-    for row in rows.iter().take(100) {
-        let ex = extract(&spec, row.as_bytes()).unwrap();
-        let (pa, pb) = (la.predict(&ex.features), lb.predict(&ex.features));
-        assert_eq!(format!("{pa:?}"), format!("{pb:?}"));
-    }
-    let acc = a.metrics.report(true).accuracy.unwrap();
-    assert!(acc > 0.85, "prequential accuracy {acc}");
 }

@@ -26,7 +26,7 @@ fn prequential_accuracy(lr: f64) -> (u64, f64) {
         Hyper {
             lr,
             intercept_lr: 0.01,
-            l2: 0.0,
+            ..Hyper::default()
         },
     );
     let mut metrics = Prequential::default();
@@ -34,10 +34,10 @@ fn prequential_accuracy(lr: f64) -> (u64, f64) {
         let ex = extract(&spec, line.as_bytes()).unwrap();
         let label = ex.label.unwrap();
         let p = learner.predict(&ex.features);
-        metrics.update(&p, &label);
-        learner.learn(&ex.features, &label).unwrap();
+        metrics.update(&p, Some(&label));
+        learner.learn(&ex.features, Some(&label)).unwrap();
     }
-    let r = metrics.report(true);
+    let r = metrics.report(strata_ml::learners::Task::Classification);
     (r.n, r.accuracy.unwrap())
 }
 

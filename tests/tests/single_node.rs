@@ -423,10 +423,19 @@ async fn retention_deletes_old_data_and_old_offsets_are_out_of_range() {
         d.await.unwrap();
     }
     let a = admin.clone();
-    poll_until_async("retention to move the log start", Duration::from_secs(20), || {
-        let a = a.clone();
-        async move { a.describe_topic("r").await.unwrap().partition_info[0].log_start_offset > 0 }
-    })
+    poll_until_async(
+        "retention to bring the partition within its limit",
+        Duration::from_secs(20),
+        || {
+            let a = a.clone();
+            async move {
+                let info = a.describe_topic("r").await.unwrap().partition_info[0].clone();
+                // Retention runs every 100 ms, also while the producer is still
+                // writing: wait for a pass after the last write.
+                info.log_start_offset > 0 && info.size_bytes < (256 + 2 * 128) * 1024
+            }
+        },
+    )
     .await;
     let info = admin.describe_topic("r").await.unwrap().partition_info[0].clone();
     assert!(

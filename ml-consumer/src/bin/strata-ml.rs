@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use strata_ml::checkpoint::Store;
 use strata_ml::features::{FeatureSpec, Format, extract};
-use strata_ml::learners::{Algo, Hyper, Prediction};
+use strata_ml::learners::{Algo, Hyper};
 use strata_ml::serve::{Registry, parse_start, router};
 use strata_ml::trainer::{JobConfig, run};
 
@@ -48,12 +48,22 @@ enum Command {
         /// Model name (letters, digits, '.', '_', '-').
         #[arg(long)]
         model: String,
-        /// logistic-regression (binary label) or linear-regression.
+        /// logistic-regression, linear-regression, softmax-regression, ftrl,
+        /// gaussian-nb, multinomial-nb, kmeans, half-space-trees.
         #[arg(long, default_value = "logistic-regression")]
         algo: Algo,
-        /// Label field.
+        /// Label field (not for kmeans and half-space-trees).
         #[arg(long)]
-        label: String,
+        label: Option<String>,
+        /// k-means: clusters.
+        #[arg(long, default_value_t = 5)]
+        k: usize,
+        /// k-means: weight of a new point in its center's update.
+        #[arg(long, default_value_t = 0.1)]
+        decay: f64,
+        /// Seed of the learner's random number generator (half-space trees).
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
         /// Where a new model starts: earliest, latest, offset:N, timestamp:MS.
         #[arg(long, default_value = "earliest")]
         from: String,
@@ -158,22 +168,25 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         match cli.command {
             Command::Train {
-                topic, model, algo, label, from, lr, intercept_lr, l2, hash_bits, hash_seed, csv_header, text, ignore,
+                topic, model, algo, label, k, decay, seed, from, lr, intercept_lr, l2, hash_bits, hash_seed, csv_header, text, ignore,
                 checkpoint_every, checkpoint_ms, block, follow,
             } => {
+                if algo.supervised() && label.is_none() {
+                    bail!("{algo:?} needs --label");
+                }
                 let store = open_store(&cli.store)?;
                 let cfg = JobConfig {
                     broker: cli.broker,
                     topic,
                     model,
                     algo,
-                    hyper: Hyper { lr, intercept_lr, l2 },
+                    hyper: Hyper { lr, intercept_lr, l2, k, decay, seed, ..Hyper::default() },
                     spec: FeatureSpec {
                         format: match csv_header {
                             Some(h) => Format::Csv { header: h.split(',').map(str::to_owned).collect() },
                             None => Format::Json,
                         },
-                        label: Some(label),
+                        label,
                         ignore,
                         text,
                         hash_bits,
@@ -189,9 +202,8 @@ fn main() -> anyhow::Result<()> {
                     println!("checkpoint version={} learned={} offsets={:?}", cp.version, cp.learned, cp.offsets);
                 })
                 .await?;
-                let classifier = cp.learner.algo == Algo::LogisticRegression;
                 println!("done version={} learned={} skipped={}", cp.version, cp.learned, cp.skipped);
-                println!("metrics {}", serde_json::to_string(&cp.metrics.report(classifier))?);
+                println!("metrics {}", serde_json::to_string(&cp.metrics.report(cp.learner.algo.task()))?);
             }
             Command::List => {
                 let store = open_store(&cli.store)?;
@@ -205,11 +217,10 @@ fn main() -> anyhow::Result<()> {
             Command::Status { model } => {
                 let store = open_store(&cli.store)?;
                 let Some(cp) = store.latest(&model)? else { bail!("unknown model {model:?}") };
-                let classifier = cp.learner.algo == Algo::LogisticRegression;
                 println!("{}", serde_json::to_string_pretty(&serde_json::json!({
                     "model": model, "topic": cp.topic, "algo": cp.learner.algo, "version": cp.version,
                     "offsets": cp.offsets, "learned": cp.learned, "skipped": cp.skipped, "recent_skips": cp.recent_skips,
-                    "metrics": cp.metrics.report(classifier), "versions": store.versions(&model)?,
+                    "metrics": cp.metrics.report(cp.learner.algo.task()), "versions": store.versions(&model)?,
                 }))?);
             }
             Command::Predict { model } => {
@@ -220,10 +231,8 @@ fn main() -> anyhow::Result<()> {
                 for (n, line) in std::io::BufRead::lines(stdin.lock()).enumerate() {
                     let line = line?;
                     let ex = extract(&spec, line.as_bytes()).with_context(|| format!("line {}", n + 1))?;
-                    let out = match cp.learner.predict(&ex.features) {
-                        Prediction::Class { p_true } => serde_json::json!({"version": cp.version, "class": p_true > 0.5, "p_true": p_true}),
-                        Prediction::Value(v) => serde_json::json!({"version": cp.version, "value": v}),
-                    };
+                    let mut out = strata_ml::serve::prediction_json(&cp.learner.predict(&ex.features));
+                    out["version"] = serde_json::json!(cp.version);
                     println!("{out}");
                 }
             }
@@ -271,8 +280,8 @@ fn main() -> anyhow::Result<()> {
                     let Ok(ex) = extract(&spec, v) else { continue };
                     let Some(label) = ex.label else { continue };
                     let p = learner.predict(&ex.features);
-                    metrics.update(&p, &label);
-                    learner.learn(&ex.features, &label)?;
+                    metrics.update(&p, Some(&label));
+                    learner.learn(&ex.features, Some(&label))?;
                 }
                 let mem = t.elapsed().as_secs_f64();
                 let _ = std::fs::remove_dir_all(&scratch);
@@ -280,7 +289,7 @@ fn main() -> anyhow::Result<()> {
                     "records": n,
                     "end_to_end_samples_per_s": n as f64 / e2e,
                     "in_memory_samples_per_s": values.len() as f64 / mem,
-                    "accuracy": metrics.report(true).accuracy,
+                    "accuracy": metrics.report(strata_ml::learners::Task::Classification).accuracy,
                 }));
             }
             Command::Serve { http_addr } => {
