@@ -7,7 +7,8 @@
 # it started, by PID, also on failure.
 #
 # Knobs (environment): RECORDS (1000000), REPLAY_RECORDS (10000000),
-# RATE (10000), LATENCY_SECONDS (10), MAX_SECONDS (60).
+# RATE (10000), LATENCY_SECONDS (10), MAX_SECONDS (60), WORKLOADS
+# (produce,replay,latency).
 # RF=3 rows need Strata's replication (issue 5) and are not measured here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,4 +62,4 @@ echo "Strata $strata, Redis 127.0.0.1:$redis_port ($(redis-server --version | aw
 target/release/strata-compare --strata "$strata" --redis "127.0.0.1:$redis_port" --nats "127.0.0.1:$nats_port" \
   --data-dir "$work" --records "${RECORDS:-1000000}" --replay-records "${REPLAY_RECORDS:-10000000}" \
   --rate "${RATE:-10000}" --latency-seconds "${LATENCY_SECONDS:-10}" --max-seconds "${MAX_SECONDS:-60}" \
-  --json "${RESULTS_JSON:-target/compare-results.json}"
+  --workloads "${WORKLOADS:-produce,replay,latency}" --json "${RESULTS_JSON:-target/compare-results.json}"

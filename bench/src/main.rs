@@ -55,6 +55,9 @@ struct Args {
     /// Time limit of each produce workload (s); the rate is measured over what was sent.
     #[arg(long, default_value_t = 60)]
     max_seconds: u64,
+    /// Workloads to run (comma-separated: produce, replay, latency).
+    #[arg(long, default_value = "produce,replay,latency", value_delimiter = ',')]
+    workloads: Vec<String>,
     /// Write the results as JSON to this file too.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -549,7 +552,7 @@ async fn latency(a: &Args, sys: System) -> anyhow::Result<(f64, f64, f64, u64)> 
     match sys {
         System::Strata => {
             let cfg = ProducerConfig {
-                linger: Duration::from_millis(1),
+                linger: Duration::ZERO,
                 compression: Compression::None,
                 ..ProducerConfig::default()
             };
@@ -650,7 +653,11 @@ async fn main() -> anyhow::Result<()> {
     let tcp = loopback_bandwidth().await?;
     results.insert("physical".into(), serde_json::json!({"fsync_write_mb_s": bw, "fsync_4k_p50_us": l50, "fsync_4k_p99_us": l99, "loopback_tcp_mb_s": tcp}));
 
-    for (size, producers) in [(100usize, 1usize), (100, 4), (1024, 1), (1024, 4)] {
+    let run = |w: &str| a.workloads.iter().any(|x| x == w);
+    for (size, producers) in [(100usize, 1usize), (100, 4), (1024, 1), (1024, 4)]
+        .into_iter()
+        .filter(|_| run("produce"))
+    {
         let n = if size >= 1024 {
             a.records / 10
         } else {
@@ -686,65 +693,69 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
-    let label = format!(
-        "replay {} records of 100 B from the start (records/s)",
-        a.replay_records
-    );
-    let mut row = BTreeMap::new();
-    let mut figures = BTreeMap::new();
-    for sys in SYSTEMS {
-        eprintln!("{label}: {}…", sys.name());
-        let (got, secs) = replay(&a, sys, a.replay_records)
-            .await
-            .with_context(|| format!("replay on {}", sys.name()))?;
-        figures.insert(sys, got as f64 / secs);
-        row.insert(sys, format!("{:.0}", got as f64 / secs));
-    }
-    let best_peer = figures[&System::Redis].max(figures[&System::Nats]);
-    rows.push((
-        label.clone(),
-        row,
-        format!("{:.2}", figures[&System::Strata] / best_peer),
-    ));
-    results.insert(
-        label,
-        serde_json::json!(
-            figures
-                .iter()
-                .map(|(k, v)| (k.name(), v))
-                .collect::<BTreeMap<_, _>>()
-        ),
-    );
-
-    let label = format!(
-        "end-to-end latency at {} records/s for {} s, p50/p99/p99.9 ms",
-        a.rate, a.latency_seconds
-    );
-    let mut row = BTreeMap::new();
-    let mut p99s = BTreeMap::new();
-    let mut lat = BTreeMap::new();
-    for sys in SYSTEMS {
-        eprintln!("{label}: {}…", sys.name());
-        let (p50, p99, p999, got) = latency(&a, sys)
-            .await
-            .with_context(|| format!("latency on {}", sys.name()))?;
-        row.insert(sys, format!("{p50:.2} / {p99:.2} / {p999:.2} ({got} recv)"));
-        p99s.insert(sys, p99);
-        lat.insert(
-            sys.name(),
-            serde_json::json!({"p50_ms": p50, "p99_ms": p99, "p999_ms": p999, "received": got}),
+    if run("replay") {
+        let label = format!(
+            "replay {} records of 100 B from the start (records/s)",
+            a.replay_records
+        );
+        let mut row = BTreeMap::new();
+        let mut figures = BTreeMap::new();
+        for sys in SYSTEMS {
+            eprintln!("{label}: {}…", sys.name());
+            let (got, secs) = replay(&a, sys, a.replay_records)
+                .await
+                .with_context(|| format!("replay on {}", sys.name()))?;
+            figures.insert(sys, got as f64 / secs);
+            row.insert(sys, format!("{:.0}", got as f64 / secs));
+        }
+        let best_peer = figures[&System::Redis].max(figures[&System::Nats]);
+        rows.push((
+            label.clone(),
+            row,
+            format!("{:.2}", figures[&System::Strata] / best_peer),
+        ));
+        results.insert(
+            label,
+            serde_json::json!(
+                figures
+                    .iter()
+                    .map(|(k, v)| (k.name(), v))
+                    .collect::<BTreeMap<_, _>>()
+            ),
         );
     }
-    let best_peer = p99s[&System::Redis].min(p99s[&System::Nats]);
-    rows.push((
-        label.clone(),
-        row,
-        format!(
-            "{:.2} (p99, lower is better)",
-            p99s[&System::Strata] / best_peer
-        ),
-    ));
-    results.insert(label, serde_json::json!(lat));
+
+    if run("latency") {
+        let label = format!(
+            "end-to-end latency at {} records/s for {} s, p50/p99/p99.9 ms",
+            a.rate, a.latency_seconds
+        );
+        let mut row = BTreeMap::new();
+        let mut p99s = BTreeMap::new();
+        let mut lat = BTreeMap::new();
+        for sys in SYSTEMS {
+            eprintln!("{label}: {}…", sys.name());
+            let (p50, p99, p999, got) = latency(&a, sys)
+                .await
+                .with_context(|| format!("latency on {}", sys.name()))?;
+            row.insert(sys, format!("{p50:.2} / {p99:.2} / {p999:.2} ({got} recv)"));
+            p99s.insert(sys, p99);
+            lat.insert(
+                sys.name(),
+                serde_json::json!({"p50_ms": p50, "p99_ms": p99, "p999_ms": p999, "received": got}),
+            );
+        }
+        let best_peer = p99s[&System::Redis].min(p99s[&System::Nats]);
+        rows.push((
+            label.clone(),
+            row,
+            format!(
+                "{:.2} (p99, lower is better)",
+                p99s[&System::Strata] / best_peer
+            ),
+        ));
+        results.insert(label, serde_json::json!(lat));
+    }
 
     let mut out = String::new();
     out.push_str(&format!(

@@ -359,6 +359,24 @@ impl Worker {
                     break;
                 };
                 retry_at = None;
+                // Batches that closed (by size or linger) while another was
+                // in flight, and were never sent, travel together: with one
+                // batch in flight per partition this is what keeps small
+                // lingers efficient.
+                if batch.sequence.is_none() {
+                    while let Some(next) = queued.front() {
+                        if next.sequence.is_some()
+                            || batch.bytes + next.bytes > self.config.batch_bytes_max
+                        {
+                            break;
+                        }
+                        let Some(next) = queued.pop_front() else {
+                            break;
+                        };
+                        batch.bytes += next.bytes;
+                        batch.records.extend(next.records);
+                    }
+                }
                 match self.prepare(&mut batch).await {
                     Ok(bytes) => {
                         let mut client = self.client.clone();
