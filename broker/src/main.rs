@@ -12,7 +12,7 @@ use strata_broker::config::BrokerConfig;
 /// The Strata broker. With no arguments it serves on embedded defaults:
 /// data in ./strata-data, gRPC on 127.0.0.1:7070, HTTP on 127.0.0.1:7080.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// TOML configuration file (keys as in `BrokerConfig`; flags win over it).
     #[arg(long, short)]
