@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
-use strata_proto::batch::{BatchLimits, VerifiedBatch, parse_header};
+use strata_proto::batch::{BatchLimits, ProducerInfo, VerifiedBatch, parse_header};
 use tokio::sync::watch;
 
 use crate::config::LogDefaults;
@@ -359,24 +359,7 @@ impl Partition {
             .map_err(BrokerError::Storage)?;
         seq.next_index += 1;
         if let Some(p) = header.producer {
-            let state = seq.producers.entry(p.producer_id).or_insert(ProducerState {
-                epoch: p.producer_epoch,
-                last_sequence: 0,
-                recent: VecDeque::new(),
-            });
-            if state.epoch != p.producer_epoch {
-                state.epoch = p.producer_epoch;
-                state.recent.clear();
-            }
-            state.last_sequence = p.base_sequence.wrapping_add(header.record_count - 1);
-            if state.recent.len() == DEDUP_WINDOW {
-                state.recent.pop_front();
-            }
-            state.recent.push_back(Recent {
-                base_sequence: p.base_sequence,
-                record_count: header.record_count,
-                outcome: rx.clone(),
-            });
+            remember(&mut seq.producers, p, header.record_count, rx.clone());
         }
         Ok((rx, false))
     }
@@ -415,6 +398,34 @@ impl Partition {
     }
 }
 
+/// Records an appended (or recovered) batch of an idempotent producer: a new
+/// epoch resets its window; the window keeps the last `DEDUP_WINDOW` batches.
+fn remember(
+    producers: &mut HashMap<u64, ProducerState>,
+    p: ProducerInfo,
+    record_count: u32,
+    outcome: watch::Receiver<Outcome>,
+) {
+    let state = producers.entry(p.producer_id).or_insert(ProducerState {
+        epoch: p.producer_epoch,
+        last_sequence: 0,
+        recent: VecDeque::new(),
+    });
+    if state.epoch != p.producer_epoch {
+        state.epoch = p.producer_epoch;
+        state.recent.clear();
+    }
+    state.last_sequence = p.base_sequence.wrapping_add(record_count - 1);
+    if state.recent.len() == DEDUP_WINDOW {
+        state.recent.pop_front();
+    }
+    state.recent.push_back(Recent {
+        base_sequence: p.base_sequence,
+        record_count,
+        outcome,
+    });
+}
+
 fn batch_limits(config: &LogConfig) -> BatchLimits {
     BatchLimits {
         batch_bytes_max: config.batch_bytes_max as usize,
@@ -445,24 +456,12 @@ fn rebuild_producers(log: &PartitionLog) -> Result<HashMap<u64, ProducerState>, 
             let h = parse_header(&b.bytes)
                 .map_err(|e| BrokerError::Storage(LogError::Invalid(e.to_string())))?;
             let Some(p) = h.producer else { continue };
-            let state = producers.entry(p.producer_id).or_insert(ProducerState {
-                epoch: p.producer_epoch,
-                last_sequence: 0,
-                recent: VecDeque::new(),
-            });
-            if p.producer_epoch != state.epoch {
-                state.epoch = p.producer_epoch;
-                state.recent.clear();
-            }
-            state.last_sequence = p.base_sequence.wrapping_add(h.record_count - 1);
-            if state.recent.len() == DEDUP_WINDOW {
-                state.recent.pop_front();
-            }
-            state.recent.push_back(Recent {
-                base_sequence: p.base_sequence,
-                record_count: h.record_count,
-                outcome: watch::channel(Some(Ok(b.base_offset))).1,
-            });
+            remember(
+                &mut producers,
+                p,
+                h.record_count,
+                watch::channel(Some(Ok(b.base_offset))).1,
+            );
         }
     }
     Ok(producers)
