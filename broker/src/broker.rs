@@ -14,7 +14,9 @@ use crate::error::BrokerError;
 use crate::log::{PartitionLog, SyncObserver, WriterConfig};
 use crate::meta::{MetaStore, TopicRecord};
 use crate::metrics::Metrics;
-use crate::topic::{Acks, Partition, ProduceOutcome, TopicSettings, validate_topic_name};
+use crate::topic::{
+    Acks, Partition, ProduceOutcome, Submitted, TopicSettings, validate_topic_name,
+};
 
 /// A topic and its open partitions.
 #[derive(Debug)]
@@ -277,9 +279,19 @@ impl Broker {
         batch: Bytes,
         acks: Acks,
     ) -> Result<ProduceOutcome, BrokerError> {
+        self.submit(topic, partition, batch)?.wait(acks).await
+    }
+
+    /// Verifies a batch and queues it (see [`Partition::submit`]).
+    pub fn submit(
+        &self,
+        topic: &str,
+        partition: u32,
+        batch: Bytes,
+    ) -> Result<Submitted, BrokerError> {
         let p = self.partition(topic, partition)?;
         let verified: VerifiedBatch = verify_batch(batch, &p.batch_limits())?;
-        p.produce(verified, acks).await
+        p.submit(verified)
     }
 
     /// Allocates an idempotent-producer id (epoch 0).

@@ -160,6 +160,54 @@ pub enum Acks {
     None,
 }
 
+/// A batch queued at the writer, to be waited for.
+#[derive(Debug)]
+pub struct Submitted {
+    outcome: watch::Receiver<Outcome>,
+    duplicate: bool,
+    record_count: u32,
+    hw: watch::Receiver<u64>,
+}
+
+impl Submitted {
+    /// Waits as `acks` asks: not at all, or until the batch is durable (a
+    /// duplicate: until its original is).
+    pub async fn wait(mut self, acks: Acks) -> Result<ProduceOutcome, BrokerError> {
+        let (record_count, duplicate) = (self.record_count, self.duplicate);
+        if acks == Acks::None && !duplicate {
+            return Ok(ProduceOutcome {
+                base_offset: 0,
+                record_count,
+                duplicate,
+            });
+        }
+        let r = self
+            .outcome
+            .wait_for(|o| o.is_some())
+            .await
+            .map_err(|_| BrokerError::ShuttingDown)?
+            .clone();
+        match r {
+            Some(Ok(base_offset)) => {
+                // A duplicate may answer before its original's group is
+                // durable everywhere readers look: wait for the watermark.
+                let end = base_offset + u64::from(record_count);
+                self.hw
+                    .wait_for(|h| *h >= end)
+                    .await
+                    .map_err(|_| BrokerError::ShuttingDown)?;
+                Ok(ProduceOutcome {
+                    base_offset,
+                    record_count,
+                    duplicate,
+                })
+            }
+            Some(Err(e)) => Err(BrokerError::Storage(LogError::Invalid(e))),
+            None => unreachable!("waited for Some"),
+        }
+    }
+}
+
 /// One partition of a topic, served by this node.
 #[derive(Debug)]
 pub struct Partition {
@@ -254,38 +302,21 @@ impl Partition {
         batch: VerifiedBatch,
         acks: Acks,
     ) -> Result<ProduceOutcome, BrokerError> {
+        self.submit(batch)?.wait(acks).await
+    }
+
+    /// The first half of [`Self::produce`]: dedup, index assignment and
+    /// enqueue, in call order. Callers that must keep order across requests
+    /// (the produce stream) submit sequentially and wait concurrently.
+    pub fn submit(&self, batch: VerifiedBatch) -> Result<Submitted, BrokerError> {
         let record_count = batch.record_count();
-        let (mut outcome, duplicate) = tokio::task::block_in_place(|| self.enqueue(batch))?;
-        if acks == Acks::None && !duplicate {
-            return Ok(ProduceOutcome {
-                base_offset: 0,
-                record_count,
-                duplicate,
-            });
-        }
-        let r = outcome
-            .wait_for(|o| o.is_some())
-            .await
-            .map_err(|_| BrokerError::ShuttingDown)?
-            .clone();
-        match r {
-            Some(Ok(base_offset)) => {
-                // A duplicate may answer before its original's group is
-                // durable everywhere readers look: wait for the watermark.
-                let end = base_offset + u64::from(record_count);
-                let mut hw = self.hw.subscribe();
-                hw.wait_for(|h| *h >= end)
-                    .await
-                    .map_err(|_| BrokerError::ShuttingDown)?;
-                Ok(ProduceOutcome {
-                    base_offset,
-                    record_count,
-                    duplicate,
-                })
-            }
-            Some(Err(e)) => Err(BrokerError::Storage(LogError::Invalid(e))),
-            None => unreachable!("waited for Some"),
-        }
+        let (outcome, duplicate) = tokio::task::block_in_place(|| self.enqueue(batch))?;
+        Ok(Submitted {
+            outcome,
+            duplicate,
+            record_count,
+            hw: self.hw.subscribe(),
+        })
     }
 
     /// Under the sequencer lock: dedup, index assignment, enqueue. Returns

@@ -6,9 +6,9 @@
 //! retried batch with the original offsets.
 //!
 //! Each partition has one worker task that owns its batches: it sends them
-//! in sequence order, one at a time (see `MAX_IN_FLIGHT_PER_PARTITION`),
-//! and on a failure resends the failed batch and every later one, in order,
-//! after a backoff. A batch the broker rejects for good (too large, unknown
+//! in sequence order on one ordered produce stream, several in flight (see
+//! `MAX_IN_FLIGHT_PER_PARTITION`), and on a failure resends the failed batch
+//! and every later one, in order, after a backoff. A batch the broker rejects for good (too large, unknown
 //! topic, …) fails its records; the worker then takes a new producer id so
 //! the batches after it are not stuck behind the sequence gap.
 
@@ -29,12 +29,11 @@ use tonic::transport::Channel;
 use crate::admin::connect;
 use crate::error::{ClientError, Result};
 
-/// Batches in flight per partition. One, because gRPC requests travel on
-/// concurrent HTTP/2 streams that the broker may handle in any order: a
-/// second batch could overtake the first and break the per-producer
-/// sequence. Throughput comes from large batches, many partitions, and the
-/// broker's group commit across producers.
-const MAX_IN_FLIGHT_PER_PARTITION: usize = 1;
+/// Batches in flight per partition. They travel on one ordered
+/// `ProduceStream`, which the broker appends and answers in order (separate
+/// unary calls ride concurrent HTTP/2 streams that may be handled out of
+/// order and would break the per-producer sequence).
+const MAX_IN_FLIGHT_PER_PARTITION: usize = 8;
 
 /// When the broker acknowledges a batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -315,16 +314,30 @@ struct Worker {
     next_sequence: u32,
 }
 
-type SendResult = (Batch, Result<pb::ProduceResponse>);
+/// An open `ProduceStream`: requests go in order, responses come back in order.
+struct Session {
+    tx: mpsc::Sender<pb::ProduceRequest>,
+    rx: tonic::Streaming<pb::ProduceResponse>,
+}
 
 impl Worker {
+    async fn open_session(&mut self) -> Result<Session> {
+        let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT_PER_PARTITION * 2);
+        let responses = self
+            .client
+            .clone()
+            .produce_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        Ok(Session { tx, rx: responses })
+    }
+
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
         let mut open: Option<Batch> = None;
         let mut linger_deadline = Instant::now();
         let mut queued: VecDeque<Batch> = VecDeque::new();
-        let mut in_flight: JoinSet<(u64, SendResult)> = JoinSet::new();
-        let mut results: HashMap<u64, SendResult> = HashMap::new();
-        let (mut launched, mut completed) = (0u64, 0u64);
+        let mut in_flight: VecDeque<Batch> = VecDeque::new();
+        let mut session: Option<Session> = None;
         let mut retry: VecDeque<Batch> = VecDeque::new();
         let mut retry_at: Option<Instant> = None;
         let mut reset_producer = false;
@@ -341,9 +354,6 @@ impl Worker {
                     return;
                 }
             }
-            // Launch what the window allows, in order: retries first.
-            let can_launch = retry_at.is_none_or(|t| Instant::now() >= t)
-                && (retry.is_empty() || in_flight.is_empty());
             if reset_producer && in_flight.is_empty() {
                 // Every result of the round is in: renumber what is left
                 // under a new producer id, retries first, in order.
@@ -354,15 +364,17 @@ impl Worker {
                     b.sequence = None;
                 }
             }
+            // Launch what the window allows, in order: retries first, and
+            // retries only once nothing else is in flight.
+            let can_launch = retry_at.is_none_or(|t| Instant::now() >= t)
+                && (retry.is_empty() || in_flight.is_empty());
             while can_launch && in_flight.len() < MAX_IN_FLIGHT_PER_PARTITION {
                 let Some(mut batch) = retry.pop_front().or_else(|| queued.pop_front()) else {
                     break;
                 };
                 retry_at = None;
-                // Batches that closed (by size or linger) while another was
-                // in flight, and were never sent, travel together: with one
-                // batch in flight per partition this is what keeps small
-                // lingers efficient.
+                // Batches that closed (by size or linger) while the window
+                // was full, and were never sent, travel together.
                 if batch.sequence.is_none() {
                     while let Some(next) = queued.front() {
                         if next.sequence.is_some()
@@ -377,40 +389,53 @@ impl Worker {
                         batch.records.extend(next.records);
                     }
                 }
-                match self.prepare(&mut batch).await {
-                    Ok(bytes) => {
-                        let mut client = self.client.clone();
-                        let req = pb::ProduceRequest {
-                            topic: self.topic.clone(),
-                            partition: self.partition,
-                            batch: bytes,
-                            acks: match self.config.acks {
-                                Acks::All => pb::Acks::All,
-                                Acks::Leader => pb::Acks::Leader,
-                                Acks::None => pb::Acks::None,
-                            } as i32,
-                        };
-                        let n = launched;
-                        launched += 1;
-                        in_flight.spawn(async move {
-                            let r = client
-                                .produce(req)
-                                .await
-                                .map(|r| r.into_inner())
-                                .map_err(ClientError::from);
-                            (n, (batch, r))
-                        });
+                let sent = async {
+                    let bytes = self.prepare(&mut batch).await?;
+                    if session.is_none() {
+                        session = Some(self.open_session().await?);
+                    }
+                    let req = pb::ProduceRequest {
+                        topic: self.topic.clone(),
+                        partition: self.partition,
+                        batch: bytes,
+                        acks: match self.config.acks {
+                            Acks::All => pb::Acks::All,
+                            Acks::Leader => pb::Acks::Leader,
+                            Acks::None => pb::Acks::None,
+                        } as i32,
+                    };
+                    let Some(s) = session.as_ref() else {
+                        unreachable!("opened above")
+                    };
+                    s.tx.send(req)
+                        .await
+                        .map_err(|_| ClientError::Unavailable("produce stream closed".into()))
+                }
+                .await;
+                match sent {
+                    Ok(()) => in_flight.push_back(batch),
+                    Err(_) if !in_flight.is_empty() => {
+                        // The stream broke with batches ahead of this one in
+                        // flight: queue it behind them; the stream's error
+                        // moves them all, in order, to the retries.
+                        in_flight.push_back(batch);
+                        break;
                     }
                     Err(e) if e.is_retriable() && batch.attempts < self.config.attempts_max => {
                         batch.attempts += 1;
+                        session = None;
                         retry.push_front(batch);
-                        retry_at = Some(Instant::now() + self.backoff(1));
+                        retry_at = Some(Instant::now() + self.backoff(batch_attempts(&retry)));
                         break;
                     }
-                    Err(e) => fail(batch, &e),
+                    Err(e) => {
+                        fail(batch, &e);
+                        reset_producer = true;
+                    }
                 }
             }
             let linger = open.is_some();
+            let waiting = !in_flight.is_empty() && session.is_some();
             tokio::select! {
                 msg = rx.recv(), if inbox_open => match msg {
                     Some(Msg::Record(p, size)) => {
@@ -437,14 +462,21 @@ impl Worker {
                     queued.extend(open.take());
                 }
                 _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() && in_flight.is_empty() => {}
-                joined = in_flight.join_next(), if !in_flight.is_empty() => {
-                    let Some(Ok((n, result))) = joined else { continue };
-                    results.insert(n, result);
-                    // Handle completions in launch order, so a failure is
-                    // seen before the later batches it affects.
-                    while let Some((batch, r)) = results.remove(&completed) {
-                        completed += 1;
+                resp = async { session.as_mut().map(|s| s.rx.message()) .unwrap_or_else(|| unreachable!()).await }, if waiting => {
+                    let r = match resp {
+                        Ok(Some(r)) => Ok(r),
+                        Ok(None) => Err(ClientError::Unavailable("produce stream ended".into())),
+                        Err(status) => Err(ClientError::from(status)),
+                    };
+                    let failed = r.is_err();
+                    if let Some(batch) = in_flight.pop_front() {
                         self.complete(batch, r, &mut retry, &mut retry_at, &mut reset_producer);
+                    }
+                    if failed {
+                        // The stream is gone: what was in flight behind the
+                        // failure was not appended; resend it, in order.
+                        session = None;
+                        retry.extend(in_flight.drain(..));
                     }
                 }
             }
@@ -539,6 +571,10 @@ impl Worker {
             }
         }
     }
+}
+
+fn batch_attempts(retry: &VecDeque<Batch>) -> u32 {
+    retry.front().map_or(1, |b| b.attempts)
 }
 
 fn fail(batch: Batch, e: &ClientError) {

@@ -104,6 +104,7 @@ fn acks_from_pb(a: i32) -> Result<Acks, BrokerError> {
 }
 
 type FetchStream = Pin<Box<dyn Stream<Item = Result<pb::FetchResponse, Status>> + Send>>;
+type ProduceStream = Pin<Box<dyn Stream<Item = Result<pb::ProduceResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Strata for GrpcService {
@@ -142,6 +143,80 @@ impl Strata for GrpcService {
             }
         });
         self.observe("produce", started, result)
+    }
+
+    type ProduceStreamStream = ProduceStream;
+
+    async fn produce_stream(
+        &self,
+        req: Request<tonic::Streaming<pb::ProduceRequest>>,
+    ) -> Result<Response<Self::ProduceStreamStream>, Status> {
+        let mut inbound = req.into_inner();
+        let broker = self.broker.clone();
+        // Requests are submitted strictly in arrival order (one task); their
+        // acknowledgements are awaited in that order by another, so batches
+        // pipeline without overtaking each other.
+        let (queued_tx, mut queued_rx) =
+            mpsc::channel::<Result<(crate::topic::Submitted, Acks, String, u64), BrokerError>>(64);
+        tokio::spawn(async move {
+            loop {
+                let req = match inbound.message().await {
+                    Ok(Some(r)) => r,
+                    Ok(None) | Err(_) => return,
+                };
+                let submitted = acks_from_pb(req.acks).and_then(|acks| {
+                    let bytes = req.batch.len() as u64;
+                    broker
+                        .submit(&req.topic, req.partition, req.batch)
+                        .map(|s| (s, acks, req.topic, bytes))
+                });
+                let failed = submitted.is_err();
+                if queued_tx.send(submitted).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let (tx, rx) = mpsc::channel(64);
+        let metrics = self.broker.metrics().clone();
+        tokio::spawn(async move {
+            while let Some(item) = queued_rx.recv().await {
+                let started = Instant::now();
+                let r = match item {
+                    Ok((s, acks, topic, bytes)) => s.wait(acks).await.inspect(|o| {
+                        if !o.duplicate {
+                            metrics
+                                .produced_records
+                                .with_label_values(&[topic.as_str()])
+                                .inc_by(u64::from(o.record_count));
+                            metrics
+                                .produced_bytes
+                                .with_label_values(&[topic.as_str()])
+                                .inc_by(bytes);
+                        }
+                    }),
+                    Err(e) => Err(e),
+                };
+                let outcome = match &r {
+                    Ok(_) => "ok".to_owned(),
+                    Err(e) => e.code().as_str_name().to_ascii_lowercase(),
+                };
+                metrics.request("produce_stream", &outcome, started.elapsed());
+                let msg = r
+                    .map(|o| pb::ProduceResponse {
+                        base_offset: o.base_offset,
+                        record_count: o.record_count,
+                        duplicate: o.duplicate,
+                    })
+                    .map_err(|e| e.to_status());
+                let stop = msg.is_err();
+                if tx.send(msg).await.is_err() || stop {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(
+            Box::pin(ReceiverStream::new(rx)) as ProduceStream
+        ))
     }
 
     async fn init_producer(
