@@ -920,3 +920,60 @@ async fn cli_topics_groups_and_offline_log_inspection() {
         ClientError::UnknownTopic(_)
     ));
 }
+
+/// The ordered produce stream: requests are appended and answered in the
+/// order sent; the first error ends the stream and nothing after it is
+/// appended (so a producer's sequence can never be overtaken).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_stream_is_ordered_and_stops_at_the_first_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(&dir.path().join("data"), &[]);
+    Admin::connect(&broker.grpc)
+        .await
+        .unwrap()
+        .create_topic("s", 1, 1, TopicConfig::default())
+        .await
+        .unwrap();
+    let batch = |v: &str, corrupt: bool| {
+        let mut out = Vec::new();
+        strata_proto::encode_batch(
+            &[rec(None, v.to_owned())],
+            Compression::None,
+            None,
+            &mut out,
+        )
+        .unwrap();
+        if corrupt {
+            let last = out.len() - 1;
+            out[last] ^= 1;
+        }
+        pb::ProduceRequest {
+            topic: "s".into(),
+            partition: 0,
+            batch: Bytes::from(out),
+            acks: 0,
+        }
+    };
+    let reqs = vec![
+        batch("a", false),
+        batch("b", false),
+        batch("bad", true),
+        batch("c", false),
+    ];
+    let mut raw = raw_client(&broker.grpc).await;
+    let mut responses = raw
+        .produce_stream(tokio_stream::iter(reqs))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(responses.message().await.unwrap().unwrap().base_offset, 0);
+    assert_eq!(responses.message().await.unwrap().unwrap().base_offset, 1);
+    let err = responses.message().await.unwrap_err();
+    assert_eq!(status_code(&err), ErrorCode::CorruptBatch);
+    let values: Vec<Bytes> = read_all(&broker.grpc, "s").await.into_values().collect();
+    assert_eq!(
+        values,
+        vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")],
+        "nothing after the error was appended"
+    );
+}
