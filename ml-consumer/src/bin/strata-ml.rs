@@ -145,6 +145,17 @@ enum Command {
     },
 }
 
+/// Opens an existing store (read commands must not create one).
+fn existing_store(dir: &std::path::Path) -> anyhow::Result<Store> {
+    if !dir.exists() {
+        bail!(
+            "no checkpoint store at {} (train a model first, or pass --store)",
+            dir.display()
+        );
+    }
+    open_store(dir)
+}
+
 fn open_store(dir: &std::path::Path) -> anyhow::Result<Store> {
     Store::open(dir).with_context(|| {
         format!(
@@ -154,7 +165,18 @@ fn open_store(dir: &std::path::Path) -> anyhow::Result<Store> {
     })
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match real_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The chain of causes, without a backtrace: this is for operators.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -206,7 +228,7 @@ fn main() -> anyhow::Result<()> {
                 println!("metrics {}", serde_json::to_string(&cp.metrics.report(cp.learner.algo.task()))?);
             }
             Command::List => {
-                let store = open_store(&cli.store)?;
+                let store = existing_store(&cli.store)?;
                 println!("{:<24} {:<24} {:>8} {:>12}", "MODEL", "TOPIC", "VERSION", "LEARNED");
                 for m in store.models()? {
                     if let Some(cp) = store.latest(&m)? {
@@ -215,7 +237,7 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             Command::Status { model } => {
-                let store = open_store(&cli.store)?;
+                let store = existing_store(&cli.store)?;
                 let Some(cp) = store.latest(&model)? else { bail!("unknown model {model:?}") };
                 println!("{}", serde_json::to_string_pretty(&serde_json::json!({
                     "model": model, "topic": cp.topic, "algo": cp.learner.algo, "version": cp.version,
@@ -224,7 +246,7 @@ fn main() -> anyhow::Result<()> {
                 }))?);
             }
             Command::Predict { model } => {
-                let store = open_store(&cli.store)?;
+                let store = existing_store(&cli.store)?;
                 let Some(mut cp) = store.latest(&model)? else { bail!("unknown model {model:?}") };
                 let spec = FeatureSpec { format: Format::Json, label: None, ..cp.spec.clone() };
                 let stdin = std::io::stdin();
@@ -237,7 +259,7 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             Command::Rollback { model, version } => {
-                let store = open_store(&cli.store)?;
+                let store = existing_store(&cli.store)?;
                 let cp = store.rollback(&model, version)?;
                 println!("model {model} now at version {} (offsets {:?})", cp.version, cp.offsets);
             }
