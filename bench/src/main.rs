@@ -641,11 +641,42 @@ async fn latency(a: &Args, sys: System) -> anyhow::Result<(f64, f64, f64, u64)> 
     Ok((ms(0.5), ms(0.99), ms(0.999), got))
 }
 
+type Rows = Vec<(String, BTreeMap<System, String>, String)>;
+
+/// Adds a throughput row (higher is better): the figures, and Strata's
+/// ratio to the best peer.
+fn push_throughput(
+    rows: &mut Rows,
+    results: &mut BTreeMap<String, serde_json::Value>,
+    label: String,
+    figures: BTreeMap<System, f64>,
+) {
+    let best_peer = figures[&System::Redis].max(figures[&System::Nats]);
+    let row = figures
+        .iter()
+        .map(|(k, v)| (*k, format!("{v:.0}")))
+        .collect();
+    rows.push((
+        label.clone(),
+        row,
+        format!("{:.2}", figures[&System::Strata] / best_peer),
+    ));
+    results.insert(
+        label,
+        serde_json::json!(
+            figures
+                .iter()
+                .map(|(k, v)| (k.name(), v))
+                .collect::<BTreeMap<_, _>>()
+        ),
+    );
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let mut results: BTreeMap<String, serde_json::Value> = BTreeMap::new();
-    let mut rows: Vec<(String, BTreeMap<System, String>, String)> = Vec::new();
+    let mut rows: Rows = Vec::new();
 
     eprintln!("physical limits…");
     let bw = fsync_bandwidth(&a.data_dir)?;
@@ -664,7 +695,6 @@ async fn main() -> anyhow::Result<()> {
             a.records
         };
         let label = format!("produce {size} B, {producers} producer(s), durable (records/s)");
-        let mut row = BTreeMap::new();
         let mut figures = BTreeMap::new();
         for sys in SYSTEMS {
             eprintln!("{label}: {}…", sys.name());
@@ -672,25 +702,9 @@ async fn main() -> anyhow::Result<()> {
             let (sent, secs) = produce(&a, sys, &name, size, producers, n)
                 .await
                 .with_context(|| format!("{label} on {}", sys.name()))?;
-            let rps = sent as f64 / secs;
-            figures.insert(sys, rps);
-            row.insert(sys, format!("{rps:.0}"));
+            figures.insert(sys, sent as f64 / secs);
         }
-        let best_peer = figures[&System::Redis].max(figures[&System::Nats]);
-        rows.push((
-            label.clone(),
-            row,
-            format!("{:.2}", figures[&System::Strata] / best_peer),
-        ));
-        results.insert(
-            label,
-            serde_json::json!(
-                figures
-                    .iter()
-                    .map(|(k, v)| (k.name(), v))
-                    .collect::<BTreeMap<_, _>>()
-            ),
-        );
+        push_throughput(&mut rows, &mut results, label, figures);
     }
 
     if run("replay") {
@@ -698,7 +712,6 @@ async fn main() -> anyhow::Result<()> {
             "replay {} records of 100 B from the start (records/s)",
             a.replay_records
         );
-        let mut row = BTreeMap::new();
         let mut figures = BTreeMap::new();
         for sys in SYSTEMS {
             eprintln!("{label}: {}…", sys.name());
@@ -706,23 +719,8 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("replay on {}", sys.name()))?;
             figures.insert(sys, got as f64 / secs);
-            row.insert(sys, format!("{:.0}", got as f64 / secs));
         }
-        let best_peer = figures[&System::Redis].max(figures[&System::Nats]);
-        rows.push((
-            label.clone(),
-            row,
-            format!("{:.2}", figures[&System::Strata] / best_peer),
-        ));
-        results.insert(
-            label,
-            serde_json::json!(
-                figures
-                    .iter()
-                    .map(|(k, v)| (k.name(), v))
-                    .collect::<BTreeMap<_, _>>()
-            ),
-        );
+        push_throughput(&mut rows, &mut results, label, figures);
     }
 
     if run("latency") {
