@@ -193,18 +193,9 @@ async fn nats_stream(js: &async_nats::jetstream::Context, name: &str) -> anyhow:
     Ok(())
 }
 
-/// Produces `n` records of `size` bytes from `producers` concurrent
-/// producers, acknowledged durably; returns (records sent, seconds).
-async fn produce(
-    a: &Args,
-    sys: System,
-    name: &str,
-    size: usize,
-    producers: usize,
-    n: u64,
-) -> anyhow::Result<(u64, f64)> {
-    let per = n / producers as u64;
-    let deadline = Instant::now() + Duration::from_secs(a.max_seconds);
+/// Creates an empty log named `name` on `sys`: a one-partition topic, a
+/// JetStream file stream, or a fresh Redis stream key.
+async fn create_log(a: &Args, sys: System, name: &str) -> anyhow::Result<()> {
     match sys {
         System::Strata => {
             Admin::connect(&a.strata)
@@ -221,6 +212,22 @@ async fn produce(
                 .await?;
         }
     }
+    Ok(())
+}
+
+/// Produces `n` records of `size` bytes from `producers` concurrent
+/// producers, acknowledged durably; returns (records sent, seconds).
+async fn produce(
+    a: &Args,
+    sys: System,
+    name: &str,
+    size: usize,
+    producers: usize,
+    n: u64,
+) -> anyhow::Result<(u64, f64)> {
+    let per = n / producers as u64;
+    let deadline = Instant::now() + Duration::from_secs(a.max_seconds);
+    create_log(a, sys, name).await?;
     let t = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for p in 0..producers {
@@ -429,22 +436,7 @@ async fn latency(a: &Args, sys: System) -> anyhow::Result<(f64, f64, f64, u64)> 
     let name = "latency";
     let total = a.rate * a.latency_seconds;
     let epoch = Instant::now();
-    match sys {
-        System::Strata => {
-            Admin::connect(&a.strata)
-                .await?
-                .create_topic(name, 1, 1, TopicConfig::default())
-                .await?;
-        }
-        System::Nats => nats_stream(&nats_js(&a.nats).await?, name).await?,
-        System::Redis => {
-            let mut c = redis_conn(&a.redis).await?;
-            redis::cmd("DEL")
-                .arg(name)
-                .query_async::<()>(&mut c)
-                .await?;
-        }
-    }
+    create_log(a, sys, name).await?;
     let stamp = |i: u64| -> Bytes {
         let intended = Duration::from_secs_f64(1.0 + i as f64 / a.rate as f64).as_nanos() as u64;
         let mut v = vec![b'x'; 100];
