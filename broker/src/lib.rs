@@ -11,5 +11,6 @@ pub mod log;
 pub mod meta;
 pub mod metrics;
 pub mod node;
+pub mod raft;
 pub mod service;
 pub mod topic;

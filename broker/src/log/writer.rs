@@ -151,6 +151,15 @@ impl PartitionWriter {
         rx.recv().map_err(|_| LogError::WriterStopped)?
     }
 
+    /// Queues a flush without waiting: `done` runs on the writer thread
+    /// once everything appended before this call is durable, including
+    /// entries appended directly through [`Self::write`] (the Raft log
+    /// store appends that way, so entries are readable at once, and lets
+    /// this thread group the fsyncs).
+    pub fn flush_async(&self, done: Completion) -> Result<()> {
+        self.send(Request::Flush(done))
+    }
+
     /// Waits until everything queued before this call is durable.
     pub fn flush(&self) -> Result<()> {
         let (tx, rx) = sync_channel(1);

@@ -1,0 +1,212 @@
+//! Replication: openraft groups over the partition log.
+//!
+//! Every partition is one Raft group over the nodes that host it, and the
+//! cluster's metadata (nodes, topics, placement, committed group offsets)
+//! is one more group over every node. All groups share one type
+//! configuration ([`Tc`]) and one state machine type ([`GroupSm`]), so one
+//! network layer and one registry serve them all.
+//!
+//! - [`store`]: `RaftLogStorage` *on* the partition log — the Raft log is
+//!   the segment log, so a produced byte is written once per replica.
+//! - [`sm`]: the state machine: high watermark, producer dedup state and
+//!   log start offset for a partition; the metadata image for the
+//!   metadata group. Snapshots are small checkpoints at trim points.
+//! - [`network`]: Raft RPCs between brokers over tonic, with Pre-Vote.
+//! - [`cluster`]: a node's groups, the metadata commands and the
+//!   operations the services call.
+
+pub mod cluster;
+pub mod meta;
+pub mod network;
+pub mod sm;
+pub mod store;
+
+use std::fmt;
+use std::io;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use strata_proto::batch::{BatchLimits, VerifiedBatch, verify_batch};
+
+use crate::log;
+
+pub use meta::{MetaCmd, MetaState};
+
+/// A node's addresses, as stored in Raft memberships.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Raft peer traffic (`host:port`).
+    pub raft_addr: String,
+    /// The client gRPC API.
+    pub grpc_addr: String,
+    /// The HTTP API.
+    pub http_addr: String,
+}
+
+impl fmt::Display for NodeInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "raft={} grpc={}", self.raft_addr, self.grpc_addr)
+    }
+}
+
+/// A command in a Raft log.
+#[derive(Clone, Debug)]
+pub enum Cmd {
+    /// A verified record batch (partition groups), stored verbatim.
+    Batch(VerifiedBatch),
+    /// Replicated retention (partition groups): records before
+    /// `log_start_offset` (entries up to `upto`) are no longer readable and
+    /// every replica may delete them.
+    Trim {
+        /// Last Raft log id trimmed.
+        upto: RaftLogId,
+        /// The new log start offset: the offset after `upto`.
+        log_start_offset: u64,
+    },
+    /// A metadata-group command.
+    Meta(MetaCmd),
+}
+
+impl fmt::Display for Cmd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cmd::Batch(b) => write!(f, "batch({} records)", b.record_count()),
+            Cmd::Trim {
+                upto,
+                log_start_offset,
+            } => write!(f, "trim(upto={upto}, start={log_start_offset})"),
+            Cmd::Meta(m) => write!(f, "meta({m:?})"),
+        }
+    }
+}
+
+/// The serialized form of a command: batches as raw bytes.
+#[derive(Serialize, Deserialize)]
+enum CmdWire {
+    Batch(Bytes),
+    Trim {
+        upto: RaftLogId,
+        log_start_offset: u64,
+    },
+    Meta(MetaCmd),
+}
+
+impl Serialize for Cmd {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Cmd::Batch(b) => CmdWire::Batch(b.bytes().clone()),
+            Cmd::Trim {
+                upto,
+                log_start_offset,
+            } => CmdWire::Trim {
+                upto: *upto,
+                log_start_offset: *log_start_offset,
+            },
+            Cmd::Meta(m) => CmdWire::Meta(m.clone()),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cmd {
+    /// A batch is verified (CRC and structure) as it is decoded, so a batch
+    /// damaged in transit never reaches a log.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match CmdWire::deserialize(d)? {
+            CmdWire::Batch(b) => Cmd::Batch(
+                verify_batch(b, &BatchLimits::UNLIMITED).map_err(serde::de::Error::custom)?,
+            ),
+            CmdWire::Trim {
+                upto,
+                log_start_offset,
+            } => Cmd::Trim {
+                upto,
+                log_start_offset,
+            },
+            CmdWire::Meta(m) => Cmd::Meta(m),
+        })
+    }
+}
+
+/// What applying a command answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// Nothing to report (blank, membership, trim).
+    None,
+    /// A batch was appended at this base offset.
+    Appended {
+        /// Offset of its first record.
+        base_offset: u64,
+    },
+    /// A metadata command succeeded; some return a number (a producer id).
+    Done(u64),
+    /// A metadata command was refused; the state is unchanged.
+    Refused(meta::Refusal),
+}
+
+openraft::declare_raft_types!(
+    /// The type configuration shared by every Strata Raft group.
+    pub Tc:
+        D = Cmd,
+        R = Reply,
+        Node = NodeInfo,
+);
+
+/// A Raft log id.
+pub type RaftLogId = openraft::LogId<openraft::vote::leader_id_adv::LeaderId<u64, u64>>;
+/// A Raft log entry.
+pub type RaftEntry = openraft::type_config::alias::EntryOf<Tc>;
+/// A vote.
+pub type RaftVote = openraft::type_config::alias::VoteOf<Tc>;
+/// The Raft handle of a group.
+pub type Raft = openraft::Raft<Tc, sm::GroupSm>;
+/// A membership as stored.
+pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<Tc>;
+/// Snapshot metadata.
+pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<Tc>;
+/// A snapshot.
+pub type Snapshot = openraft::type_config::alias::SnapshotOf<Tc, Vec<u8>>;
+
+/// The log's id for an openraft log id.
+pub fn to_log_id(id: &RaftLogId) -> log::LogId {
+    log::LogId::new(id.leader_id.term, id.leader_id.node_id, id.index)
+}
+
+/// The openraft log id for a log's id.
+pub fn from_log_id(id: log::LogId) -> RaftLogId {
+    openraft::LogId::new(
+        openraft::vote::leader_id_adv::LeaderId {
+            term: id.term,
+            node_id: id.node,
+        },
+        id.index,
+    )
+}
+
+/// Encodes a value for the log or the wire.
+pub fn encode<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
+    postcard::to_stdvec(v).map_err(io::Error::other)
+}
+
+/// Decodes a value from the log or the wire.
+pub fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> io::Result<T> {
+    postcard::from_bytes(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// The Raft settings every group uses. Snapshots are built only at trim
+/// points and logs purged only on request (see [`sm`]).
+pub fn raft_config(cluster_name: &str) -> io::Result<openraft::Config> {
+    let c = openraft::Config {
+        cluster_name: cluster_name.to_owned(),
+        heartbeat_interval: 100,
+        election_timeout_min: 400,
+        election_timeout_max: 800,
+        install_snapshot_timeout: 2000,
+        max_payload_entries: 512,
+        snapshot_policy: openraft::SnapshotPolicy::Never,
+        max_in_snapshot_log_to_keep: u64::MAX,
+        enable_pre_vote: Some(true),
+        ..Default::default()
+    };
+    c.validate().map_err(io::Error::other)
+}

@@ -1,0 +1,1 @@
+//! Raft RPCs between brokers over tonic.

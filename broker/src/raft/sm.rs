@@ -1,0 +1,441 @@
+//! The state machine of a Raft group, and its snapshots.
+//!
+//! **Partition groups.** Applying a batch assigns it the next offsets (the
+//! same function of the log the log store uses, so both agree) and records
+//! it in the idempotent-producer state; the high watermark is the offset
+//! after the last applied batch, published on a watch. Applying a `Trim`
+//! moves the log start offset and *pins a snapshot at the trim point*: a
+//! small checkpoint (offset after the trim point, log start, producer
+//! state, membership) whose last log id is the trim point, not the applied
+//! point. The node then asks openraft to build it (the builder hands out the
+//! pinned checkpoint) and to purge up to it. A follower too far behind gets
+//! that checkpoint, purges to it, and replicates everything after it through
+//! ordinary appends — so it ends with the same log start offset and the
+//! same bytes at the same offsets as the leader (shared/notes/openraft-0.10
+//! §3). The producer state in a pinned checkpoint may be newer than the trim
+//! point; applying producer updates is idempotent and monotonic, so
+//! replaying the entries after the trim point over it is harmless.
+//!
+//! **The metadata group** snapshots its whole image at the applied point.
+//!
+//! The current snapshot is kept in `raft-snapshot` beside the log (written
+//! atomically); on restart the state starts from it and openraft re-applies
+//! the committed entries after it.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures::TryStreamExt;
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend};
+use serde::{Deserialize, Serialize};
+use strata_proto::batch::ProducerInfo;
+use tokio::sync::{mpsc, watch};
+
+use super::store::InstallHint;
+use super::{
+    Cmd, MetaState, RaftLogId, Reply, Snapshot, SnapshotMeta, StoredMembership, Tc, decode, encode,
+};
+use crate::log::FileStorage;
+use crate::log::storage::write_atomic;
+
+const SNAPSHOT_FILE: &str = "raft-snapshot";
+/// Batches remembered per producer for deduplicating retries (Kafka's 5).
+pub const DEDUP_WINDOW: usize = 5;
+
+/// An idempotent producer's state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerSnap {
+    /// Current epoch.
+    pub epoch: u16,
+    /// Sequence of its last record.
+    pub last_sequence: u32,
+    /// Its last batches: (base sequence, record count, base offset).
+    pub recent: VecDeque<(u32, u32, u64)>,
+}
+
+/// Records an applied batch of an idempotent producer. Idempotent (a batch
+/// already in the window changes nothing) and monotonic (an older epoch
+/// changes nothing), so entries may be applied over a newer image.
+pub fn remember_applied(
+    producers: &mut BTreeMap<u64, ProducerSnap>,
+    p: ProducerInfo,
+    record_count: u32,
+    base_offset: u64,
+) {
+    let state = producers.entry(p.producer_id).or_insert(ProducerSnap {
+        epoch: p.producer_epoch,
+        ..Default::default()
+    });
+    if p.producer_epoch < state.epoch {
+        return;
+    }
+    if p.producer_epoch > state.epoch {
+        state.epoch = p.producer_epoch;
+        state.recent.clear();
+    } else if state
+        .recent
+        .iter()
+        .any(|r| r.0 == p.base_sequence && r.1 == record_count)
+    {
+        return;
+    }
+    state.last_sequence = p.base_sequence.wrapping_add(record_count - 1);
+    if state.recent.len() == DEDUP_WINDOW {
+        state.recent.pop_front();
+    }
+    state
+        .recent
+        .push_back((p.base_sequence, record_count, base_offset));
+}
+
+/// A partition's replicated state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionState {
+    /// Offset after the last applied batch: the high watermark.
+    pub next_offset: u64,
+    /// First readable offset.
+    pub log_start_offset: u64,
+    /// Idempotent producers.
+    pub producers: BTreeMap<u64, ProducerSnap>,
+}
+
+/// What a group's state machine holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Machine {
+    /// A partition group.
+    Partition(PartitionState),
+    /// The metadata group.
+    Meta(MetaState),
+}
+
+/// The state machine's state.
+#[derive(Debug)]
+pub struct SmState {
+    /// Last applied log id.
+    pub applied: Option<RaftLogId>,
+    /// Memberships applied, oldest first (the last few).
+    pub memberships: Vec<StoredMembership>,
+    /// The data.
+    pub machine: Machine,
+    current: Option<(SnapshotMeta, Vec<u8>)>,
+    pinned: Option<(SnapshotMeta, Vec<u8>)>,
+}
+
+impl SmState {
+    fn membership(&self) -> StoredMembership {
+        self.memberships.last().cloned().unwrap_or_default()
+    }
+
+    /// The membership in force at index `upto`.
+    fn membership_at(&self, upto: u64) -> StoredMembership {
+        self.memberships
+            .iter()
+            .rev()
+            .find(|m| m.log_id().is_none_or(|l| l.index <= upto))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The partition state, if this is a partition group.
+    pub fn partition(&self) -> Option<&PartitionState> {
+        match &self.machine {
+            Machine::Partition(p) => Some(p),
+            Machine::Meta(_) => None,
+        }
+    }
+
+    /// The metadata image, if this is the metadata group.
+    pub fn meta(&self) -> Option<&MetaState> {
+        match &self.machine {
+            Machine::Meta(m) => Some(m),
+            Machine::Partition(_) => None,
+        }
+    }
+}
+
+/// State shared between the state machine openraft owns and the broker.
+#[derive(Debug)]
+pub struct SmShared {
+    state: Mutex<SmState>,
+    /// Partition groups: the high watermark. Metadata: bumped per apply.
+    pub applied_watch: watch::Sender<u64>,
+    /// Partition groups: the log start offset.
+    pub start_watch: watch::Sender<u64>,
+    dir: PathBuf,
+    hint: Arc<Mutex<InstallHint>>,
+    trims: mpsc::UnboundedSender<u64>,
+}
+
+impl SmShared {
+    /// Locks the state.
+    pub fn state(&self) -> MutexGuard<'_, SmState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The state machine openraft drives.
+#[derive(Debug, Clone)]
+pub struct GroupSm {
+    shared: Arc<SmShared>,
+}
+
+/// Builds the snapshot at the pinned trim point, or of the applied state.
+#[derive(Debug)]
+pub struct Builder {
+    shared: Arc<SmShared>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl GroupSm {
+    /// Opens the state machine of the group whose log lives in `dir`:
+    /// `machine` is the empty state; a saved snapshot replaces it. `trims`
+    /// receives the index of every pinned trim point.
+    pub fn open(
+        dir: PathBuf,
+        machine: Machine,
+        hint: Arc<Mutex<InstallHint>>,
+        trims: mpsc::UnboundedSender<u64>,
+    ) -> io::Result<Self> {
+        let mut state = SmState {
+            applied: None,
+            memberships: Vec::new(),
+            machine,
+            current: None,
+            pinned: None,
+        };
+        match std::fs::read(dir.join(SNAPSHOT_FILE)) {
+            Ok(b) => {
+                let (meta, data): (SnapshotMeta, Vec<u8>) = decode(&b)?;
+                state.applied = meta.last_log_id;
+                state.memberships = vec![meta.last_membership.clone()];
+                state.machine = decode(&data)?;
+                state.current = Some((meta, data));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let (hw, start) = match &state.machine {
+            Machine::Partition(p) => (p.next_offset, p.log_start_offset),
+            Machine::Meta(_) => (0, 0),
+        };
+        Ok(GroupSm {
+            shared: Arc::new(SmShared {
+                state: Mutex::new(state),
+                applied_watch: watch::channel(hw).0,
+                start_watch: watch::channel(start).0,
+                dir,
+                hint,
+                trims,
+            }),
+        })
+    }
+
+    /// The state shared with the broker.
+    pub fn shared(&self) -> &Arc<SmShared> {
+        &self.shared
+    }
+
+    fn save(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
+        write_atomic(
+            &FileStorage,
+            &self.shared.dir.join(SNAPSHOT_FILE),
+            &encode(&(meta, data))?,
+        )
+    }
+
+    fn publish(&self, st: &SmState) {
+        match &st.machine {
+            Machine::Partition(p) => {
+                let (hw, start) = (p.next_offset, p.log_start_offset);
+                self.shared.applied_watch.send_if_modified(|h| {
+                    let moved = *h != hw;
+                    *h = hw;
+                    moved
+                });
+                self.shared.start_watch.send_if_modified(|s| {
+                    let moved = *s != start;
+                    *s = start;
+                    moved
+                });
+            }
+            Machine::Meta(_) => {
+                self.shared.applied_watch.send_modify(|v| *v += 1);
+            }
+        }
+    }
+}
+
+/// Applies one entry's command.
+fn apply_cmd(st: &mut SmState, log_id: RaftLogId, cmd: Cmd) -> io::Result<(Reply, Option<u64>)> {
+    let mut pinned = None;
+    let reply = match (&mut st.machine, cmd) {
+        (Machine::Partition(p), Cmd::Batch(b)) => {
+            let base_offset = p.next_offset;
+            p.next_offset += u64::from(b.record_count());
+            if let Some(info) = b.header().producer {
+                remember_applied(&mut p.producers, info, b.record_count(), base_offset);
+            }
+            Reply::Appended { base_offset }
+        }
+        (
+            Machine::Partition(p),
+            Cmd::Trim {
+                upto,
+                log_start_offset,
+            },
+        ) => {
+            if log_start_offset > p.log_start_offset && upto.index < log_id.index {
+                p.log_start_offset = log_start_offset;
+                let image = PartitionState {
+                    next_offset: log_start_offset,
+                    log_start_offset,
+                    producers: p.producers.clone(),
+                };
+                let meta = SnapshotMeta {
+                    last_log_id: Some(upto),
+                    last_membership: st.membership_at(upto.index),
+                };
+                st.pinned = Some((meta, encode(&Machine::Partition(image))?));
+                pinned = Some(upto.index);
+            }
+            Reply::None
+        }
+        (Machine::Meta(m), Cmd::Meta(c)) => m.apply(&c),
+        (_, c) => {
+            tracing::warn!(%log_id, cmd = %c, "command for another kind of group ignored");
+            Reply::None
+        }
+    };
+    Ok((reply, pinned))
+}
+
+impl RaftStateMachine<Tc> for GroupSm {
+    type SnapshotData = Vec<u8>;
+    type SnapshotBuilder = Builder;
+
+    async fn applied_state(&mut self) -> Result<(Option<RaftLogId>, StoredMembership), io::Error> {
+        let st = self.shared.state();
+        Ok((st.applied, st.membership()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: futures::Stream<Item = Result<EntryResponder<Tc>, io::Error>> + Unpin + OptionalSend,
+    {
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let (reply, pinned) = {
+                let mut st = self.shared.state();
+                st.applied = Some(entry.log_id);
+                let r = match entry.payload {
+                    EntryPayload::Blank => (Reply::None, None),
+                    EntryPayload::Normal(cmd) => apply_cmd(&mut st, entry.log_id, cmd)?,
+                    EntryPayload::Membership(m) => {
+                        st.memberships
+                            .push(StoredMembership::new(Some(entry.log_id), m));
+                        if st.memberships.len() > 8 {
+                            st.memberships.remove(0);
+                        }
+                        (Reply::None, None)
+                    }
+                };
+                self.publish(&st);
+                r
+            };
+            if let Some(upto) = pinned {
+                let _ = self.shared.trims.send(upto);
+            }
+            if let Some(r) = responder {
+                r.send(reply);
+            }
+        }
+        Ok(())
+    }
+
+    async fn try_create_snapshot_builder(&mut self, force: bool) -> Option<Builder> {
+        let st = self.shared.state();
+        let newer_pin = st.pinned.as_ref().is_some_and(|(p, _)| {
+            st.current
+                .as_ref()
+                .is_none_or(|(c, _)| c.last_log_id < p.last_log_id)
+        });
+        let meta_group = matches!(st.machine, Machine::Meta(_));
+        (force || newer_pin || meta_group).then(|| Builder {
+            shared: self.shared.clone(),
+        })
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Builder {
+        Builder {
+            shared: self.shared.clone(),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Vec<u8>,
+    ) -> Result<(), io::Error> {
+        let machine: Machine = decode(&snapshot)?;
+        if let Machine::Partition(p) = &machine
+            && let Some(l) = meta.last_log_id
+        {
+            lock(&self.shared.hint).at = Some((l.index, p.next_offset));
+        }
+        self.save(meta, &snapshot)?;
+        let mut st = self.shared.state();
+        st.applied = meta.last_log_id;
+        st.memberships = vec![meta.last_membership.clone()];
+        st.machine = machine;
+        st.current = Some((meta.clone(), snapshot));
+        st.pinned = None;
+        self.publish(&st);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        Ok(self
+            .shared
+            .state()
+            .current
+            .clone()
+            .map(|(meta, data)| Snapshot {
+                meta,
+                snapshot: data,
+            }))
+    }
+}
+
+impl RaftSnapshotBuilder<Tc> for Builder {
+    type SnapshotData = Vec<u8>;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let sm = GroupSm {
+            shared: self.shared.clone(),
+        };
+        let (meta, data) = {
+            let mut st = self.shared.state();
+            match st.pinned.take() {
+                Some(pinned) => pinned,
+                None => (
+                    SnapshotMeta {
+                        last_log_id: st.applied,
+                        last_membership: st.membership(),
+                    },
+                    encode(&st.machine)?,
+                ),
+            }
+        };
+        sm.save(&meta, &data)?;
+        self.shared.state().current = Some((meta.clone(), data.clone()));
+        Ok(Snapshot {
+            meta,
+            snapshot: data,
+        })
+    }
+}

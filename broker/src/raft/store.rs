@@ -1,0 +1,288 @@
+//! `RaftLogStorage` on the partition log: the Raft log *is* the segment log.
+//!
+//! An append goes straight into the log under its write lock (so the
+//! entries are readable the moment `append` returns, as openraft requires)
+//! and then queues a flush at the partition's group-commit thread; the
+//! `IOFlushed` callback fires from that thread after the covering fsync,
+//! so many appends (and many groups' worth of batches) share one fsync.
+//!
+//! Beside the segments, the store keeps two small files in the log's
+//! directory: `raft-vote` (written atomically and fsynced before
+//! `save_vote` returns) and `raft-committed` (written without fsync: it is
+//! only a hint that lets a restarted node apply its committed prefix
+//! before it hears from a leader; losing it costs nothing but time).
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use openraft::entry::RaftEntry as _;
+use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{EntryPayload, OptionalSend};
+
+use super::{Cmd, RaftEntry, RaftLogId, RaftVote, Tc, decode, encode, from_log_id, to_log_id};
+use crate::log::storage::write_atomic;
+use crate::log::{Entry, EntryKind, FileStorage, LogError, NewEntry, PartitionWriter, Payload};
+
+const VOTE_FILE: &str = "raft-vote";
+const COMMITTED_FILE: &str = "raft-committed";
+/// Payload bytes handed to one replication request at most.
+const REPLICATION_BYTES_MAX: usize = 4 << 20;
+
+/// Where the next offset comes from when a purge lands beyond the log's
+/// tail (a snapshot install): the state machine sets it before openraft
+/// calls `purge`.
+#[derive(Debug, Default)]
+pub struct InstallHint {
+    /// (Raft index of the snapshot, offset after it).
+    pub at: Option<(u64, u64)>,
+}
+
+/// Shared between the log store and its readers.
+#[derive(Debug)]
+struct Shared {
+    writer: Arc<PartitionWriter>,
+    vote: Mutex<Option<RaftVote>>,
+}
+
+/// The log store of one Raft group.
+#[derive(Debug, Clone)]
+pub struct LogStore {
+    shared: Arc<Shared>,
+    dir: PathBuf,
+    committed: Arc<Mutex<Option<RaftLogId>>>,
+    hint: Arc<Mutex<InstallHint>>,
+}
+
+/// A reader of the log store (replication and apply read through it).
+#[derive(Debug, Clone)]
+pub struct LogReader {
+    shared: Arc<Shared>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn io_err(e: LogError) -> io::Error {
+    io::Error::other(e)
+}
+
+fn read_opt<T: serde::de::DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
+    match std::fs::read(path) {
+        Ok(b) => decode(&b).map(Some).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {e}", path.display()),
+            )
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+impl LogStore {
+    /// Wraps the writer of an open partition log; reads the vote and the
+    /// committed hint from its directory.
+    pub fn open(writer: Arc<PartitionWriter>, hint: Arc<Mutex<InstallHint>>) -> io::Result<Self> {
+        let dir = writer.read().dir().to_path_buf();
+        let vote = read_opt::<RaftVote>(&dir.join(VOTE_FILE))?;
+        let committed = read_opt::<Option<RaftLogId>>(&dir.join(COMMITTED_FILE))?.flatten();
+        Ok(LogStore {
+            shared: Arc::new(Shared {
+                writer,
+                vote: Mutex::new(vote),
+            }),
+            dir,
+            committed: Arc::new(Mutex::new(committed)),
+            hint,
+        })
+    }
+
+    /// The partition writer underneath.
+    pub fn writer(&self) -> &Arc<PartitionWriter> {
+        &self.shared.writer
+    }
+}
+
+/// Converts an openraft entry into a log entry.
+fn to_new_entry(e: RaftEntry) -> io::Result<NewEntry> {
+    let log_id = to_log_id(&e.log_id);
+    let payload = match e.payload {
+        EntryPayload::Blank => Payload::Blank,
+        EntryPayload::Normal(Cmd::Batch(b)) => Payload::Batch(b),
+        EntryPayload::Normal(c) => Payload::Command(encode(&c)?.into()),
+        EntryPayload::Membership(m) => Payload::Membership(encode(&m)?.into()),
+    };
+    Ok(NewEntry { log_id, payload })
+}
+
+/// Converts a log entry back into an openraft entry. Batches are verified
+/// again (the segment reader checks entry CRCs; this checks the batch's).
+fn to_raft_entry(e: Entry) -> io::Result<RaftEntry> {
+    let log_id = from_log_id(e.log_id);
+    let payload = match e.kind {
+        EntryKind::Blank => EntryPayload::Blank,
+        EntryKind::Batch => EntryPayload::Normal(Cmd::Batch(
+            strata_proto::batch::verify_batch(
+                e.payload,
+                &strata_proto::batch::BatchLimits::UNLIMITED,
+            )
+            .map_err(|err| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("entry {}: {err}", e.log_id),
+                )
+            })?,
+        )),
+        EntryKind::Command => EntryPayload::Normal(decode(&e.payload)?),
+        EntryKind::Membership => EntryPayload::Membership(decode(&e.payload)?),
+    };
+    Ok(RaftEntry::new(log_id, payload))
+}
+
+fn bounds<RB: RangeBounds<u64>>(range: &RB) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(s) => *s,
+        Bound::Excluded(s) => s + 1,
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(e) => e.saturating_add(1),
+        Bound::Excluded(e) => *e,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
+impl LogReader {
+    fn read(&self, start: u64, end: u64, max_bytes: usize) -> io::Result<Vec<RaftEntry>> {
+        let entries = self
+            .shared
+            .writer
+            .read()
+            .entries(start..end, max_bytes)
+            .map_err(io_err)?;
+        entries.into_iter().map(to_raft_entry).collect()
+    }
+}
+
+impl RaftLogReader<Tc> for LogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<RaftEntry>, io::Error> {
+        let (mut start, end) = bounds(&range);
+        let mut out = Vec::new();
+        while start < end {
+            let part = self.read(start, end, REPLICATION_BYTES_MAX)?;
+            let Some(last) = part.last() else { break };
+            start = last.log_id.index + 1;
+            out.extend(part);
+        }
+        Ok(out)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<RaftVote>, io::Error> {
+        Ok(*lock(&self.shared.vote))
+    }
+
+    /// Replication reads through here: capped by bytes, never empty when
+    /// the range holds an entry.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<RaftEntry>, io::Error> {
+        self.read(start, end, REPLICATION_BYTES_MAX)
+    }
+}
+
+impl RaftLogReader<Tc> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<RaftEntry>, io::Error> {
+        self.get_log_reader().await.try_get_log_entries(range).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<RaftVote>, io::Error> {
+        Ok(*lock(&self.shared.vote))
+    }
+}
+
+impl RaftLogStorage<Tc> for LogStore {
+    type LogReader = LogReader;
+
+    async fn get_log_state(&mut self) -> Result<LogState<Tc>, io::Error> {
+        let log = self.shared.writer.read();
+        Ok(LogState {
+            last_purged_log_id: log.last_purged().map(from_log_id),
+            last_log_id: log.last_log_id().map(from_log_id),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        LogReader {
+            shared: self.shared.clone(),
+        }
+    }
+
+    async fn save_vote(&mut self, vote: &RaftVote) -> Result<(), io::Error> {
+        write_atomic(&FileStorage, &self.dir.join(VOTE_FILE), &encode(vote)?)?;
+        *lock(&self.shared.vote) = Some(*vote);
+        Ok(())
+    }
+
+    async fn save_committed(&mut self, committed: Option<RaftLogId>) -> Result<(), io::Error> {
+        *lock(&self.committed) = committed;
+        // A hint only (see the module docs): no fsync.
+        let tmp = self.dir.join(format!("{COMMITTED_FILE}.tmp"));
+        std::fs::write(&tmp, encode(&committed)?)?;
+        std::fs::rename(&tmp, self.dir.join(COMMITTED_FILE))
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<RaftLogId>, io::Error> {
+        Ok(*lock(&self.committed))
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<Tc>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = RaftEntry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries = entries
+            .into_iter()
+            .map(to_new_entry)
+            .collect::<io::Result<Vec<_>>>()?;
+        let writer = &self.shared.writer;
+        writer.write().append(&entries).map_err(io_err)?;
+        writer
+            .flush_async(Box::new(move |r| {
+                callback.io_completed(r.map(|_| ()).map_err(io_err));
+            }))
+            .map_err(io_err)
+    }
+
+    async fn truncate_after(&mut self, last: Option<RaftLogId>) -> Result<(), io::Error> {
+        self.shared
+            .writer
+            .write()
+            .truncate_after(last.map(|l| l.index))
+            .map_err(io_err)
+    }
+
+    async fn purge(&mut self, upto: RaftLogId) -> Result<(), io::Error> {
+        let hint = lock(&self.hint)
+            .at
+            .filter(|(index, _)| *index == upto.index)
+            .map(|(_, next_offset)| next_offset);
+        self.shared
+            .writer
+            .write()
+            .purge(to_log_id(&upto), hint)
+            .map_err(io_err)
+    }
+}

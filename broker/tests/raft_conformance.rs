@@ -1,0 +1,40 @@
+//! openraft's storage conformance suite, run against the Raft log store on
+//! the segment log and the group state machine (on disk, in a temp dir).
+
+use std::sync::{Arc, Mutex};
+
+use openraft::StorageError;
+use openraft::errors::ErrorSource;
+use openraft::testing::log::{StoreBuilder, Suite};
+use strata_broker::log::{LogConfig, PartitionLog, PartitionWriter, WriterConfig};
+use strata_broker::raft::Tc;
+use strata_broker::raft::sm::{GroupSm, Machine, PartitionState};
+use strata_broker::raft::store::{InstallHint, LogStore};
+
+struct Builder;
+
+fn err(e: impl std::fmt::Display) -> StorageError<Tc> {
+    StorageError::read(ErrorSource::from_string(e))
+}
+
+impl StoreBuilder<Tc, LogStore, GroupSm, tempfile::TempDir> for Builder {
+    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, GroupSm), StorageError<Tc>> {
+        let tmp = tempfile::tempdir().map_err(|e| err(e))?;
+        let dir = tmp.path().join("p0");
+        let log = PartitionLog::open_dir(&dir, LogConfig::default()).map_err(|e| err(e))?;
+        let writer =
+            Arc::new(PartitionWriter::spawn(log, WriterConfig::default()).map_err(|e| err(e))?);
+        let hint = Arc::new(Mutex::new(InstallHint::default()));
+        let store = LogStore::open(writer, hint.clone()).map_err(|e| err(e))?;
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let sm = GroupSm::open(dir, Machine::Partition(PartitionState::default()), hint, tx)
+            .map_err(|e| err(e))?;
+        Ok((tmp, store, sm))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openraft_storage_suite() -> Result<(), StorageError<Tc>> {
+    Suite::test_all(Builder).await?;
+    Ok(())
+}
