@@ -19,3 +19,10 @@ pub use batch::{
 pub mod pb {
     tonic::include_proto!("strata.v1");
 }
+
+/// Generated messages and the tonic client and server of the internal Raft
+/// service between brokers (`proto/raft.proto`).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod raft_pb {
+    tonic::include_proto!("strata.raft.v1");
+}

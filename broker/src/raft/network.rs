@@ -1,1 +1,352 @@
-//! Raft RPCs between brokers over tonic.
+//! Raft RPCs between brokers over tonic (`proto/raft.proto`).
+//!
+//! One tonic `Channel` per peer address carries every group's traffic
+//! (HTTP/2 multiplexes them), with HTTP/2 keep-alive so a connection that
+//! died in a network partition is noticed and re-established after it
+//! heals. Requests and responses are openraft's own types, postcard-encoded,
+//! tagged with the group name. Pre-Vote is a real RPC: the receiver asks
+//! its Raft whether it would vote, persisting nothing; an error or a timeout
+//! is not a grant. Snapshots are streamed in 1 MiB chunks.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use openraft::errors::{
+    NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable,
+};
+use openraft::network::{Backoff, RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use strata_proto::raft_pb::raft_peer_client::RaftPeerClient;
+use strata_proto::raft_pb::raft_peer_server::{RaftPeer, RaftPeerServer};
+use strata_proto::raft_pb::RaftMessage;
+use tokio_stream::StreamExt;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{NodeInfo, Raft, RaftVote, Snapshot, SnapshotMeta, Tc, decode, encode};
+
+/// Snapshot data per message.
+const SNAPSHOT_CHUNK: usize = 1 << 20;
+/// Largest Raft message accepted (a replication request is capped at 4 MiB
+/// of payload by the log store, plus one batch).
+const MESSAGE_BYTES_MAX: usize = 96 << 20;
+
+/// The Raft groups this node hosts, by name.
+pub type Groups = Arc<RwLock<HashMap<String, Raft>>>;
+
+/// Channels to peers, shared by every group.
+#[derive(Clone, Debug, Default)]
+pub struct Channels {
+    by_addr: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Channels {
+    /// The channel to `addr`, created (lazily connecting) on first use.
+    pub fn get(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut m = self.by_addr.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = m.get(addr) {
+            return Ok(c.clone());
+        }
+        let c = Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(2))
+            .keep_alive_while_idle(true)
+            .initial_stream_window_size(8 << 20)
+            .initial_connection_window_size(32 << 20)
+            .connect_lazy();
+        m.insert(addr.to_owned(), c.clone());
+        Ok(c)
+    }
+}
+
+/// Creates the connections of one group.
+#[derive(Clone, Debug)]
+pub struct NetworkFactory {
+    channels: Channels,
+    group: String,
+}
+
+impl NetworkFactory {
+    /// The factory for `group`.
+    pub fn new(channels: Channels, group: String) -> Self {
+        NetworkFactory { channels, group }
+    }
+}
+
+/// A group's connection to one peer.
+#[derive(Debug)]
+pub struct Connection {
+    client: Result<RaftPeerClient<Channel>, String>,
+    group: String,
+}
+
+impl RaftNetworkFactory<Tc> for NetworkFactory {
+    type Network = Connection;
+
+    async fn new_client(&mut self, _target: u64, node: &NodeInfo) -> Connection {
+        let client = self
+            .channels
+            .get(&node.raft_addr)
+            .map(|c| {
+                RaftPeerClient::new(c)
+                    .max_decoding_message_size(MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(MESSAGE_BYTES_MAX)
+            })
+            .map_err(|e| format!("bad Raft address {:?}: {e}", node.raft_addr));
+        Connection {
+            client,
+            group: self.group.clone(),
+        }
+    }
+}
+
+fn rpc_error(s: Status) -> RPCError<Tc> {
+    match s.code() {
+        tonic::Code::Unavailable | tonic::Code::NotFound | tonic::Code::DeadlineExceeded => {
+            RPCError::Unreachable(Unreachable::new(&s))
+        }
+        _ => RPCError::Network(NetworkError::new(&s)),
+    }
+}
+
+fn io_rpc_error(e: std::io::Error) -> RPCError<Tc> {
+    RPCError::Network(NetworkError::new(&e))
+}
+
+impl Connection {
+    fn client(&self) -> Result<RaftPeerClient<Channel>, RPCError<Tc>> {
+        self.client.clone().map_err(|e| {
+            RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e)))
+        })
+    }
+
+    fn message<T: serde::Serialize>(
+        &self,
+        body: &T,
+        option: &RPCOption,
+    ) -> Result<Request<RaftMessage>, RPCError<Tc>> {
+        let mut r = Request::new(RaftMessage {
+            group: self.group.clone(),
+            body: encode(body).map_err(io_rpc_error)?.into(),
+        });
+        r.set_timeout(option.hard_ttl());
+        Ok(r)
+    }
+}
+
+impl RaftNetworkV2<Tc> for Connection {
+    type SnapshotData = Vec<u8>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<Tc>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<Tc>, RPCError<Tc>> {
+        let req = self.message(&rpc, &option)?;
+        let resp = self.client()?.append_entries(req).await.map_err(rpc_error)?;
+        decode(&resp.into_inner().body).map_err(io_rpc_error)
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<Tc>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<Tc>, RPCError<Tc>> {
+        let req = self.message(&rpc, &option)?;
+        let resp = self.client()?.vote(req).await.map_err(rpc_error)?;
+        decode(&resp.into_inner().body).map_err(io_rpc_error)
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<Tc>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<Tc>, RPCError<Tc>> {
+        let req = self.message(&rpc, &option)?;
+        let resp = self.client()?.pre_vote(req).await.map_err(rpc_error)?;
+        decode(&resp.into_inner().body).map_err(io_rpc_error)
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<Tc>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<Tc>, RPCError<Tc>> {
+        let req = self.message(&req, &option)?;
+        let resp = self
+            .client()?
+            .transfer_leader(req)
+            .await
+            .map_err(rpc_error)?;
+        decode(&resp.into_inner().body).map_err(io_rpc_error)
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: RaftVote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<Tc>, StreamingError<Tc>> {
+        let head = encode(&(vote, &snapshot.meta))
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let mut messages = vec![RaftMessage {
+            group: self.group.clone(),
+            body: head.into(),
+        }];
+        for chunk in snapshot.snapshot.chunks(SNAPSHOT_CHUNK) {
+            messages.push(RaftMessage {
+                group: String::new(),
+                body: bytes::Bytes::copy_from_slice(chunk),
+            });
+        }
+        let mut req = Request::new(tokio_stream::iter(messages));
+        req.set_timeout(option.hard_ttl());
+        let mut client = self
+            .client()
+            .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
+        let send = client.install_snapshot(req);
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            r = send => {
+                let resp = r.map_err(|s| match s.code() {
+                    tonic::Code::DeadlineExceeded | tonic::Code::Unavailable | tonic::Code::NotFound => {
+                        StreamingError::Unreachable(Unreachable::new(&s))
+                    }
+                    _ => StreamingError::Network(NetworkError::new(&s)),
+                })?;
+                decode(&resp.into_inner().body)
+                    .map_err(|e| StreamingError::Network(NetworkError::new(&e)))
+            }
+        }
+    }
+
+    fn backoff(&self) -> Option<Backoff> {
+        Some(Backoff::new(std::iter::repeat(Duration::from_millis(100))))
+    }
+}
+
+/// The server side: routes each message to the group it names.
+#[derive(Clone, Debug)]
+pub struct PeerService {
+    groups: Groups,
+}
+
+impl PeerService {
+    /// A service over `groups`.
+    pub fn new(groups: Groups) -> RaftPeerServer<Self> {
+        RaftPeerServer::new(PeerService { groups })
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX)
+    }
+
+    fn group(&self, name: &str) -> Result<Raft, Status> {
+        self.groups
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("this node hosts no Raft group {name:?}")))
+    }
+}
+
+fn bad(e: std::io::Error) -> Status {
+    Status::invalid_argument(format!("undecodable Raft message: {e}"))
+}
+
+fn reply<T: serde::Serialize>(group: &str, v: &T) -> Result<Response<RaftMessage>, Status> {
+    Ok(Response::new(RaftMessage {
+        group: group.to_owned(),
+        body: encode(v)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .into(),
+    }))
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(e.to_string())
+}
+
+type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+#[tonic::async_trait]
+impl RaftPeer for PeerService {
+    async fn append_entries(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let m = req.into_inner();
+        let raft = self.group(&m.group)?;
+        let rpc: AppendEntriesRequest<Tc> = decode(&m.body).map_err(bad)?;
+        let r = raft.append_entries(rpc).await.map_err(unavailable)?;
+        reply(&m.group, &r)
+    }
+
+    async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let m = req.into_inner();
+        let raft = self.group(&m.group)?;
+        let rpc: VoteRequest<Tc> = decode(&m.body).map_err(bad)?;
+        let r = raft.vote(rpc).await.map_err(unavailable)?;
+        reply(&m.group, &r)
+    }
+
+    async fn pre_vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let m = req.into_inner();
+        let raft = self.group(&m.group)?;
+        let rpc: VoteRequest<Tc> = decode(&m.body).map_err(bad)?;
+        let r = raft.pre_vote(rpc).await.map_err(unavailable)?;
+        reply(&m.group, &r)
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let m = req.into_inner();
+        let raft = self.group(&m.group)?;
+        let rpc: TransferLeaderRequest<Tc> = decode(&m.body).map_err(bad)?;
+        let r = raft.handle_transfer_leader(rpc).await.map_err(unavailable)?;
+        reply(&m.group, &r)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<Streaming<RaftMessage>>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let mut stream = req.into_inner();
+        let head = stream
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+        let raft = self.group(&head.group)?;
+        let (vote, meta): (RaftVote, SnapshotMeta) = decode(&head.body).map_err(bad)?;
+        let mut data = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if data.len() + chunk.body.len() > MESSAGE_BYTES_MAX * 16 {
+                return Err(Status::resource_exhausted("snapshot too large"));
+            }
+            data.extend_from_slice(&chunk.body);
+        }
+        let fut: BoxFut<_> = Box::pin(async move {
+            raft.install_full_snapshot(
+                vote,
+                Snapshot {
+                    meta,
+                    snapshot: data,
+                },
+            )
+            .await
+        });
+        let r = fut.await.map_err(unavailable)?;
+        reply(&head.group, &r)
+    }
+}
