@@ -279,11 +279,11 @@ impl Broker {
         batch: Bytes,
         acks: Acks,
     ) -> Result<ProduceOutcome, BrokerError> {
-        self.submit(topic, partition, batch)?.wait(acks).await
+        self.submit(topic, partition, batch).await?.wait(acks).await
     }
 
     /// Verifies a batch and queues it (see [`Partition::submit`]).
-    pub fn submit(
+    pub async fn submit(
         &self,
         topic: &str,
         partition: u32,
@@ -291,7 +291,7 @@ impl Broker {
     ) -> Result<Submitted, BrokerError> {
         let p = self.partition(topic, partition)?;
         let verified: VerifiedBatch = verify_batch(batch, &p.batch_limits())?;
-        p.submit(verified)
+        p.submit(verified).await
     }
 
     /// Allocates an idempotent-producer id (epoch 0).
@@ -335,11 +335,11 @@ impl Broker {
     }
 
     /// Runs retention on every partition; returns the segments deleted.
-    pub fn enforce_retention(&self) -> usize {
+    pub async fn enforce_retention(&self) -> usize {
         let mut deleted = 0;
         for t in self.topics() {
             for p in &t.partitions {
-                match p.enforce_retention() {
+                match p.enforce_retention().await {
                     Ok(r) => deleted += r.segments_deleted,
                     Err(e) => {
                         tracing::error!(topic = %p.topic, partition = p.id, error = %e, "retention failed")

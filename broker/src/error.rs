@@ -80,6 +80,12 @@ pub enum BrokerError {
     /// A malformed request.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// This node does not lead the partition (or the metadata group).
+    #[error("this node is not the leader{}", .leader.as_ref().map(|l| format!("; the leader is at {l}")).unwrap_or_else(|| "; no leader is known yet".into()))]
+    NotLeader {
+        /// The leader's client address, if known.
+        leader: Option<String>,
+    },
     /// The broker is stopping.
     #[error("the broker is shutting down")]
     ShuttingDown,
@@ -117,6 +123,7 @@ impl BrokerError {
             BrokerError::ProducerFenced { .. } => ErrorCode::ProducerFenced,
             BrokerError::InvalidRequest(_) => ErrorCode::InvalidRequest,
             BrokerError::ShuttingDown => ErrorCode::ShuttingDown,
+            BrokerError::NotLeader { .. } => ErrorCode::NotLeader,
             BrokerError::Storage(LogError::EntryTooLarge { .. }) => ErrorCode::BatchTooLarge,
             BrokerError::Storage(_) | BrokerError::Meta(_) => ErrorCode::StorageError,
         }
@@ -146,6 +153,7 @@ impl BrokerError {
                 d.log_start_offset = Some(*log_start_offset);
                 d.high_watermark = Some(*next_offset);
             }
+            BrokerError::NotLeader { leader } => d.leader_hint = leader.clone(),
             _ => {}
         }
         d

@@ -84,7 +84,9 @@ pub async fn run(
                 tokio::select! {
                     _ = tick.tick() => {
                         let b = broker.clone();
-                        let _ = tokio::task::spawn_blocking(move || b.enforce_retention()).await;
+                        // Retention deletes files: keep it off the
+                        // request-serving workers' hot path.
+                        let _ = tokio::spawn(async move { b.enforce_retention().await }).await;
                     }
                     _ = stop.changed() => return,
                 }

@@ -3,12 +3,19 @@
 //! and idempotent-producer dedup), a high watermark and reads around a
 //! partition log's group-commit writer.
 //!
-//! Until replication lands, a partition is its own single-node "Raft
-//! group": every entry gets term 1 and this node's id, and the high
-//! watermark is the durable end of the local log.
+//! A partition runs on one of two engines. On a single-node broker it is
+//! its own trivial "Raft group": every entry gets term 1 and this node's
+//! id, and the high watermark is the durable end of the local log. In a
+//! cluster it is a real Raft group ([`crate::raft`]): only its leader
+//! accepts batches (after the same dedup checks, against the producer state
+//! the group has applied), a batch is acknowledged once a quorum has it
+//! fsynced and it is applied, and the high watermark is the applied end.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use openraft::ReadPolicy;
+use openraft::impls::ProgressResponder;
 
 use serde::{Deserialize, Serialize};
 use strata_proto::batch::{BatchLimits, ProducerInfo, VerifiedBatch, parse_header};
@@ -20,6 +27,8 @@ use crate::log::{
     LogConfig, LogError, LogId, NewEntry, PartitionLog, PartitionWriter, Payload, RetentionReport,
     StoredBatch, SyncObserver, WriterConfig,
 };
+use crate::raft::sm::SmShared;
+use crate::raft::{Cmd, Raft, RaftLogId, Reply};
 
 /// Longest topic name (Kafka's limit).
 pub const TOPIC_NAME_MAX: usize = 249;
@@ -113,9 +122,19 @@ impl TopicSettings {
     }
 }
 
+/// Why a queued batch failed.
+#[derive(Debug, Clone)]
+enum Failure {
+    /// Leadership moved before the batch committed (it may still commit;
+    /// an idempotent retry is safe).
+    NotLeader(Option<String>),
+    /// Anything else.
+    Other(String),
+}
+
 /// What a duplicate (retried) batch gets answered with once its original
 /// completes: the original base offset, or the original failure.
-type Outcome = Option<Result<u64, String>>;
+type Outcome = Option<Result<u64, Failure>>;
 
 #[derive(Debug)]
 struct Recent {
@@ -202,10 +221,43 @@ impl Submitted {
                     duplicate,
                 })
             }
-            Some(Err(e)) => Err(BrokerError::Storage(LogError::Invalid(e))),
+            Some(Err(Failure::Other(e))) => Err(BrokerError::Storage(LogError::Invalid(e))),
+            Some(Err(Failure::NotLeader(leader))) => Err(BrokerError::NotLeader { leader }),
             None => unreachable!("waited for Some"),
         }
     }
+}
+
+/// Maps a node id to its client (gRPC) address, for NOT_LEADER hints.
+pub type LeaderHints = Arc<dyn Fn(u64) -> Option<String> + Send + Sync>;
+
+/// The Raft side of a replicated partition.
+pub struct RaftEngine {
+    raft: Raft,
+    sm: Arc<SmShared>,
+    /// Producer state as of the tail of the log this leader proposes to,
+    /// valid for one leadership (`leader`); rebuilt from the applied state
+    /// when leadership changes.
+    sequencer: tokio::sync::Mutex<RaftSequencer>,
+    hints: LeaderHints,
+}
+
+impl std::fmt::Debug for RaftEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftEngine").finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Default)]
+struct RaftSequencer {
+    leader: Option<openraft::vote::leader_id_adv::LeaderId<u64, u64>>,
+    producers: HashMap<u64, ProducerState>,
+}
+
+#[derive(Debug)]
+enum Engine {
+    Local(Mutex<Sequencer>),
+    Raft(RaftEngine),
 }
 
 /// One partition of a topic, served by this node.
@@ -216,8 +268,8 @@ pub struct Partition {
     /// Partition number.
     pub id: u32,
     node_id: u64,
-    writer: PartitionWriter,
-    sequencer: Mutex<Sequencer>,
+    writer: Arc<PartitionWriter>,
+    engine: Engine,
     hw: Arc<watch::Sender<u64>>,
     limits: Mutex<BatchLimits>,
 }
@@ -251,14 +303,64 @@ impl Partition {
             topic: topic.to_owned(),
             id,
             node_id,
-            writer,
-            sequencer: Mutex::new(Sequencer {
+            writer: Arc::new(writer),
+            engine: Engine::Local(Mutex::new(Sequencer {
                 next_index,
                 producers,
-            }),
+            })),
             hw: Arc::new(watch::channel(hw).0),
             limits: Mutex::new(limits),
         })
+    }
+
+    /// A replicated partition over a running Raft group whose log store
+    /// uses `writer`.
+    pub fn replicated(
+        topic: &str,
+        id: u32,
+        node_id: u64,
+        writer: Arc<PartitionWriter>,
+        raft: Raft,
+        sm: Arc<SmShared>,
+        hints: LeaderHints,
+    ) -> Self {
+        let limits = batch_limits(writer.read().config());
+        Partition {
+            topic: topic.to_owned(),
+            id,
+            node_id,
+            writer,
+            hw: sm.applied_watch.clone(),
+            engine: Engine::Raft(RaftEngine {
+                raft,
+                sm,
+                sequencer: tokio::sync::Mutex::new(RaftSequencer::default()),
+                hints,
+            }),
+            limits: Mutex::new(limits),
+        }
+    }
+
+    /// The Raft group, if replicated.
+    pub fn raft(&self) -> Option<&Raft> {
+        match &self.engine {
+            Engine::Raft(r) => Some(&r.raft),
+            Engine::Local(_) => None,
+        }
+    }
+
+    /// The log writer (reads, retention, inspection).
+    pub fn writer(&self) -> &Arc<PartitionWriter> {
+        &self.writer
+    }
+
+    /// Fails with `NOT_LEADER` (and a hint) unless this node leads the
+    /// partition. Always succeeds on a single node.
+    pub fn check_leader(&self) -> Result<(), BrokerError> {
+        match &self.engine {
+            Engine::Local(_) => Ok(()),
+            Engine::Raft(r) => r.check_leader().map(|_| ()),
+        }
     }
 
     /// Current limits for incoming batches.
@@ -283,9 +385,14 @@ impl Partition {
         self.hw.subscribe()
     }
 
-    /// The log start offset.
+    /// The log start offset (in a cluster, the replicated one, which moves
+    /// before the local files are deleted).
     pub fn log_start_offset(&self) -> u64 {
-        self.writer.read().log_start_offset()
+        let local = self.writer.read().log_start_offset();
+        match &self.engine {
+            Engine::Local(_) => local,
+            Engine::Raft(r) => local.max(*r.sm.start_watch.borrow()),
+        }
     }
 
     /// Size in bytes and segment count.
@@ -302,15 +409,18 @@ impl Partition {
         batch: VerifiedBatch,
         acks: Acks,
     ) -> Result<ProduceOutcome, BrokerError> {
-        self.submit(batch)?.wait(acks).await
+        self.submit(batch).await?.wait(acks).await
     }
 
     /// The first half of [`Self::produce`]: dedup, index assignment and
     /// enqueue, in call order. Callers that must keep order across requests
     /// (the produce stream) submit sequentially and wait concurrently.
-    pub fn submit(&self, batch: VerifiedBatch) -> Result<Submitted, BrokerError> {
+    pub async fn submit(&self, batch: VerifiedBatch) -> Result<Submitted, BrokerError> {
         let record_count = batch.record_count();
-        let (outcome, duplicate) = tokio::task::block_in_place(|| self.enqueue(batch))?;
+        let (outcome, duplicate) = match &self.engine {
+            Engine::Local(seq) => tokio::task::block_in_place(|| self.enqueue(seq, batch))?,
+            Engine::Raft(r) => r.propose(batch).await?,
+        };
         Ok(Submitted {
             outcome,
             duplicate,
@@ -323,43 +433,13 @@ impl Partition {
     /// the receiver of the batch's outcome and whether it is a duplicate.
     fn enqueue(
         &self,
+        seq: &Mutex<Sequencer>,
         batch: VerifiedBatch,
     ) -> Result<(watch::Receiver<Outcome>, bool), BrokerError> {
-        let mut seq = lock(&self.sequencer);
+        let mut seq = lock(seq);
         let header = *batch.header();
-        if let Some(p) = header.producer
-            && let Some(state) = seq.producers.get(&p.producer_id)
-        {
-            {
-                if p.producer_epoch < state.epoch {
-                    return Err(BrokerError::ProducerFenced {
-                        producer_id: p.producer_id,
-                        epoch: p.producer_epoch,
-                        current: state.epoch,
-                    });
-                }
-                if p.producer_epoch == state.epoch {
-                    if let Some(r) = state.recent.iter().find(|r| {
-                        r.base_sequence == p.base_sequence && r.record_count == header.record_count
-                    }) {
-                        return Ok((r.outcome.clone(), true));
-                    }
-                    let expected = state.last_sequence.wrapping_add(1);
-                    if p.base_sequence != expected {
-                        return Err(BrokerError::OutOfOrderSequence {
-                            producer_id: p.producer_id,
-                            expected,
-                            got: p.base_sequence,
-                        });
-                    }
-                } else if p.base_sequence != 0 {
-                    return Err(BrokerError::OutOfOrderSequence {
-                        producer_id: p.producer_id,
-                        expected: 0,
-                        got: p.base_sequence,
-                    });
-                }
-            }
+        if let Some(dup) = check_sequence(&seq.producers, &batch)? {
+            return Ok((dup, true));
         }
         let index = seq.next_index;
         let (tx, rx) = watch::channel::<Outcome>(None);
@@ -382,7 +462,7 @@ impl Partition {
                             });
                             Ok(a[0].base_offset)
                         }
-                        Err(e) => Err(e.to_string()),
+                        Err(e) => Err(Failure::Other(e.to_string())),
                     };
                     tx.send_replace(Some(outcome));
                 }),
@@ -395,11 +475,23 @@ impl Partition {
         Ok((rx, false))
     }
 
-    /// Reads batches from `offset` below the high watermark.
+    /// Reads batches from `offset` below the high watermark. In a cluster
+    /// only the leader serves reads (see [`Self::read_replica`]).
     pub fn read(&self, offset: u64, max_bytes: usize) -> Result<Vec<StoredBatch>, BrokerError> {
+        self.check_leader()?;
+        self.read_replica(offset, max_bytes)
+    }
+
+    /// Reads from this replica, leader or not, below its own high
+    /// watermark (committed data only, possibly behind the leader's).
+    pub fn read_replica(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredBatch>, BrokerError> {
         let hw = self.high_watermark();
+        let log_start_offset = self.log_start_offset();
         let log = self.writer.read();
-        let log_start_offset = log.log_start_offset();
         if offset < log_start_offset || offset > hw {
             return Err(BrokerError::OffsetOutOfRange {
                 offset,
@@ -418,14 +510,191 @@ impl Partition {
         Ok(found.filter(|o| *o < hw).unwrap_or(hw))
     }
 
-    /// Runs retention.
-    pub fn enforce_retention(&self) -> Result<RetentionReport, BrokerError> {
-        Ok(self.writer.write().enforce_retention()?)
+    /// Runs retention. In a cluster the leader proposes the trim point and
+    /// every replica deletes once it applies it; here only aged segments
+    /// are rolled.
+    pub async fn enforce_retention(&self) -> Result<RetentionReport, BrokerError> {
+        let r = match &self.engine {
+            Engine::Local(_) => return Ok(self.writer.write().enforce_retention()?),
+            Engine::Raft(r) => r,
+        };
+        self.writer.write().roll_if_due()?;
+        let point = self.writer.read().retention_point();
+        let mut report = RetentionReport {
+            log_start_offset: self.log_start_offset(),
+            ..Default::default()
+        };
+        let Some((upto, log_start_offset)) = point else {
+            return Ok(report);
+        };
+        if log_start_offset <= report.log_start_offset || r.check_leader().is_err() {
+            return Ok(report);
+        }
+        let upto: RaftLogId = crate::raft::from_log_id(upto);
+        r.raft
+            .client_write(Cmd::Trim {
+                upto,
+                log_start_offset,
+            })
+            .await
+            .map_err(|e| r.write_error(&e.to_string(), e.forward_to_leader().and_then(|f| f.leader_id)))?;
+        report.log_start_offset = log_start_offset;
+        Ok(report)
     }
 
-    /// Waits for everything queued to be durable and stops the writer.
+    /// Waits for everything queued to be durable.
     pub fn close(&self) -> Result<(), BrokerError> {
         Ok(self.writer.flush()?)
+    }
+}
+
+/// Checks an idempotent producer's batch against its state: a retry of a
+/// remembered batch returns the original's outcome; a gap, a stale epoch or
+/// a non-zero first sequence of a new epoch is refused.
+fn check_sequence(
+    producers: &HashMap<u64, ProducerState>,
+    batch: &VerifiedBatch,
+) -> Result<Option<watch::Receiver<Outcome>>, BrokerError> {
+    let header = batch.header();
+    let (Some(p), true) = (header.producer, true) else {
+        return Ok(None);
+    };
+    let Some(state) = producers.get(&p.producer_id) else {
+        return Ok(None);
+    };
+    if p.producer_epoch < state.epoch {
+        return Err(BrokerError::ProducerFenced {
+            producer_id: p.producer_id,
+            epoch: p.producer_epoch,
+            current: state.epoch,
+        });
+    }
+    if p.producer_epoch == state.epoch {
+        if let Some(r) = state
+            .recent
+            .iter()
+            .find(|r| r.base_sequence == p.base_sequence && r.record_count == header.record_count)
+        {
+            return Ok(Some(r.outcome.clone()));
+        }
+        let expected = state.last_sequence.wrapping_add(1);
+        if p.base_sequence != expected {
+            return Err(BrokerError::OutOfOrderSequence {
+                producer_id: p.producer_id,
+                expected,
+                got: p.base_sequence,
+            });
+        }
+    } else if p.base_sequence != 0 {
+        return Err(BrokerError::OutOfOrderSequence {
+            producer_id: p.producer_id,
+            expected: 0,
+            got: p.base_sequence,
+        });
+    }
+    Ok(None)
+}
+
+impl RaftEngine {
+    /// The current leader id if this node leads, else `NOT_LEADER`.
+    fn check_leader(
+        &self,
+    ) -> Result<openraft::vote::leader_id_adv::LeaderId<u64, u64>, BrokerError> {
+        match self.raft.as_leader() {
+            Ok(l) => Ok(l.to_committed_leader_id()),
+            Err(f) => Err(BrokerError::NotLeader {
+                leader: f.leader_id.and_then(|n| (self.hints)(n)),
+            }),
+        }
+    }
+
+    fn write_error(&self, why: &str, leader: Option<u64>) -> BrokerError {
+        tracing::debug!(why, "replicated write failed");
+        BrokerError::NotLeader {
+            leader: leader.and_then(|n| (self.hints)(n)),
+        }
+    }
+
+    /// Dedup and propose, in call order, under this leadership.
+    async fn propose(
+        &self,
+        batch: VerifiedBatch,
+    ) -> Result<(watch::Receiver<Outcome>, bool), BrokerError> {
+        let leader = self.check_leader()?;
+        let mut seq = self.sequencer.lock().await;
+        if seq.leader != Some(leader) {
+            // A new leadership: its producer state is what the group has
+            // applied once everything before this term is applied.
+            seq.leader = None;
+            self.raft
+                .ensure_linearizable(ReadPolicy::ReadIndex)
+                .await
+                .map_err(|e| self.write_error(&e.to_string(), None))?;
+            let st = self.sm.state();
+            let Some(p) = st.partition() else {
+                unreachable!("a partition's state machine holds a partition")
+            };
+            seq.producers = p
+                .producers
+                .iter()
+                .map(|(id, snap)| {
+                    let recent = snap
+                        .recent
+                        .iter()
+                        .map(|(base_sequence, record_count, base_offset)| Recent {
+                            base_sequence: *base_sequence,
+                            record_count: *record_count,
+                            outcome: watch::channel(Some(Ok(*base_offset))).1,
+                        })
+                        .collect();
+                    let state = ProducerState {
+                        epoch: snap.epoch,
+                        last_sequence: snap.last_sequence,
+                        recent,
+                    };
+                    (*id, state)
+                })
+                .collect();
+            drop(st);
+            seq.leader = Some(leader);
+        }
+        if let Some(dup) = check_sequence(&seq.producers, &batch)? {
+            return Ok((dup, true));
+        }
+        let header = *batch.header();
+        let (tx, rx) = watch::channel::<Outcome>(None);
+        let (responder, done) = ProgressResponder::complete_only();
+        let submitted = self
+            .raft
+            .write(Cmd::Batch(batch))
+            .with_leader(leader)
+            .responder(responder)
+            .await;
+        if submitted.is_err() {
+            seq.leader = None;
+            return Err(BrokerError::ShuttingDown);
+        }
+        if let Some(p) = header.producer {
+            remember(&mut seq.producers, p, header.record_count, rx.clone());
+        }
+        drop(seq);
+        let hints = self.hints.clone();
+        tokio::spawn(async move {
+            let outcome = match done.await {
+                Ok(Ok(resp)) => match resp.data {
+                    Reply::Appended { base_offset } => Ok(base_offset),
+                    other => Err(Failure::Other(format!("unexpected reply {other:?}"))),
+                },
+                Ok(Err(
+                    openraft::errors::ClientWriteError::ForwardToLeader(f)
+                    | openraft::errors::ClientWriteError::LogEntryDiscarded(f),
+                )) => Err(Failure::NotLeader(f.leader_id.and_then(|n| hints(n)))),
+                Ok(Err(e)) => Err(Failure::Other(e.to_string())),
+                Err(_) => Err(Failure::NotLeader(None)),
+            };
+            tx.send_replace(Some(outcome));
+        });
+        Ok((rx, false))
     }
 }
 

@@ -953,11 +953,9 @@ impl PartitionLog {
         self.guard(r)
     }
 
-    /// Applies the retention policy: rolls an aged active segment, then
-    /// deletes the oldest sealed segments that are past `retention_ms` or
-    /// beyond `retention_bytes`.
-    pub fn enforce_retention(&mut self) -> Result<RetentionReport> {
-        self.roll_if_due()?;
+    /// How many front segments the retention policy would delete now, and
+    /// the views it decided on.
+    fn retention_candidates(&self) -> (usize, Vec<RetentionView>) {
         let now = self.clock.now_ms();
         let views: Vec<RetentionView> = self
             .segments
@@ -974,6 +972,25 @@ impl PartitionLog {
             self.config.retention_ms,
             now,
         );
+        (n, views)
+    }
+
+    /// Where retention would cut the log now, without cutting it: the last
+    /// log id of the newest segment it would delete and the offset after
+    /// it (the new log start). A replicated log proposes this as a command
+    /// so every replica trims at the same point.
+    pub fn retention_point(&self) -> Option<(LogId, u64)> {
+        let (n, _) = self.retention_candidates();
+        let seg = self.segments.get(n.checked_sub(1)?)?;
+        Some((seg.last_log_id?, seg.next_offset))
+    }
+
+    /// Applies the retention policy: rolls an aged active segment, then
+    /// deletes the oldest sealed segments that are past `retention_ms` or
+    /// beyond `retention_bytes`.
+    pub fn enforce_retention(&mut self) -> Result<RetentionReport> {
+        self.roll_if_due()?;
+        let (n, views) = self.retention_candidates();
         let mut report = RetentionReport {
             log_start_offset: self.log_start_offset(),
             ..Default::default()

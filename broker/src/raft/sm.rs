@@ -161,9 +161,9 @@ impl SmState {
 pub struct SmShared {
     state: Mutex<SmState>,
     /// Partition groups: the high watermark. Metadata: bumped per apply.
-    pub applied_watch: watch::Sender<u64>,
+    pub applied_watch: Arc<watch::Sender<u64>>,
     /// Partition groups: the log start offset.
-    pub start_watch: watch::Sender<u64>,
+    pub start_watch: Arc<watch::Sender<u64>>,
     dir: PathBuf,
     hint: Arc<Mutex<InstallHint>>,
     trims: mpsc::UnboundedSender<u64>,
@@ -227,8 +227,8 @@ impl GroupSm {
         Ok(GroupSm {
             shared: Arc::new(SmShared {
                 state: Mutex::new(state),
-                applied_watch: watch::channel(hw).0,
-                start_watch: watch::channel(start).0,
+                applied_watch: Arc::new(watch::channel(hw).0),
+                start_watch: Arc::new(watch::channel(start).0),
                 dir,
                 hint,
                 trims,

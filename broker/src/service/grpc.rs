@@ -164,12 +164,16 @@ impl Strata for GrpcService {
                     Ok(Some(r)) => r,
                     Ok(None) | Err(_) => return,
                 };
-                let submitted = acks_from_pb(req.acks).and_then(|acks| {
-                    let bytes = req.batch.len() as u64;
-                    broker
-                        .submit(&req.topic, req.partition, req.batch)
-                        .map(|s| (s, acks, req.topic, bytes))
-                });
+                let submitted = match acks_from_pb(req.acks) {
+                    Ok(acks) => {
+                        let bytes = req.batch.len() as u64;
+                        broker
+                            .submit(&req.topic, req.partition, req.batch)
+                            .await
+                            .map(|s| (s, acks, req.topic, bytes))
+                    }
+                    Err(e) => Err(e),
+                };
                 let failed = submitted.is_err();
                 if queued_tx.send(submitted).await.is_err() || failed {
                     return;
