@@ -14,6 +14,8 @@ use crate::error::BrokerError;
 use crate::log::{PartitionLog, SyncObserver, WriterConfig};
 use crate::meta::{MetaStore, TopicRecord};
 use crate::metrics::Metrics;
+use crate::raft::MetaCmd;
+use crate::raft::cluster::Cluster;
 use crate::topic::{
     Acks, Partition, ProduceOutcome, Submitted, TopicSettings, validate_topic_name,
 };
@@ -49,6 +51,30 @@ pub struct Broker {
     meta: MetaStore,
     metrics: Metrics,
     topics: RwLock<HashMap<String, Arc<Topic>>>,
+    cluster: Option<Arc<Cluster>>,
+}
+
+/// A topic as the services describe it, in either mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicView {
+    /// Name.
+    pub name: String,
+    /// Settings.
+    pub settings: TopicSettings,
+    /// Partitions, in order.
+    pub partitions: Vec<PartitionView>,
+}
+
+/// A partition as the services describe it. Sizes and offsets come from
+/// this node's replica (zero where it hosts none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionView {
+    /// Its status on this node.
+    pub status: PartitionStatus,
+    /// The leader as last known (0: none yet).
+    pub leader: u64,
+    /// Replica node ids.
+    pub replicas: Vec<u64>,
 }
 
 impl Broker {
@@ -67,6 +93,7 @@ impl Broker {
             meta,
             metrics,
             topics: RwLock::new(HashMap::new()),
+            cluster: None,
         };
         for record in broker.meta.topics()? {
             let topic = broker.open_topic(record)?;
@@ -75,6 +102,119 @@ impl Broker {
                 .insert(topic.record.name.clone(), Arc::new(topic));
         }
         Ok(broker)
+    }
+
+    /// Makes this broker a cluster node: topics, offsets and producer ids
+    /// then live in the metadata group, partitions in Raft groups.
+    pub fn with_cluster(mut self, cluster: Arc<Cluster>) -> Self {
+        self.cluster = Some(cluster);
+        self
+    }
+
+    /// The cluster, if this broker is a cluster node.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
+    }
+
+    /// Partitions of a topic.
+    pub fn partition_count(&self, topic: &str) -> Result<u32, BrokerError> {
+        match &self.cluster {
+            Some(c) => c
+                .meta_state()
+                .topics
+                .get(topic)
+                .map(|t| t.placement.len() as u32)
+                .ok_or_else(|| BrokerError::UnknownTopic(topic.to_owned())),
+            None => Ok(self.topic(topic)?.record.partitions),
+        }
+    }
+
+    /// Describes topics (`names` empty: all), in either mode.
+    pub fn topic_views(&self, names: &[String]) -> Result<Vec<TopicView>, BrokerError> {
+        let Some(c) = &self.cluster else {
+            let topics = if names.is_empty() {
+                self.topics()
+            } else {
+                names
+                    .iter()
+                    .map(|n| self.topic(n))
+                    .collect::<Result<_, _>>()?
+            };
+            let node = self.config.node_id;
+            return Ok(topics
+                .iter()
+                .map(|t| TopicView {
+                    name: t.record.name.clone(),
+                    settings: t.record.settings.clone(),
+                    partitions: self
+                        .partition_status(t)
+                        .into_iter()
+                        .map(|status| PartitionView {
+                            status,
+                            leader: node,
+                            replicas: vec![node],
+                        })
+                        .collect(),
+                })
+                .collect());
+        };
+        let meta = c.meta_state();
+        let hosted: HashMap<(String, u32), Arc<Partition>> = c
+            .hosted()
+            .into_iter()
+            .map(|p| ((p.topic.clone(), p.id), p))
+            .collect();
+        let selected: Vec<_> = if names.is_empty() {
+            meta.topics.values().collect()
+        } else {
+            names
+                .iter()
+                .map(|n| {
+                    meta.topics
+                        .get(n)
+                        .ok_or_else(|| BrokerError::UnknownTopic(n.clone()))
+                })
+                .collect::<Result<_, _>>()?
+        };
+        Ok(selected
+            .into_iter()
+            .map(|t| TopicView {
+                name: t.name.clone(),
+                settings: t.settings.clone(),
+                partitions: t
+                    .placement
+                    .iter()
+                    .enumerate()
+                    .map(|(i, replicas)| {
+                        let key = (t.name.clone(), i as u32);
+                        let status = match hosted.get(&key) {
+                            Some(p) => {
+                                let (size_bytes, segments) = p.size();
+                                PartitionStatus {
+                                    partition: i as u32,
+                                    log_start_offset: p.log_start_offset(),
+                                    high_watermark: p.high_watermark(),
+                                    size_bytes,
+                                    segments,
+                                }
+                            }
+                            None => PartitionStatus {
+                                partition: i as u32,
+                                log_start_offset: 0,
+                                high_watermark: 0,
+                                size_bytes: 0,
+                                segments: 0,
+                            },
+                        };
+                        PartitionView {
+                            status,
+                            leader: meta.leaders.get(&key).map_or(0, |l| l.node),
+                            replicas: replicas.clone(),
+                        }
+                    })
+                    .collect(),
+            })
+            .collect())
     }
 
     /// The metrics.
@@ -139,6 +279,9 @@ impl Broker {
 
     /// A partition by topic and number.
     pub fn partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>, BrokerError> {
+        if let Some(c) = &self.cluster {
+            return c.partition(topic, partition);
+        }
         let t = self.topic(topic)?;
         t.partitions
             .get(partition as usize)
@@ -158,7 +301,31 @@ impl Broker {
     }
 
     /// Creates a topic. Nothing is created when any argument is invalid.
-    pub fn create_topic(
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u32,
+        settings: TopicSettings,
+    ) -> Result<TopicView, BrokerError> {
+        if let Some(c) = &self.cluster {
+            c.create_topic(name, partitions, replication_factor, settings)
+                .await?;
+            c.wait_meta_applied(std::time::Duration::from_secs(5)).await;
+            return self
+                .topic_views(&[name.to_owned()])?
+                .pop()
+                .ok_or_else(|| BrokerError::UnknownTopic(name.to_owned()));
+        }
+        tokio::task::block_in_place(|| {
+            self.create_local_topic(name, partitions, replication_factor, settings)
+        })?;
+        self.topic_views(&[name.to_owned()])?
+            .pop()
+            .ok_or_else(|| BrokerError::UnknownTopic(name.to_owned()))
+    }
+
+    fn create_local_topic(
         &self,
         name: &str,
         partitions: u32,
@@ -205,7 +372,35 @@ impl Broker {
     }
 
     /// Changes a topic's settings (only those given) and applies them live.
-    pub fn alter_topic(
+    pub async fn alter_topic(
+        &self,
+        name: &str,
+        changes: &TopicSettings,
+    ) -> Result<TopicView, BrokerError> {
+        if let Some(c) = &self.cluster {
+            let mut settings = c
+                .meta_state()
+                .topics
+                .get(name)
+                .map(|t| t.settings.clone())
+                .ok_or_else(|| BrokerError::UnknownTopic(name.to_owned()))?;
+            settings.merge(changes);
+            settings.validate(&self.config.log)?;
+            c.meta_command(MetaCmd::AlterTopic {
+                name: name.to_owned(),
+                settings,
+            })
+            .await?;
+            c.wait_meta_applied(std::time::Duration::from_secs(5)).await;
+        } else {
+            self.alter_local_topic(name, changes)?;
+        }
+        self.topic_views(&[name.to_owned()])?
+            .pop()
+            .ok_or_else(|| BrokerError::UnknownTopic(name.to_owned()))
+    }
+
+    fn alter_local_topic(
         &self,
         name: &str,
         changes: &TopicSettings,
@@ -236,7 +431,18 @@ impl Broker {
     }
 
     /// Deletes a topic and its data.
-    pub fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
+    pub async fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
+        if let Some(c) = &self.cluster {
+            c.meta_command(MetaCmd::DeleteTopic {
+                name: name.to_owned(),
+            })
+            .await?;
+            return Ok(());
+        }
+        tokio::task::block_in_place(|| self.delete_local_topic(name))
+    }
+
+    fn delete_local_topic(&self, name: &str) -> Result<(), BrokerError> {
         let topic = self
             .topics_mut()
             .remove(name)
@@ -295,12 +501,15 @@ impl Broker {
     }
 
     /// Allocates an idempotent-producer id (epoch 0).
-    pub fn init_producer(&self) -> Result<(u64, u16), BrokerError> {
+    pub async fn init_producer(&self) -> Result<(u64, u16), BrokerError> {
+        if let Some(c) = &self.cluster {
+            return Ok((c.meta_command(MetaCmd::AllocProducerId).await?, 0));
+        }
         Ok((self.meta.next_producer_id()?, 0))
     }
 
     /// Commits a group's offsets on a topic.
-    pub fn commit(
+    pub async fn commit(
         &self,
         group: &str,
         topic: &str,
@@ -310,6 +519,23 @@ impl Broker {
             return Err(BrokerError::InvalidRequest(format!(
                 "invalid group name {group:?}"
             )));
+        }
+        if let Some(c) = &self.cluster {
+            let partitions = self.partition_count(topic)?;
+            if let Some((p, _)) = offsets.iter().find(|(p, _)| *p >= partitions) {
+                return Err(BrokerError::UnknownPartition {
+                    topic: topic.to_owned(),
+                    partition: *p,
+                    partitions,
+                });
+            }
+            c.meta_command(MetaCmd::CommitOffsets {
+                group: group.to_owned(),
+                topic: topic.to_owned(),
+                offsets: offsets.to_vec(),
+            })
+            .await?;
+            return Ok(());
         }
         let t = self.topic(topic)?;
         for (p, _) in offsets {
@@ -321,24 +547,54 @@ impl Broker {
                 });
             }
         }
-        Ok(self.meta.commit(group, topic, offsets)?)
+        tokio::task::block_in_place(|| Ok(self.meta.commit(group, topic, offsets)?))
     }
 
     /// A group's committed offsets on a topic.
-    pub fn committed(&self, group: &str, topic: &str) -> Result<Vec<(u32, u64)>, BrokerError> {
+    pub async fn committed(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> Result<Vec<(u32, u64)>, BrokerError> {
+        if let Some(c) = &self.cluster {
+            c.wait_meta_applied(std::time::Duration::from_secs(2)).await;
+            return Ok(c
+                .meta_state()
+                .offsets
+                .iter()
+                .filter(|((g, t, _), _)| g == group && t == topic)
+                .map(|((_, _, p), o)| (*p, *o))
+                .collect());
+        }
         Ok(self.meta.committed(group, topic)?)
     }
 
     /// Every committed offset.
     pub fn all_committed(&self) -> Result<Vec<(String, String, u32, u64)>, BrokerError> {
+        if let Some(c) = &self.cluster {
+            return Ok(c
+                .meta_state()
+                .offsets
+                .iter()
+                .map(|((g, t, p), o)| (g.clone(), t.clone(), *p, *o))
+                .collect());
+        }
         Ok(self.meta.all_committed()?)
     }
 
     /// Runs retention on every partition; returns the segments deleted.
     pub async fn enforce_retention(&self) -> usize {
         let mut deleted = 0;
-        for t in self.topics() {
-            for p in &t.partitions {
+        let partitions: Vec<Arc<Partition>> = match &self.cluster {
+            Some(c) => c.hosted(),
+            None => self
+                .topics()
+                .iter()
+                .flat_map(|t| t.partitions.clone())
+                .collect(),
+        };
+        {
+            for p in &partitions {
                 match p.enforce_retention().await {
                     Ok(r) => deleted += r.segments_deleted,
                     Err(e) => {

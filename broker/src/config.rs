@@ -39,8 +39,39 @@ pub struct BrokerConfig {
     pub writer_queue_depth: usize,
     /// Partitions a topic may have. Default 1024.
     pub partitions_max: u32,
+    /// Raft peer listen address. Set: this broker is a cluster node
+    /// (partitions replicated by Raft, metadata in the metadata group).
+    /// Unset (the default): a standalone single-node broker.
+    pub raft_addr: Option<SocketAddr>,
+    /// Initial voters of the cluster as `id=host:port` (Raft addresses,
+    /// this node included). Nodes started with the same list form the
+    /// cluster; a node started without peers waits for `strata cluster
+    /// init` or to be added with `strata cluster add-node`.
+    pub peers: Vec<String>,
     /// Broker-wide defaults for topics (segments, retention, batch size).
     pub log: LogDefaults,
+}
+
+/// Parses `id=host:port` peer entries.
+pub fn parse_peers(peers: &[String]) -> Result<std::collections::BTreeMap<u64, String>, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for p in peers {
+        let (id, addr) = p
+            .split_once('=')
+            .ok_or_else(|| format!("peer {p:?}: expected id=host:port"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("peer {p:?}: node id must be a number"))?;
+        let addr = addr.trim();
+        if addr.parse::<SocketAddr>().is_err() && !addr.contains(':') {
+            return Err(format!("peer {p:?}: address must be host:port"));
+        }
+        if out.insert(id, addr.to_owned()).is_some() {
+            return Err(format!("peer id {id} is listed twice"));
+        }
+    }
+    Ok(out)
 }
 
 /// Broker-wide defaults of the topic settings.
@@ -89,6 +120,8 @@ impl Default for BrokerConfig {
             http_records_max: 10_000,
             writer_queue_depth: 4096,
             partitions_max: 1024,
+            raft_addr: None,
+            peers: Vec::new(),
             log: LogDefaults::default(),
         }
     }
@@ -113,6 +146,16 @@ impl BrokerConfig {
                 "fetch_bytes_default, http_records_max and writer_queue_depth must be positive"
                     .into(),
             );
+        }
+        let peers = parse_peers(&self.peers)?;
+        if !peers.is_empty() && !peers.contains_key(&self.node_id) {
+            return Err(format!(
+                "peers must include this node (node_id {})",
+                self.node_id
+            ));
+        }
+        if !peers.is_empty() && self.raft_addr.is_none() {
+            return Err("peers need raft_addr (cluster mode)".into());
         }
         if self.partitions_max == 0 {
             return Err("partitions_max must be positive".into());

@@ -32,6 +32,13 @@ struct Args {
     /// How often retention runs, in milliseconds.
     #[arg(long)]
     retention_check_ms: Option<u64>,
+    /// Raft peer listen address; makes this broker a cluster node.
+    #[arg(long)]
+    raft_addr: Option<SocketAddr>,
+    /// Initial cluster voters, `id=host:port` of their Raft addresses
+    /// (this node included), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<String>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -79,6 +86,12 @@ fn real_main() -> anyhow::Result<()> {
     }
     if let Some(v) = args.retention_check_ms {
         config.retention_check_ms = v;
+    }
+    if let Some(v) = args.raft_addr {
+        config.raft_addr = Some(v);
+    }
+    if !args.peers.is_empty() {
+        config.peers = args.peers;
     }
     if args.print_config {
         print!("{}", toml::to_string(&config)?);

@@ -10,6 +10,9 @@ use tokio::net::TcpListener;
 use crate::broker::Broker;
 use crate::config::BrokerConfig;
 use crate::metrics::Metrics;
+use crate::raft::NodeInfo;
+use crate::raft::cluster::{Cluster, ClusterConfig};
+use crate::raft::network::PeerService;
 use crate::service::{grpc::GrpcService, http};
 
 /// Why the broker could not run.
@@ -50,7 +53,6 @@ pub async fn run(
             .await
             .map_err(|e| NodeError::Serve(e.to_string()))??
     };
-    let broker = Arc::new(b);
     let grpc_listener = TcpListener::bind(grpc_addr)
         .await
         .map_err(|source| NodeError::Bind {
@@ -69,9 +71,62 @@ pub async fn run(
     let http_local = http_listener
         .local_addr()
         .map_err(|e| NodeError::Serve(e.to_string()))?;
+    let mut raft_server = None;
+    let mut raft_line = String::new();
+    let b = match config.raft_addr {
+        None => b,
+        Some(raft_addr) => {
+            let raft_listener =
+                TcpListener::bind(raft_addr)
+                    .await
+                    .map_err(|source| NodeError::Bind {
+                        addr: raft_addr,
+                        source,
+                    })?;
+            let raft_local = raft_listener
+                .local_addr()
+                .map_err(|e| NodeError::Serve(e.to_string()))?;
+            let peers = crate::config::parse_peers(&config.peers).map_err(NodeError::Config)?;
+            let cluster = Cluster::start(
+                ClusterConfig {
+                    node_id: config.node_id,
+                    node: NodeInfo {
+                        raft_addr: raft_local.to_string(),
+                        grpc_addr: grpc_local.to_string(),
+                        http_addr: http_local.to_string(),
+                    },
+                    peers,
+                },
+                config.clone(),
+                b.metrics().clone(),
+            )
+            .await?;
+            let incoming = tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::TcpListenerStream::new(raft_listener),
+                |s| {
+                    s.inspect(|s| {
+                        let _ = s.set_nodelay(true);
+                    })
+                },
+            );
+            let svc = PeerService::new(cluster.groups());
+            raft_server = Some(tokio::spawn(
+                tonic::transport::Server::builder()
+                    .http2_keepalive_interval(Some(Duration::from_secs(1)))
+                    .http2_keepalive_timeout(Some(Duration::from_secs(2)))
+                    .initial_stream_window_size(Some(8 << 20))
+                    .initial_connection_window_size(Some(32 << 20))
+                    .add_service(svc)
+                    .serve_with_incoming(incoming),
+            ));
+            raft_line = format!(" raft={raft_local} node={}", config.node_id);
+            b.with_cluster(cluster)
+        }
+    };
+    let broker = Arc::new(b);
     tracing::info!(data_dir = %data_dir.display(), grpc = %grpc_local, http = %http_local, "strata-broker serving");
     // A line tests and scripts can wait for.
-    println!("strata-broker ready grpc={grpc_local} http={http_local}");
+    println!("strata-broker ready grpc={grpc_local} http={http_local}{raft_line}");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let retention = {
@@ -148,6 +203,12 @@ pub async fn run(
         tracing::warn!("requests still open after 5 s; closing them");
     }
     let _ = retention.await;
+    if let Some(c) = broker.cluster() {
+        c.shutdown().await;
+    }
+    if let Some(t) = raft_server {
+        t.abort();
+    }
     let b = broker.clone();
     tokio::task::spawn_blocking(move || b.shutdown())
         .await

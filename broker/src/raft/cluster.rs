@@ -1,1 +1,803 @@
-//! A node's Raft groups.
+//! A node of a Strata cluster: its metadata group, the partition groups
+//! placed on it, and the cluster operations the services call.
+//!
+//! The metadata group spans the cluster's voters. Every node watches the
+//! applied metadata and *reconciles*: it opens a Raft group for every
+//! partition placed on it (initializing it if the node is in the partition's
+//! initial placement and the log is empty — every initial replica
+//! initializes with the same membership, which openraft allows) and closes
+//! (and deletes) the groups no longer placed on it. Metadata writes from any
+//! node are forwarded to the metadata leader over the Raft peer service.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use openraft::ServerState;
+use openraft::async_runtime::WatchReceiver;
+use tokio::sync::mpsc;
+
+use super::meta::{LeaderRecord, TopicMeta, place};
+use super::network::{Channels, Groups, NetworkFactory};
+use super::sm::{GroupSm, Machine, PartitionState, SmShared};
+use super::store::{InstallHint, LogStore};
+use super::{Cmd, MetaCmd, MetaState, NodeInfo, Raft, Reply, decode, encode, raft_config};
+use crate::config::BrokerConfig;
+use crate::error::BrokerError;
+use crate::log::{LogConfig, PartitionLog, PartitionWriter, SyncObserver, WriterConfig};
+use crate::metrics::Metrics;
+use crate::topic::{LeaderHints, Partition, TopicSettings, validate_topic_name};
+
+/// Name of the metadata group.
+pub const META_GROUP: &str = "meta";
+/// How long a metadata write keeps retrying to find a leader.
+const META_WRITE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The group name of a partition.
+pub fn group_name(topic: &str, partition: u32) -> String {
+    format!("{topic}/{partition}")
+}
+
+/// What a node needs to join a cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// This node's id.
+    pub node_id: u64,
+    /// This node's addresses, as others reach them.
+    pub node: NodeInfo,
+    /// Initial voters of the metadata group (id → Raft address), this node
+    /// included. Empty: wait to be added to a cluster (or `cluster init`).
+    pub peers: BTreeMap<u64, String>,
+}
+
+/// A partition group hosted here.
+struct Hosted {
+    partition: Arc<Partition>,
+    raft: Raft,
+    dir: PathBuf,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// This node's view of the cluster.
+pub struct Cluster {
+    config: ClusterConfig,
+    broker: BrokerConfig,
+    metrics: Metrics,
+    groups: Groups,
+    channels: Channels,
+    meta: Raft,
+    meta_sm: Arc<SmShared>,
+    hosted: RwLock<HashMap<(String, u32), Hosted>>,
+    reconcile_lock: tokio::sync::Mutex<()>,
+    started: Instant,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node_id", &self.config.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn storage_err(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Storage(crate::log::LogError::Invalid(e.to_string()))
+}
+
+/// Opens a group's log, store and state machine and starts its Raft.
+async fn open_group(
+    name: &str,
+    node_id: u64,
+    dir: PathBuf,
+    log_config: LogConfig,
+    machine: Machine,
+    channels: &Channels,
+    writer_config: WriterConfig,
+    observer: Option<SyncObserver>,
+) -> Result<(Raft, Arc<PartitionWriter>, GroupSm, mpsc::UnboundedReceiver<u64>), BrokerError> {
+    let log = PartitionLog::open_dir(&dir, log_config)?;
+    let writer = Arc::new(
+        PartitionWriter::spawn_observed(log, writer_config, observer).map_err(storage_err)?,
+    );
+    let hint = Arc::new(Mutex::new(InstallHint::default()));
+    let store = LogStore::open(writer.clone(), hint.clone()).map_err(storage_err)?;
+    let (trim_tx, trim_rx) = mpsc::unbounded_channel();
+    let sm = GroupSm::open(dir, machine, hint, trim_tx).map_err(storage_err)?;
+    let config = Arc::new(raft_config("strata").map_err(storage_err)?);
+    let raft = Raft::new(
+        node_id,
+        config,
+        NetworkFactory::new(channels.clone(), name.to_owned()),
+        store,
+        sm.clone(),
+    )
+    .await
+    .map_err(storage_err)?;
+    Ok((raft, writer, sm, trim_rx))
+}
+
+impl Cluster {
+    /// Opens the metadata group, starts reconciling, and (with peers)
+    /// initializes the cluster if this node has never been part of one.
+    pub async fn start(
+        config: ClusterConfig,
+        broker: BrokerConfig,
+        metrics: Metrics,
+    ) -> Result<Arc<Cluster>, BrokerError> {
+        let channels = Channels::default();
+        let groups: Groups = Arc::default();
+        let dir = broker.data_dir.join("raft-meta");
+        let (meta, _writer, sm, _trims) = open_group(
+            META_GROUP,
+            config.node_id,
+            dir,
+            LogConfig::default(),
+            Machine::Meta(MetaState::default()),
+            &channels,
+            WriterConfig::default(),
+            None,
+        )
+        .await?;
+        groups
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(META_GROUP.to_owned(), meta.clone());
+        let cluster = Arc::new(Cluster {
+            config,
+            broker,
+            metrics,
+            groups,
+            channels,
+            meta,
+            meta_sm: sm.shared().clone(),
+            hosted: RwLock::default(),
+            reconcile_lock: tokio::sync::Mutex::new(()),
+            started: Instant::now(),
+        });
+        if !cluster.config.peers.is_empty() {
+            cluster.init(cluster.config.peers.clone()).await?;
+        }
+        tokio::spawn(reconcile_loop(Arc::downgrade(&cluster)));
+        tokio::spawn(register_loop(Arc::downgrade(&cluster)));
+        Ok(cluster)
+    }
+
+    /// The Raft groups hosted here (for the peer service).
+    pub fn groups(&self) -> Groups {
+        self.groups.clone()
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> u64 {
+        self.config.node_id
+    }
+
+    /// Initializes the metadata group with `peers` as voters, unless this
+    /// node already belongs to a cluster (then nothing changes).
+    pub async fn init(&self, peers: BTreeMap<u64, String>) -> Result<bool, BrokerError> {
+        if !peers.contains_key(&self.config.node_id) {
+            return Err(BrokerError::InvalidRequest(format!(
+                "the initial members {:?} do not include this node ({})",
+                peers.keys().collect::<Vec<_>>(),
+                self.config.node_id
+            )));
+        }
+        if self.meta.is_initialized().await.map_err(storage_err)? {
+            return Ok(false);
+        }
+        let members: BTreeMap<u64, NodeInfo> = peers
+            .into_iter()
+            .map(|(id, raft_addr)| {
+                let info = if id == self.config.node_id {
+                    self.config.node.clone()
+                } else {
+                    NodeInfo {
+                        raft_addr,
+                        ..Default::default()
+                    }
+                };
+                (id, info)
+            })
+            .collect();
+        match self.meta.initialize(members).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.api_error().is_some() => Ok(false),
+            Err(e) => Err(storage_err(e)),
+        }
+    }
+
+    /// A copy of the applied metadata.
+    pub fn meta_state(&self) -> MetaState {
+        self.meta_sm
+            .state()
+            .meta()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The metadata group's Raft.
+    pub fn meta_raft(&self) -> &Raft {
+        &self.meta
+    }
+
+    fn hints(&self) -> LeaderHints {
+        let sm = self.meta_sm.clone();
+        Arc::new(move |node| {
+            sm.state()
+                .meta()
+                .and_then(|m| m.nodes.get(&node))
+                .map(|n| n.grpc_addr.clone())
+                .filter(|a| !a.is_empty())
+        })
+    }
+
+    /// The client address of a node, if known.
+    pub fn grpc_addr_of(&self, node: u64) -> Option<String> {
+        (self.hints())(node)
+    }
+
+    /// Writes a metadata command through the metadata leader, wherever it
+    /// is; retries while no leader is known, up to a deadline.
+    pub async fn meta_write(&self, cmd: MetaCmd) -> Result<Reply, BrokerError> {
+        let deadline = Instant::now() + META_WRITE_DEADLINE;
+        loop {
+            let err = match self.meta.client_write(Cmd::Meta(cmd.clone())).await {
+                Ok(r) => return Ok(r.data),
+                Err(e) => match e.forward_to_leader() {
+                    Some(f) => match &f.leader_node {
+                        Some(node) if f.leader_id != Some(self.config.node_id) => {
+                            match self.forward(&node.raft_addr, &cmd).await {
+                                Ok(r) => return Ok(r),
+                                Err(e) => e,
+                            }
+                        }
+                        _ => "no metadata leader yet".to_owned(),
+                    },
+                    None => e.to_string(),
+                },
+            };
+            if Instant::now() > deadline {
+                return Err(BrokerError::NotLeader { leader: None }).map_err(|e| {
+                    tracing::warn!(error = %err, "metadata write gave up");
+                    e
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn forward(&self, raft_addr: &str, cmd: &MetaCmd) -> Result<Reply, String> {
+        let channel = self.channels.get(raft_addr).map_err(|e| e.to_string())?;
+        let mut client = strata_proto::raft_pb::raft_peer_client::RaftPeerClient::new(channel);
+        let mut req = tonic::Request::new(strata_proto::raft_pb::RaftMessage {
+            group: META_GROUP.to_owned(),
+            body: encode(cmd).map_err(|e| e.to_string())?.into(),
+        });
+        req.set_timeout(Duration::from_secs(5));
+        let resp = client.meta_write(req).await.map_err(|s| s.to_string())?;
+        decode(&resp.into_inner().body).map_err(|e| e.to_string())
+    }
+
+    /// Executes a forwarded metadata write (this node should lead).
+    pub async fn meta_write_local(&self, cmd: MetaCmd) -> Result<Reply, String> {
+        self.meta
+            .client_write(Cmd::Meta(cmd))
+            .await
+            .map(|r| r.data)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The hosted partition, or why it cannot be served here.
+    pub fn partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>, BrokerError> {
+        if let Some(h) = self
+            .hosted
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(topic.to_owned(), partition))
+        {
+            return Ok(h.partition.clone());
+        }
+        let meta = self.meta_state();
+        let t = meta
+            .topics
+            .get(topic)
+            .ok_or_else(|| BrokerError::UnknownTopic(topic.to_owned()))?;
+        if partition as usize >= t.placement.len() {
+            return Err(BrokerError::UnknownPartition {
+                topic: topic.to_owned(),
+                partition,
+                partitions: t.placement.len() as u32,
+            });
+        }
+        let leader = meta
+            .leaders
+            .get(&(topic.to_owned(), partition))
+            .map(|l| l.node)
+            .or_else(|| t.placement[partition as usize].first().copied());
+        Err(BrokerError::NotLeader {
+            leader: leader.and_then(|n| self.grpc_addr_of(n)),
+        })
+    }
+
+    /// Hosted partitions.
+    pub fn hosted(&self) -> Vec<Arc<Partition>> {
+        self.hosted
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|h| h.partition.clone())
+            .collect()
+    }
+
+    /// Creates a topic, placing replicas on distinct nodes.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication: u32,
+        settings: TopicSettings,
+    ) -> Result<TopicMeta, BrokerError> {
+        validate_topic_name(name)?;
+        if partitions == 0 || partitions > self.broker.partitions_max {
+            return Err(BrokerError::InvalidConfig(format!(
+                "partitions must be between 1 and {}, got {partitions}",
+                self.broker.partitions_max
+            )));
+        }
+        settings.validate(&self.broker.log)?;
+        let meta = self.meta_state();
+        let nodes: Vec<u64> = meta.nodes.keys().copied().collect();
+        let replication = if replication == 0 { 1 } else { replication };
+        if !(1..=5).contains(&replication) || replication as usize > nodes.len() {
+            return Err(BrokerError::InvalidConfig(format!(
+                "replication factor must be between 1 and min(5, nodes = {}), got {replication}",
+                nodes.len()
+            )));
+        }
+        let start = (xxhash_start(name) % nodes.len() as u64) as usize;
+        let t = TopicMeta {
+            name: name.to_owned(),
+            settings,
+            replication,
+            placement: place(&nodes, partitions, replication, start),
+            initial: place(&nodes, partitions, replication, start),
+        };
+        match self.meta_write(MetaCmd::CreateTopic(t.clone())).await? {
+            Reply::Refused(r) => Err(r.into()),
+            _ => Ok(t),
+        }
+    }
+
+    /// Applies a metadata command that must succeed.
+    pub async fn meta_command(&self, cmd: MetaCmd) -> Result<u64, BrokerError> {
+        match self.meta_write(cmd).await? {
+            Reply::Refused(r) => Err(r.into()),
+            Reply::Done(n) => Ok(n),
+            _ => Ok(0),
+        }
+    }
+
+    /// Waits until this node's metadata has applied everything committed
+    /// when the call started (read-your-writes for the CLI after a create).
+    pub async fn wait_meta_applied(&self, timeout: Duration) {
+        let target = self.meta.metrics().borrow_watched().local_committed.map(|c| c.index);
+        if let Some(t) = target {
+            let _ = self
+                .meta
+                .wait(Some(timeout))
+                .applied_index_at_least(Some(t), "metadata caught up")
+                .await;
+        }
+    }
+
+    /// Adds a node to the metadata group as a voter (call on any node).
+    pub async fn add_node(&self, id: u64, info: NodeInfo) -> Result<(), BrokerError> {
+        let leader = self.meta_leader()?;
+        if leader != self.config.node_id {
+            return Err(BrokerError::NotLeader {
+                leader: self.grpc_addr_of(leader),
+            });
+        }
+        self.meta
+            .add_learner(id, info.clone(), true)
+            .await
+            .map_err(|e| BrokerError::InvalidRequest(format!("adding node {id}: {e}")))?;
+        let mut voters: BTreeSet<u64> = self.meta.voter_ids().collect();
+        voters.insert(id);
+        self.meta
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| BrokerError::InvalidRequest(format!("adding node {id}: {e}")))?;
+        self.meta_command(MetaCmd::RegisterNode { id, info }).await?;
+        Ok(())
+    }
+
+    /// Removes a node that hosts no replicas from the metadata group.
+    pub async fn remove_node(&self, id: u64) -> Result<(), BrokerError> {
+        let leader = self.meta_leader()?;
+        if leader != self.config.node_id {
+            return Err(BrokerError::NotLeader {
+                leader: self.grpc_addr_of(leader),
+            });
+        }
+        self.meta_command(MetaCmd::RemoveNode { id }).await?;
+        let voters: BTreeSet<u64> = self.meta.voter_ids().filter(|v| *v != id).collect();
+        self.meta
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| BrokerError::InvalidRequest(format!("removing node {id}: {e}")))?;
+        Ok(())
+    }
+
+    fn meta_leader(&self) -> Result<u64, BrokerError> {
+        self.meta
+            .metrics()
+            .borrow_watched()
+            .current_leader
+            .ok_or(BrokerError::NotLeader { leader: None })
+    }
+
+    /// Moves a partition to `replicas` (call on the partition's leader):
+    /// new replicas join as learners, catch up (from a snapshot if the
+    /// log was trimmed), then the voter set is replaced.
+    pub async fn reassign(
+        &self,
+        topic: &str,
+        partition: u32,
+        replicas: Vec<u64>,
+    ) -> Result<(), BrokerError> {
+        let p = self.partition(topic, partition)?;
+        p.check_leader()?;
+        let Some(raft) = p.raft().cloned() else {
+            unreachable!("cluster partitions are replicated")
+        };
+        let meta = self.meta_state();
+        let mut distinct = replicas.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        if replicas.is_empty() || distinct.len() != replicas.len() || replicas.len() > 5 {
+            return Err(BrokerError::InvalidRequest(
+                "replicas must be 1 to 5 distinct node ids".into(),
+            ));
+        }
+        let mut infos = Vec::new();
+        for id in &replicas {
+            let info = meta.nodes.get(id).cloned().ok_or_else(|| {
+                BrokerError::InvalidRequest(format!("node {id} is not in the cluster"))
+            })?;
+            infos.push((*id, info));
+        }
+        self.meta_command(MetaCmd::AssignReplicas {
+            topic: topic.to_owned(),
+            partition,
+            replicas: replicas.clone(),
+        })
+        .await?;
+        let voters: BTreeSet<u64> = raft.voter_ids().collect();
+        for (id, info) in infos {
+            if !voters.contains(&id) {
+                raft.add_learner(id, info, true)
+                    .await
+                    .map_err(|e| BrokerError::InvalidRequest(format!("adding replica {id}: {e}")))?;
+            }
+        }
+        raft.change_membership(replicas.iter().copied().collect::<BTreeSet<_>>(), false)
+            .await
+            .map_err(|e| BrokerError::InvalidRequest(format!("changing replicas: {e}")))?;
+        Ok(())
+    }
+
+    /// Asks the leader of a group (hosted and led here) to hand over.
+    pub async fn transfer_leader(
+        &self,
+        topic: Option<(&str, u32)>,
+        to: u64,
+    ) -> Result<(), BrokerError> {
+        let raft = match topic {
+            None => {
+                let leader = self.meta_leader()?;
+                if leader != self.config.node_id {
+                    return Err(BrokerError::NotLeader {
+                        leader: self.grpc_addr_of(leader),
+                    });
+                }
+                self.meta.clone()
+            }
+            Some((t, p)) => {
+                let part = self.partition(t, p)?;
+                part.check_leader()?;
+                part.raft().cloned().ok_or(BrokerError::NotLeader { leader: None })?
+            }
+        };
+        if !raft.voter_ids().any(|v| v == to) {
+            return Err(BrokerError::InvalidRequest(format!(
+                "node {to} is not a voter of that group"
+            )));
+        }
+        raft.trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(storage_err)?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut m = raft.metrics();
+        while m.borrow_watched().current_leader != Some(to) {
+            if Instant::now() > deadline {
+                return Err(BrokerError::InvalidRequest(format!(
+                    "leadership did not move to node {to} within 5 s"
+                )));
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(200), m.changed()).await;
+        }
+        Ok(())
+    }
+
+    /// Opens or closes partition groups to match the applied metadata.
+    async fn reconcile(self: &Arc<Self>) {
+        let _guard = self.reconcile_lock.lock().await;
+        let meta = self.meta_state();
+        let me = self.config.node_id;
+        let mut wanted = Vec::new();
+        for t in meta.topics.values() {
+            for (p, replicas) in t.placement.iter().enumerate() {
+                if replicas.contains(&me) {
+                    wanted.push((t.clone(), p as u32));
+                }
+            }
+        }
+        let open: Vec<(String, u32)> = self
+            .hosted
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        for (t, p) in wanted {
+            let key = (t.name.clone(), p);
+            if open.contains(&key) {
+                let log_config = t.settings.to_log_config(&self.broker.log);
+                if let Some(h) = self
+                    .hosted
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&key)
+                    && *h.partition.writer().read().config() != log_config
+                    && let Err(e) = h.partition.set_config(log_config)
+                {
+                    tracing::error!(topic = %t.name, partition = p, error = %e, "cannot apply new settings");
+                }
+                continue;
+            }
+            if let Err(e) = self.open_partition(&meta, &t, p).await {
+                tracing::error!(topic = %t.name, partition = p, error = %e, "cannot open partition");
+            }
+        }
+        for key in open {
+            let placed = meta
+                .replicas(&key.0, key.1)
+                .is_some_and(|r| r.contains(&me));
+            if !placed {
+                self.close_partition(&key).await;
+            }
+        }
+    }
+
+    async fn open_partition(
+        self: &Arc<Self>,
+        meta: &MetaState,
+        t: &TopicMeta,
+        p: u32,
+    ) -> Result<(), BrokerError> {
+        let name = group_name(&t.name, p);
+        let dir = self
+            .broker
+            .data_dir
+            .join("topics")
+            .join(&t.name)
+            .join(p.to_string());
+        let fsync = self
+            .metrics
+            .fsync
+            .with_label_values(&[t.name.as_str()]);
+        let observer: SyncObserver = Arc::new(move |d| fsync.observe(d.as_secs_f64()));
+        let (raft, writer, sm, mut trims) = open_group(
+            &name,
+            self.config.node_id,
+            dir.clone(),
+            t.settings.to_log_config(&self.broker.log),
+            Machine::Partition(PartitionState::default()),
+            &self.channels,
+            WriterConfig {
+                queue_depth: self.broker.writer_queue_depth,
+                ..WriterConfig::default()
+            },
+            Some(observer),
+        )
+        .await?;
+        self.groups
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.clone(), raft.clone());
+        let initial = t.initial.get(p as usize).cloned().unwrap_or_default();
+        if initial.contains(&self.config.node_id)
+            && !raft.is_initialized().await.map_err(storage_err)?
+        {
+            let members: BTreeMap<u64, NodeInfo> = initial
+                .iter()
+                .map(|id| (*id, meta.nodes.get(id).cloned().unwrap_or_default()))
+                .collect();
+            if let Err(e) = raft.initialize(members).await
+                && e.api_error().is_none()
+            {
+                return Err(storage_err(e));
+            }
+        }
+        let partition = Arc::new(Partition::replicated(
+            &t.name,
+            p,
+            self.config.node_id,
+            writer,
+            raft.clone(),
+            sm.shared().clone(),
+            self.hints(),
+        ));
+        let mut tasks = Vec::new();
+        // Trim points: build the pinned snapshot, then purge up to it.
+        let r = raft.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(upto) = trims.recv().await {
+                if r.trigger().snapshot().await.is_err() {
+                    return;
+                }
+                let _ = r
+                    .wait(Some(Duration::from_secs(10)))
+                    .metrics(
+                        |m| m.snapshot.is_some_and(|s| s.index >= upto),
+                        "trim snapshot built",
+                    )
+                    .await;
+                if r.trigger().purge_log(upto).await.is_err() {
+                    return;
+                }
+            }
+        }));
+        // Report leadership to the metadata group.
+        let weak = Arc::downgrade(self);
+        let (topic, r) = (t.name.clone(), raft.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut m = r.metrics();
+            let mut reported = 0u64;
+            loop {
+                let (leading, term) = {
+                    let m = m.borrow_watched();
+                    (m.state == ServerState::Leader, m.current_term)
+                };
+                if leading && term > reported {
+                    let Some(c) = weak.upgrade() else { return };
+                    let cmd = MetaCmd::SetLeader {
+                        topic: topic.clone(),
+                        partition: p,
+                        leader: LeaderRecord {
+                            node: c.config.node_id,
+                            term,
+                        },
+                    };
+                    if c.meta_write(cmd).await.is_ok() {
+                        reported = term;
+                    }
+                    continue;
+                }
+                if m.changed().await.is_err() {
+                    return;
+                }
+            }
+        }));
+        self.hosted.write().unwrap_or_else(|e| e.into_inner()).insert(
+            (t.name.clone(), p),
+            Hosted {
+                partition,
+                raft,
+                dir,
+                tasks,
+            },
+        );
+        tracing::info!(topic = %t.name, partition = p, "partition replica opened");
+        Ok(())
+    }
+
+    async fn close_partition(&self, key: &(String, u32)) {
+        let Some(h) = self
+            .hosted
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key)
+        else {
+            return;
+        };
+        self.groups
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&group_name(&key.0, key.1));
+        for t in &h.tasks {
+            t.abort();
+        }
+        let _ = h.raft.shutdown().await;
+        let _ = h.partition.close();
+        drop(h.partition);
+        if let Err(e) = std::fs::remove_dir_all(&h.dir) {
+            tracing::warn!(dir = %h.dir.display(), error = %e, "could not remove a moved or deleted partition's data");
+        }
+        tracing::info!(topic = %key.0, partition = key.1, "partition replica closed");
+    }
+
+    /// Stops every group (flushes nothing more: every ack was fsynced).
+    pub async fn shutdown(&self) {
+        let hosted: Vec<_> = self
+            .hosted
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
+        for (_, h) in hosted {
+            for t in &h.tasks {
+                t.abort();
+            }
+            let _ = h.raft.shutdown().await;
+        }
+        let _ = self.meta.shutdown().await;
+    }
+
+    /// Seconds since this node started.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+fn xxhash_start(name: &str) -> u64 {
+    name.bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+
+async fn reconcile_loop(weak: std::sync::Weak<Cluster>) {
+    let mut changes = match weak.upgrade() {
+        Some(c) => c.meta_sm.applied_watch.subscribe(),
+        None => return,
+    };
+    loop {
+        {
+            let Some(c) = weak.upgrade() else { return };
+            c.reconcile().await;
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Keeps this node's addresses registered in the metadata.
+async fn register_loop(weak: std::sync::Weak<Cluster>) {
+    let mut changes = match weak.upgrade() {
+        Some(c) => c.meta_sm.applied_watch.subscribe(),
+        None => return,
+    };
+    loop {
+        {
+            let Some(c) = weak.upgrade() else { return };
+            let id = c.config.node_id;
+            let m = c.meta.metrics().borrow_watched().clone();
+            let member = m.membership_config.membership().get_node(&id).is_some();
+            let registered = c.meta_state().nodes.get(&id) == Some(&c.config.node);
+            if member && m.current_leader.is_some() && !registered {
+                let cmd = MetaCmd::RegisterNode {
+                    id,
+                    info: c.config.node.clone(),
+                };
+                if let Err(e) = c.meta_write(cmd).await {
+                    tracing::warn!(error = %e, "cannot register this node yet");
+                }
+                continue;
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(500), changes.changed()).await;
+    }
+}

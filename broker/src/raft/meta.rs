@@ -23,6 +23,8 @@ pub struct TopicMeta {
     /// Replica node ids of every partition (the first is the preferred
     /// leader).
     pub placement: Vec<Vec<u64>>,
+    /// The placement at creation: these replicas initialize the group.
+    pub initial: Vec<Vec<u64>>,
 }
 
 /// The last leader a partition's group reported.
@@ -264,6 +266,7 @@ mod tests {
             settings: TopicSettings::default(),
             replication: 1,
             placement: vec![vec![1]],
+            initial: vec![vec![1]],
         };
         assert_eq!(s.apply(&MetaCmd::CreateTopic(t.clone())), Reply::Done(0));
         let before = s.clone();

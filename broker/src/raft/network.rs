@@ -317,6 +317,17 @@ impl RaftPeer for PeerService {
         reply(&m.group, &r)
     }
 
+    async fn meta_write(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let m = req.into_inner();
+        let raft = self.group(super::cluster::META_GROUP)?;
+        let cmd: super::MetaCmd = decode(&m.body).map_err(bad)?;
+        let r = raft
+            .client_write(super::Cmd::Meta(cmd))
+            .await
+            .map_err(unavailable)?;
+        reply(&m.group, &r.data)
+    }
+
     async fn install_snapshot(
         &self,
         req: Request<Streaming<RaftMessage>>,

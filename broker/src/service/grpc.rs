@@ -11,7 +11,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::broker::{Broker, PartitionStatus, Topic};
+use crate::broker::{Broker, PartitionView, TopicView};
 use crate::error::BrokerError;
 use crate::topic::{Acks, TopicSettings};
 
@@ -66,11 +66,12 @@ fn settings_to_pb(s: &TopicSettings) -> pb::TopicConfig {
     }
 }
 
-fn partition_to_pb(node: u64, s: &PartitionStatus) -> pb::PartitionInfo {
+fn partition_to_pb(v: &PartitionView) -> pb::PartitionInfo {
+    let s = &v.status;
     pb::PartitionInfo {
         partition: s.partition,
-        leader: node,
-        replicas: vec![node],
+        leader: v.leader,
+        replicas: v.replicas.clone(),
         log_start_offset: s.log_start_offset,
         high_watermark: s.high_watermark,
         size_bytes: s.size_bytes,
@@ -78,17 +79,12 @@ fn partition_to_pb(node: u64, s: &PartitionStatus) -> pb::PartitionInfo {
     }
 }
 
-fn describe(broker: &Broker, t: &Topic) -> pb::TopicDescription {
-    let node = broker.config().node_id;
+fn describe(t: &TopicView) -> pb::TopicDescription {
     pb::TopicDescription {
-        name: t.record.name.clone(),
-        partitions: t.record.partitions,
-        config: Some(settings_to_pb(&t.record.settings)),
-        partition_info: broker
-            .partition_status(t)
-            .iter()
-            .map(|s| partition_to_pb(node, s))
-            .collect(),
+        name: t.name.clone(),
+        partitions: t.partitions.len() as u32,
+        config: Some(settings_to_pb(&t.settings)),
+        partition_info: t.partitions.iter().map(partition_to_pb).collect(),
     }
 }
 
@@ -231,6 +227,7 @@ impl Strata for GrpcService {
         let r = self
             .broker
             .init_producer()
+            .await
             .map(|(id, epoch)| pb::InitProducerResponse {
                 producer_id: id,
                 producer_epoch: u32::from(epoch),
@@ -405,22 +402,28 @@ impl Strata for GrpcService {
         let started = Instant::now();
         let r = req.into_inner();
         let result = (|| {
-            let topics = if r.topics.is_empty() {
-                self.broker.topics()
-            } else {
-                r.topics
-                    .iter()
-                    .map(|t| self.broker.topic(t))
-                    .collect::<Result<_, _>>()?
-            };
+            let topics = self.broker.topic_views(&r.topics)?;
             let c = self.broker.config();
-            Ok(pb::MetadataResponse {
-                brokers: vec![pb::BrokerInfo {
+            let brokers = match self.broker.cluster() {
+                Some(cl) => cl
+                    .meta_state()
+                    .nodes
+                    .iter()
+                    .map(|(id, n)| pb::BrokerInfo {
+                        node_id: *id,
+                        grpc_addr: n.grpc_addr.clone(),
+                        http_addr: n.http_addr.clone(),
+                    })
+                    .collect(),
+                None => vec![pb::BrokerInfo {
                     node_id: c.node_id,
                     grpc_addr: c.grpc_addr.to_string(),
                     http_addr: c.http_addr.to_string(),
                 }],
-                topics: topics.iter().map(|t| describe(&self.broker, t)).collect(),
+            };
+            Ok(pb::MetadataResponse {
+                brokers,
+                topics: topics.iter().map(describe).collect(),
             })
         })();
         self.observe("metadata", started, result)
@@ -432,24 +435,18 @@ impl Strata for GrpcService {
     ) -> Result<Response<pb::CreateTopicResponse>, Status> {
         let started = Instant::now();
         let r = req.into_inner();
-        let broker = self.broker.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let t = broker.create_topic(
+        let result = self
+            .broker
+            .create_topic(
                 &r.name,
                 r.partitions,
                 r.replication_factor,
                 settings_from_pb(r.config),
-            )?;
-            Ok(pb::CreateTopicResponse {
-                topic: Some(describe(&broker, &t)),
-            })
-        })
-        .await
-        .unwrap_or_else(|e| {
-            Err(BrokerError::InvalidRequest(format!(
-                "create task failed: {e}"
-            )))
-        });
+            )
+            .await
+            .map(|t| pb::CreateTopicResponse {
+                topic: Some(describe(&t)),
+            });
         self.observe("create_topic", started, result)
     }
 
@@ -458,17 +455,13 @@ impl Strata for GrpcService {
         _: Request<pb::ListTopicsRequest>,
     ) -> Result<Response<pb::ListTopicsResponse>, Status> {
         let started = Instant::now();
-        let topics = self
+        let r = self
             .broker
-            .topics()
-            .iter()
-            .map(|t| describe(&self.broker, t))
-            .collect();
-        self.observe(
-            "list_topics",
-            started,
-            Ok(pb::ListTopicsResponse { topics }),
-        )
+            .topic_views(&[])
+            .map(|v| pb::ListTopicsResponse {
+                topics: v.iter().map(describe).collect(),
+            });
+        self.observe("list_topics", started, r)
     }
 
     async fn describe_topic(
@@ -476,10 +469,12 @@ impl Strata for GrpcService {
         req: Request<pb::DescribeTopicRequest>,
     ) -> Result<Response<pb::TopicDescription>, Status> {
         let started = Instant::now();
+        let name = req.into_inner().name;
         let r = self
             .broker
-            .topic(&req.into_inner().name)
-            .map(|t| describe(&self.broker, &t));
+            .topic_views(std::slice::from_ref(&name))
+            .and_then(|mut v| v.pop().ok_or(BrokerError::UnknownTopic(name)))
+            .map(|t| describe(&t));
         self.observe("describe_topic", started, r)
     }
 
@@ -492,7 +487,8 @@ impl Strata for GrpcService {
         let r = self
             .broker
             .alter_topic(&r.name, &settings_from_pb(r.config))
-            .map(|t| describe(&self.broker, &t));
+            .await
+            .map(|t| describe(&t));
         self.observe("alter_topic_config", started, r)
     }
 
@@ -502,14 +498,10 @@ impl Strata for GrpcService {
     ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
         let started = Instant::now();
         let name = req.into_inner().name;
-        let broker = self.broker.clone();
-        let r = tokio::task::spawn_blocking(move || broker.delete_topic(&name))
+        let r = self
+            .broker
+            .delete_topic(&name)
             .await
-            .unwrap_or_else(|e| {
-                Err(BrokerError::InvalidRequest(format!(
-                    "delete task failed: {e}"
-                )))
-            })
             .map(|()| pb::DeleteTopicResponse {});
         self.observe("delete_topic", started, r)
     }
@@ -521,14 +513,10 @@ impl Strata for GrpcService {
         let started = Instant::now();
         let r = req.into_inner();
         let offsets: Vec<(u32, u64)> = r.offsets.iter().map(|o| (o.partition, o.offset)).collect();
-        let broker = self.broker.clone();
-        let r = tokio::task::spawn_blocking(move || broker.commit(&r.group, &r.topic, &offsets))
+        let r = self
+            .broker
+            .commit(&r.group, &r.topic, &offsets)
             .await
-            .unwrap_or_else(|e| {
-                Err(BrokerError::InvalidRequest(format!(
-                    "commit task failed: {e}"
-                )))
-            })
             .map(|()| pb::CommitOffsetsResponse {});
         self.observe("commit_offsets", started, r)
     }
@@ -542,6 +530,7 @@ impl Strata for GrpcService {
         let r = self
             .broker
             .committed(&r.group, &r.topic)
+            .await
             .map(|v| pb::FetchCommittedResponse {
                 offsets: v
                     .into_iter()

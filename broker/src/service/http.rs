@@ -160,8 +160,7 @@ async fn ingest_inner(
     if body.records.is_empty() {
         return Err(bad_request("records is empty"));
     }
-    let t = st.broker.topic(topic)?;
-    let partitions = t.record.partitions;
+    let partitions = st.broker.partition_count(topic)?;
     // Validate and place every record before anything is written.
     let now = now_ms();
     let mut by_partition: BTreeMap<u32, Vec<(usize, Record)>> = BTreeMap::new();
