@@ -1,6 +1,7 @@
 //! `Admin`: topics, offsets, groups and metadata, over one gRPC connection.
 //! Also the connection helper every client type uses.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use strata_proto::pb::{self, strata_client::StrataClient};
@@ -10,6 +11,96 @@ use crate::error::{ClientError, Result};
 
 /// Largest gRPC message the client sends or accepts.
 pub const MESSAGE_BYTES_MAX: usize = 64 << 20;
+
+/// Clients to every broker of a cluster, by address, so a producer or
+/// consumer can follow a partition's leader: on `NOT_LEADER` with a hint it
+/// moves there; on a hint-less failure (the node is down, or no leader is
+/// elected yet) it tries the next known broker, which answers with a hint
+/// or serves itself.
+#[derive(Debug, Clone)]
+pub struct Router {
+    bootstrap: String,
+    clients: Arc<std::sync::Mutex<std::collections::BTreeMap<String, StrataClient<Channel>>>>,
+}
+
+impl Router {
+    /// A router seeded with the broker at `addr` (already connected).
+    pub fn new(addr: &str, client: StrataClient<Channel>) -> Self {
+        let mut m = std::collections::BTreeMap::new();
+        m.insert(addr.to_owned(), client);
+        Router {
+            bootstrap: addr.to_owned(),
+            clients: Arc::new(std::sync::Mutex::new(m)),
+        }
+    }
+
+    /// The client of `addr` (connecting lazily).
+    pub fn client(&self, addr: &str) -> Result<StrataClient<Channel>> {
+        let mut m = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = m.get(addr) {
+            return Ok(c.clone());
+        }
+        let c = StrataClient::new(endpoint(addr)?.connect_lazy())
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX);
+        m.insert(addr.to_owned(), c.clone());
+        Ok(c)
+    }
+
+    /// Learns the cluster's brokers from the metadata (best effort).
+    pub async fn refresh(&self) {
+        let Ok(c) = self.client(&self.bootstrap) else {
+            return;
+        };
+        if let Ok(r) = c.clone().metadata(pb::MetadataRequest::default()).await {
+            for b in r.into_inner().brokers {
+                if !b.grpc_addr.is_empty() {
+                    let _ = self.client(&b.grpc_addr);
+                }
+            }
+        }
+    }
+
+    /// Where to go after `err` from the broker at `current`: the hinted
+    /// leader, else the next known broker.
+    pub fn next(&self, current: &str, err: &ClientError) -> Option<String> {
+        if let ClientError::NotLeader {
+            leader: Some(l), ..
+        } = err
+        {
+            return Some(l.clone());
+        }
+        if !err.is_retriable() {
+            return None;
+        }
+        let m = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let addrs: Vec<&String> = m.keys().collect();
+        let i = addrs.iter().position(|a| *a == current).map_or(0, |i| i + 1);
+        addrs.get(i % addrs.len().max(1)).map(|a| (*a).clone())
+    }
+
+    /// The address the router was seeded with.
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+}
+
+fn endpoint(addr: &str) -> Result<Endpoint> {
+    let url = if addr.starts_with("http://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    };
+    Ok(Endpoint::from_shared(url)
+        .map_err(|e| ClientError::Invalid(format!("address {addr:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true)
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(32 << 20)))
+}
 
 /// Connects to a broker's gRPC address (`host:port`), with HTTP/2
 /// keep-alive so a dead connection is noticed.

@@ -15,12 +15,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use strata_proto::batch::{BatchLimits, Header, decode_records};
-use strata_proto::pb::{self, strata_client::StrataClient};
+use strata_proto::pb;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 
-use crate::admin::{Admin, OffsetSpec, connect};
+use crate::admin::{Admin, OffsetSpec, Router, connect};
 use crate::error::{ClientError, Result};
 
 /// What to do when a group has no committed offset for a partition.
@@ -97,7 +96,7 @@ type Delivered = (u32, u64, Result<pb::FetchResponse>);
 
 /// Reads records from Strata.
 pub struct Consumer {
-    client: StrataClient<Channel>,
+    router: Router,
     admin: Admin,
     config: ConsumerConfig,
     topic: String,
@@ -142,6 +141,8 @@ impl Consumer {
         config: ConsumerConfig,
     ) -> Result<Self> {
         let client = connect(addr).await?;
+        let router = Router::new(addr, client);
+        router.refresh().await;
         let admin = Admin::connect(addr).await?;
         let d = admin.describe_topic(topic).await?;
         let partitions = partitions.unwrap_or_else(|| (0..d.partitions).collect());
@@ -157,7 +158,7 @@ impl Consumer {
         };
         let (tx, rx) = mpsc::channel(config.buffered_messages.max(1));
         let mut c = Consumer {
-            client,
+            router,
             admin,
             topic: topic.to_owned(),
             positions: BTreeMap::new(),
@@ -210,7 +211,7 @@ impl Consumer {
         self.fetched.insert(partition, offset);
         self.buffered.retain(|r| r.partition != partition);
         let task = tokio::spawn(fetch_loop(
-            self.client.clone(),
+            self.router.clone(),
             self.topic.clone(),
             partition,
             offset,
@@ -369,7 +370,7 @@ impl Consumer {
 }
 
 async fn fetch_loop(
-    client: StrataClient<Channel>,
+    router: Router,
     topic: String,
     partition: u32,
     mut offset: u64,
@@ -378,7 +379,15 @@ async fn fetch_loop(
     tx: mpsc::Sender<Delivered>,
 ) {
     let mut backoff = Duration::from_millis(50);
+    let mut addr = router.bootstrap().to_owned();
     loop {
+        let client = match router.client(&addr) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = tx.send((partition, gen_, Err(e))).await;
+                return;
+            }
+        };
         let req = pb::FetchRequest {
             topic: topic.clone(),
             partition,
@@ -414,6 +423,9 @@ async fn fetch_loop(
             return;
         }
         tracing::debug!(partition, error = %err, "fetch interrupted; reconnecting");
+        if let Some(next) = router.next(&addr, &err) {
+            addr = next;
+        }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }

@@ -61,6 +61,14 @@ pub enum ClientError {
         /// Partition.
         partition: u32,
     },
+    /// The node asked does not lead the partition; retry at `leader`.
+    #[error("{message}")]
+    NotLeader {
+        /// The leader's client address, if the node knew it.
+        leader: Option<String>,
+        /// The broker's message.
+        message: String,
+    },
     /// The producer or consumer was closed.
     #[error("closed")]
     Closed,
@@ -72,6 +80,7 @@ impl ClientError {
         matches!(
             self,
             ClientError::Unavailable(_)
+                | ClientError::NotLeader { .. }
                 | ClientError::Broker {
                     code: ErrorCode::NotLeader | ErrorCode::ShuttingDown | ErrorCode::StorageError,
                     ..
@@ -85,6 +94,7 @@ impl ClientError {
             ClientError::OffsetOutOfRange { .. } => Some(ErrorCode::OffsetOutOfRange),
             ClientError::UnknownTopic(_) => Some(ErrorCode::UnknownTopic),
             ClientError::Broker { code, .. } => Some(*code),
+            ClientError::NotLeader { .. } => Some(ErrorCode::NotLeader),
             _ => None,
         }
     }
@@ -115,6 +125,10 @@ impl From<tonic::Status> for ClientError {
                 high_watermark: d.high_watermark.unwrap_or(0),
             },
             ErrorCode::UnknownTopic => ClientError::UnknownTopic(d.message),
+            ErrorCode::NotLeader => ClientError::NotLeader {
+                leader: d.leader_hint,
+                message: d.message,
+            },
             _ => ClientError::Broker {
                 code,
                 message: d.message,

@@ -26,7 +26,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use crate::admin::connect;
+use crate::admin::{Router, connect};
 use crate::error::{ClientError, Result};
 
 /// Batches in flight per partition. They travel on one ordered
@@ -137,6 +137,7 @@ struct TopicHandle {
 #[derive(Clone)]
 pub struct Producer {
     client: StrataClient<Channel>,
+    router: Router,
     config: Arc<ProducerConfig>,
     budget: Arc<Semaphore>,
     topics: Arc<Mutex<HashMap<String, TopicHandle>>>,
@@ -169,8 +170,12 @@ impl Producer {
                 "batch_bytes_max and attempts_max must be positive".into(),
             ));
         }
+        let client = connect(addr).await?;
+        let router = Router::new(addr, client.clone());
+        router.refresh().await;
         Ok(Producer {
-            client: connect(addr).await?,
+            client,
+            router,
             budget: Arc::new(Semaphore::new(config.buffer_bytes_max)),
             config: Arc::new(config),
             topics: Arc::new(Mutex::new(HashMap::new())),
@@ -198,6 +203,8 @@ impl Producer {
                 let (tx, rx) = mpsc::channel(1024);
                 let w = Worker {
                     client: self.client.clone(),
+                    addr: self.router.bootstrap().to_owned(),
+                    router: self.router.clone(),
                     config: self.config.clone(),
                     topic: topic.to_owned(),
                     partition: p,
@@ -306,7 +313,11 @@ impl Producer {
 }
 
 struct Worker {
+    /// The broker this partition's batches go to (its leader, as far as
+    /// the worker knows).
     client: StrataClient<Channel>,
+    addr: String,
+    router: Router,
     config: Arc<ProducerConfig>,
     topic: String,
     partition: u32,
@@ -321,6 +332,18 @@ struct Session {
 }
 
 impl Worker {
+    /// After a failure, moves to the partition's leader (hinted) or to the
+    /// next known broker.
+    fn reroute(&mut self, err: &ClientError) {
+        if let Some(next) = self.router.next(&self.addr, err)
+            && next != self.addr
+            && let Ok(c) = self.router.client(&next)
+        {
+            self.client = c;
+            self.addr = next;
+        }
+    }
+
     async fn open_session(&mut self) -> Result<Session> {
         let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT_PER_PARTITION * 2);
         let responses = self
@@ -424,6 +447,7 @@ impl Worker {
                     Err(e) if e.is_retriable() && batch.attempts < self.config.attempts_max => {
                         batch.attempts += 1;
                         session = None;
+                        self.reroute(&e);
                         retry.push_front(batch);
                         retry_at = Some(Instant::now() + self.backoff(batch_attempts(&retry)));
                         break;
@@ -469,6 +493,9 @@ impl Worker {
                         Err(status) => Err(ClientError::from(status)),
                     };
                     let failed = r.is_err();
+                    if let Err(e) = &r {
+                        self.reroute(e);
+                    }
                     if let Some(batch) = in_flight.pop_front() {
                         self.complete(batch, r, &mut retry, &mut retry_at, &mut reset_producer);
                     }
