@@ -206,9 +206,18 @@ impl Broker {
                                 segments: 0,
                             },
                         };
+                        // A replica's own view of its group is fresher than
+                        // the leader last reported to the metadata group.
+                        let live = hosted.get(&key).and_then(|p| {
+                            use openraft::async_runtime::WatchReceiver;
+                            p.raft()
+                                .and_then(|r| r.metrics().borrow_watched().current_leader)
+                        });
                         PartitionView {
                             status,
-                            leader: meta.leaders.get(&key).map_or(0, |l| l.node),
+                            leader: live
+                                .or_else(|| meta.leaders.get(&key).map(|l| l.node))
+                                .unwrap_or(0),
                             replicas: replicas.clone(),
                         }
                     })

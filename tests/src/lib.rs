@@ -117,9 +117,15 @@ impl BrokerProcess {
         let mut child = Command::new(bin("strata-broker"))
             .arg("--data-dir")
             .arg(&self.data_dir)
-            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            // Free ports, unless the caller fixed the addresses (a cluster
+            // node keeps its addresses across restarts, as in production).
+            .args(if self.args.iter().any(|a| a == "--grpc-addr") {
+                &[][..]
+            } else {
+                &["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"][..]
+            })
             .args(&self.args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,openraft=warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()
