@@ -537,7 +537,12 @@ impl Partition {
                 log_start_offset,
             })
             .await
-            .map_err(|e| r.write_error(&e.to_string(), e.forward_to_leader().and_then(|f| f.leader_id)))?;
+            .map_err(|e| {
+                r.write_error(
+                    &e.to_string(),
+                    e.forward_to_leader().and_then(|f| f.leader_id),
+                )
+            })?;
         report.log_start_offset = log_start_offset;
         Ok(report)
     }

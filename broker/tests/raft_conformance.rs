@@ -19,16 +19,15 @@ fn err(e: impl std::fmt::Display) -> StorageError<Tc> {
 
 impl StoreBuilder<Tc, LogStore, GroupSm, tempfile::TempDir> for Builder {
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, GroupSm), StorageError<Tc>> {
-        let tmp = tempfile::tempdir().map_err(|e| err(e))?;
+        let tmp = tempfile::tempdir().map_err(err)?;
         let dir = tmp.path().join("p0");
-        let log = PartitionLog::open_dir(&dir, LogConfig::default()).map_err(|e| err(e))?;
-        let writer =
-            Arc::new(PartitionWriter::spawn(log, WriterConfig::default()).map_err(|e| err(e))?);
+        let log = PartitionLog::open_dir(&dir, LogConfig::default()).map_err(err)?;
+        let writer = Arc::new(PartitionWriter::spawn(log, WriterConfig::default()).map_err(err)?);
         let hint = Arc::new(Mutex::new(InstallHint::default()));
-        let store = LogStore::open(writer, hint.clone()).map_err(|e| err(e))?;
+        let store = LogStore::open(writer, hint.clone()).map_err(err)?;
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
         let sm = GroupSm::open(dir, Machine::Partition(PartitionState::default()), hint, tx)
-            .map_err(|e| err(e))?;
+            .map_err(err)?;
         Ok((tmp, store, sm))
     }
 }

@@ -75,7 +75,10 @@ impl Router {
         }
         let m = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         let addrs: Vec<&String> = m.keys().collect();
-        let i = addrs.iter().position(|a| *a == current).map_or(0, |i| i + 1);
+        let i = addrs
+            .iter()
+            .position(|a| *a == current)
+            .map_or(0, |i| i + 1);
         addrs.get(i % addrs.len().max(1)).map(|a| (*a).clone())
     }
 

@@ -86,6 +86,7 @@ fn storage_err(e: impl std::fmt::Display) -> BrokerError {
 }
 
 /// Opens a group's log, store and state machine and starts its Raft.
+#[allow(clippy::too_many_arguments)]
 async fn open_group(
     name: &str,
     node_id: u64,
@@ -95,7 +96,15 @@ async fn open_group(
     channels: &Channels,
     writer_config: WriterConfig,
     observer: Option<SyncObserver>,
-) -> Result<(Raft, Arc<PartitionWriter>, GroupSm, mpsc::UnboundedReceiver<u64>), BrokerError> {
+) -> Result<
+    (
+        Raft,
+        Arc<PartitionWriter>,
+        GroupSm,
+        mpsc::UnboundedReceiver<u64>,
+    ),
+    BrokerError,
+> {
     let log = PartitionLog::open_dir(&dir, log_config)?;
     let writer = Arc::new(
         PartitionWriter::spawn_observed(log, writer_config, observer).map_err(storage_err)?,
@@ -209,11 +218,7 @@ impl Cluster {
 
     /// A copy of the applied metadata.
     pub fn meta_state(&self) -> MetaState {
-        self.meta_sm
-            .state()
-            .meta()
-            .cloned()
-            .unwrap_or_default()
+        self.meta_sm.state().meta().cloned().unwrap_or_default()
     }
 
     /// The metadata group's Raft.
@@ -258,10 +263,8 @@ impl Cluster {
                 },
             };
             if Instant::now() > deadline {
-                return Err(BrokerError::NotLeader { leader: None }).map_err(|e| {
-                    tracing::warn!(error = %err, "metadata write gave up");
-                    e
-                });
+                tracing::warn!(error = %err, "metadata write gave up");
+                return Err(BrokerError::NotLeader { leader: None });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -381,7 +384,12 @@ impl Cluster {
     /// Waits until this node's metadata has applied everything committed
     /// when the call started (read-your-writes for the CLI after a create).
     pub async fn wait_meta_applied(&self, timeout: Duration) {
-        let target = self.meta.metrics().borrow_watched().local_committed.map(|c| c.index);
+        let target = self
+            .meta
+            .metrics()
+            .borrow_watched()
+            .local_committed
+            .map(|c| c.index);
         if let Some(t) = target {
             let _ = self
                 .meta
@@ -409,7 +417,8 @@ impl Cluster {
             .change_membership(voters, false)
             .await
             .map_err(|e| BrokerError::InvalidRequest(format!("adding node {id}: {e}")))?;
-        self.meta_command(MetaCmd::RegisterNode { id, info }).await?;
+        self.meta_command(MetaCmd::RegisterNode { id, info })
+            .await?;
         Ok(())
     }
 
@@ -477,9 +486,9 @@ impl Cluster {
         let voters: BTreeSet<u64> = raft.voter_ids().collect();
         for (id, info) in infos {
             if !voters.contains(&id) {
-                raft.add_learner(id, info, true)
-                    .await
-                    .map_err(|e| BrokerError::InvalidRequest(format!("adding replica {id}: {e}")))?;
+                raft.add_learner(id, info, true).await.map_err(|e| {
+                    BrokerError::InvalidRequest(format!("adding replica {id}: {e}"))
+                })?;
             }
         }
         raft.change_membership(replicas.iter().copied().collect::<BTreeSet<_>>(), false)
@@ -507,7 +516,9 @@ impl Cluster {
             Some((t, p)) => {
                 let part = self.partition(t, p)?;
                 part.check_leader()?;
-                part.raft().cloned().ok_or(BrokerError::NotLeader { leader: None })?
+                part.raft()
+                    .cloned()
+                    .ok_or(BrokerError::NotLeader { leader: None })?
             }
         };
         if !raft.voter_ids().any(|v| v == to) {
@@ -595,10 +606,7 @@ impl Cluster {
             .join("topics")
             .join(&t.name)
             .join(p.to_string());
-        let fsync = self
-            .metrics
-            .fsync
-            .with_label_values(&[t.name.as_str()]);
+        let fsync = self.metrics.fsync.with_label_values(&[t.name.as_str()]);
         let observer: SyncObserver = Arc::new(move |d| fsync.observe(d.as_secs_f64()));
         let (raft, writer, sm, mut trims) = open_group(
             &name,
@@ -692,15 +700,18 @@ impl Cluster {
                 }
             }
         }));
-        self.hosted.write().unwrap_or_else(|e| e.into_inner()).insert(
-            (t.name.clone(), p),
-            Hosted {
-                partition,
-                raft,
-                dir,
-                tasks,
-            },
-        );
+        self.hosted
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                (t.name.clone(), p),
+                Hosted {
+                    partition,
+                    raft,
+                    dir,
+                    tasks,
+                },
+            );
         tracing::info!(topic = %t.name, partition = p, "partition replica opened");
         Ok(())
     }
@@ -754,8 +765,9 @@ impl Cluster {
 }
 
 fn xxhash_start(name: &str) -> u64 {
-    name.bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 async fn reconcile_loop(weak: std::sync::Weak<Cluster>) {

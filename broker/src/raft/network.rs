@@ -14,17 +14,15 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use openraft::errors::{
-    NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable,
-};
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{Backoff, RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
+use strata_proto::raft_pb::RaftMessage;
 use strata_proto::raft_pb::raft_peer_client::RaftPeerClient;
 use strata_proto::raft_pb::raft_peer_server::{RaftPeer, RaftPeerServer};
-use strata_proto::raft_pb::RaftMessage;
 use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
@@ -123,9 +121,9 @@ fn io_rpc_error(e: std::io::Error) -> RPCError<Tc> {
 
 impl Connection {
     fn client(&self) -> Result<RaftPeerClient<Channel>, RPCError<Tc>> {
-        self.client.clone().map_err(|e| {
-            RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e)))
-        })
+        self.client
+            .clone()
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))
     }
 
     fn message<T: serde::Serialize>(
@@ -151,7 +149,11 @@ impl RaftNetworkV2<Tc> for Connection {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<Tc>, RPCError<Tc>> {
         let req = self.message(&rpc, &option)?;
-        let resp = self.client()?.append_entries(req).await.map_err(rpc_error)?;
+        let resp = self
+            .client()?
+            .append_entries(req)
+            .await
+            .map_err(rpc_error)?;
         decode(&resp.into_inner().body).map_err(io_rpc_error)
     }
 
@@ -313,7 +315,10 @@ impl RaftPeer for PeerService {
         let m = req.into_inner();
         let raft = self.group(&m.group)?;
         let rpc: TransferLeaderRequest<Tc> = decode(&m.body).map_err(bad)?;
-        let r = raft.handle_transfer_leader(rpc).await.map_err(unavailable)?;
+        let r = raft
+            .handle_transfer_leader(rpc)
+            .await
+            .map_err(unavailable)?;
         reply(&m.group, &r)
     }
 

@@ -527,16 +527,16 @@ impl Strata for GrpcService {
     ) -> Result<Response<pb::FetchCommittedResponse>, Status> {
         let started = Instant::now();
         let r = req.into_inner();
-        let r = self
-            .broker
-            .committed(&r.group, &r.topic)
-            .await
-            .map(|v| pb::FetchCommittedResponse {
-                offsets: v
-                    .into_iter()
-                    .map(|(partition, offset)| pb::PartitionOffset { partition, offset })
-                    .collect(),
-            });
+        let r =
+            self.broker
+                .committed(&r.group, &r.topic)
+                .await
+                .map(|v| pb::FetchCommittedResponse {
+                    offsets: v
+                        .into_iter()
+                        .map(|(partition, offset)| pb::PartitionOffset { partition, offset })
+                        .collect(),
+                });
         self.observe("fetch_committed", started, r)
     }
 
