@@ -108,24 +108,13 @@ fn endpoint(addr: &str) -> Result<Endpoint> {
 /// Connects to a broker's gRPC address (`host:port`), with HTTP/2
 /// keep-alive so a dead connection is noticed.
 pub async fn connect(addr: &str) -> Result<StrataClient<Channel>> {
-    let url = if addr.starts_with("http://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
-    };
-    let endpoint = Endpoint::from_shared(url)
-        .map_err(|e| ClientError::Invalid(format!("address {addr:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(20))
-        .keep_alive_while_idle(true)
-        .initial_stream_window_size(Some(8 << 20))
-        .initial_connection_window_size(Some(32 << 20));
-    let channel = endpoint.connect().await.map_err(|e| ClientError::Connect {
-        addr: addr.to_owned(),
-        reason: format!("{e}: {}", source_chain(&e)),
-    })?;
+    let channel = endpoint(addr)?
+        .connect()
+        .await
+        .map_err(|e| ClientError::Connect {
+            addr: addr.to_owned(),
+            reason: format!("{e}: {}", source_chain(&e)),
+        })?;
     Ok(StrataClient::new(channel)
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX))
