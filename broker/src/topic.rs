@@ -32,8 +32,10 @@ use crate::raft::{Cmd, Raft, RaftLogId, Reply};
 
 /// Longest topic name (Kafka's limit).
 pub const TOPIC_NAME_MAX: usize = 249;
-/// Batches remembered per producer for deduplicating retries (Kafka's 5).
-const DEDUP_WINDOW: usize = 5;
+/// Batches remembered per producer for deduplicating retries. A client may
+/// resend any batch it still has in flight, so this must be at least the
+/// client's in-flight limit per partition (8); Kafka pairs 5 with 5.
+pub const DEDUP_WINDOW: usize = 16;
 
 /// Checks a topic name: 1–249 characters of `[A-Za-z0-9._-]`, not `.` or `..`.
 pub fn validate_topic_name(name: &str) -> Result<(), BrokerError> {
@@ -661,6 +663,11 @@ impl RaftEngine {
                 })
                 .collect();
             drop(st);
+            tracing::debug!(
+                %leader,
+                producers = ?seq.producers.iter().map(|(id, p)| (*id, p.last_sequence)).collect::<Vec<_>>(),
+                "new leadership: producer state rebuilt from the applied log"
+            );
             seq.leader = Some(leader);
         }
         if let Some(dup) = check_sequence(&seq.producers, &batch)? {

@@ -32,7 +32,9 @@ use crate::error::{ClientError, Result};
 /// Batches in flight per partition. They travel on one ordered
 /// `ProduceStream`, which the broker appends and answers in order (separate
 /// unary calls ride concurrent HTTP/2 streams that may be handled out of
-/// order and would break the per-producer sequence).
+/// order and would break the per-producer sequence). Must not exceed the
+/// broker's deduplication window (16 batches per producer): a resent batch
+/// older than the window could not be recognised as a duplicate.
 const MAX_IN_FLIGHT_PER_PARTITION: usize = 8;
 
 /// When the broker acknowledges a batch.
@@ -339,12 +341,14 @@ impl Worker {
             && next != self.addr
             && let Ok(c) = self.router.client(&next)
         {
+            tracing::debug!(topic = %self.topic, partition = self.partition, from = %self.addr, to = %next, "moving to another broker");
             self.client = c;
             self.addr = next;
         }
     }
 
     async fn open_session(&mut self) -> Result<Session> {
+        tracing::trace!(broker = %self.addr, "opening a produce stream");
         let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT_PER_PARTITION * 2);
         let responses = self
             .client
@@ -435,6 +439,7 @@ impl Worker {
                         .map_err(|_| ClientError::Unavailable("produce stream closed".into()))
                 }
                 .await;
+                tracing::trace!(broker = %self.addr, sequence = ?batch.sequence, ok = sent.is_ok(), "batch sent");
                 match sent {
                     Ok(()) => in_flight.push_back(batch),
                     Err(_) if !in_flight.is_empty() => {
@@ -496,14 +501,22 @@ impl Worker {
                     if let Err(e) = &r {
                         self.reroute(e);
                     }
-                    if let Some(batch) = in_flight.pop_front() {
-                        self.complete(batch, r, &mut retry, &mut retry_at, &mut reset_producer);
-                    }
+                    let again = in_flight
+                        .pop_front()
+                        .and_then(|b| self.complete(b, r, &mut retry_at, &mut reset_producer));
                     if failed {
                         // The stream is gone: what was in flight behind the
-                        // failure was not appended; resend it, in order.
+                        // failure was not appended. It was sent before
+                        // anything still waiting in `retry` (retries launch
+                        // from the front), so it goes first, in order: the
+                        // broker must see sequences in order.
                         session = None;
-                        retry.extend(in_flight.drain(..));
+                        let mut redo: VecDeque<Batch> =
+                            again.into_iter().chain(in_flight.drain(..)).collect();
+                        redo.extend(retry.drain(..));
+                        retry = redo;
+                    } else if let Some(b) = again {
+                        retry.push_front(b);
                     }
                 }
             }
@@ -556,15 +569,15 @@ impl Worker {
         Ok(Bytes::from(out))
     }
 
+    /// Settles the oldest batch in flight with its response. Returns the
+    /// batch if it is to be sent again (it goes before everything else).
     fn complete(
         &mut self,
         mut batch: Batch,
         r: Result<pb::ProduceResponse>,
-        retry: &mut VecDeque<Batch>,
         retry_at: &mut Option<Instant>,
         reset_producer: &mut bool,
-    ) {
-        let retrying = !retry.is_empty() || *reset_producer;
+    ) -> Option<Batch> {
         match r {
             Ok(resp) => {
                 for (i, p) in batch.records.drain(..).enumerate() {
@@ -575,26 +588,30 @@ impl Worker {
                         offset,
                     }));
                 }
+                None
             }
-            // Behind an earlier failure, a sequence gap is expected: resend in order.
+            // Behind a batch that failed for good, a sequence gap is
+            // expected: the batch is renumbered under a new producer id.
             Err(ClientError::Broker {
                 code: ErrorCode::OutOfOrderSequence,
                 ..
-            }) if retrying && batch.attempts < self.config.attempts_max => {
+            }) if *reset_producer && batch.attempts < self.config.attempts_max => {
                 batch.attempts += 1;
-                retry.push_back(batch);
+                Some(batch)
             }
             Err(e) if e.is_retriable() && batch.attempts < self.config.attempts_max => {
                 batch.attempts += 1;
-                tracing::debug!(topic = %self.topic, partition = self.partition, attempt = batch.attempts, error = %e, "retrying batch");
+                tracing::debug!(topic = %self.topic, partition = self.partition, broker = %self.addr, sequence = ?batch.sequence, attempt = batch.attempts, error = %e, "retrying batch");
                 *retry_at = Some(Instant::now() + self.backoff(batch.attempts));
-                retry.push_back(batch);
+                Some(batch)
             }
             Err(e) => {
+                tracing::warn!(topic = %self.topic, partition = self.partition, sequence = ?batch.sequence, error = %e, "batch failed");
                 fail(batch, &e);
                 // Later batches carry sequences after the failed one; a new
                 // producer id lets them through.
                 *reset_producer = true;
+                None
             }
         }
     }

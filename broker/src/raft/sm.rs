@@ -40,10 +40,9 @@ use super::{
 };
 use crate::log::FileStorage;
 use crate::log::storage::write_atomic;
+use crate::topic::DEDUP_WINDOW;
 
 const SNAPSHOT_FILE: &str = "raft-snapshot";
-/// Batches remembered per producer for deduplicating retries (Kafka's 5).
-pub const DEDUP_WINDOW: usize = 5;
 
 /// An idempotent producer's state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
