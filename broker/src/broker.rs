@@ -320,7 +320,6 @@ impl Broker {
         if let Some(c) = &self.cluster {
             c.create_topic(name, partitions, replication_factor, settings)
                 .await?;
-            c.wait_meta_applied(std::time::Duration::from_secs(5)).await;
             return self
                 .topic_views(&[name.to_owned()])?
                 .pop()
@@ -400,7 +399,6 @@ impl Broker {
                 settings,
             })
             .await?;
-            c.wait_meta_applied(std::time::Duration::from_secs(5)).await;
         } else {
             self.alter_local_topic(name, changes)?;
         }

@@ -46,6 +46,17 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Logs the test process's own tracing (the client library's) to stderr
+/// when `STRATA_TEST_LOG` holds a filter, e.g. `strata_client=debug`.
+pub fn init_test_logging() {
+    if let Ok(filter) = std::env::var("STRATA_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}
+
 /// Polls `cond` until it holds or `timeout` passes (then panics with `what`).
 pub fn poll_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -125,7 +136,12 @@ impl BrokerProcess {
                 &["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"][..]
             })
             .args(&self.args)
-            .env("RUST_LOG", "info,openraft=warn")
+            // STRATA_BROKER_LOG turns up the brokers' logging when a test
+            // needs diagnosing (their stderr goes to <data_dir>.stderr.N).
+            .env(
+                "RUST_LOG",
+                std::env::var("STRATA_BROKER_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -125,6 +126,7 @@ async fn read_all(bootstrap: &str, topic: &str, end: u64) -> Vec<(u64, String)> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_kill_9_loses_no_acknowledged_write_and_replicas_converge() {
+    strata_tests::init_test_logging();
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = start_cluster(dir.path());
     let first = nodes[0].grpc.clone();
@@ -162,17 +164,22 @@ async fn leader_kill_9_loses_no_acknowledged_write_and_replicas_converge() {
     .unwrap();
 
     // Every send and its outcome: value index -> (offset, acknowledged at).
-    let total: u64 = 60_000;
+    // The producer runs, paced, until the kills are over (bounded by count
+    // and by the test's deadlines).
+    const SEND_MAX: u64 = 1_000_000;
+    let stop = Arc::new(AtomicBool::new(false));
     let acked: Arc<Mutex<BTreeMap<u64, (u64, Instant)>>> = Arc::default();
     let failed: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
     let sender = {
-        let (acked, failed) = (acked.clone(), failed.clone());
+        let (acked, failed, stop) = (acked.clone(), failed.clone(), stop.clone());
         let producer = producer.clone();
         tokio::spawn(async move {
             let mut waiters = tokio::task::JoinSet::new();
             let started = Instant::now();
-            for i in 0..total {
-                // Paced: ~20 k records/s, so the run spans the kills.
+            let mut sent = 0;
+            while sent < SEND_MAX && !stop.load(Ordering::Relaxed) {
+                let i = sent;
+                // Paced: ~20 k records/s.
                 if i % 200 == 0 {
                     let due = started + Duration::from_millis(i / 20);
                     tokio::time::sleep_until(due.into()).await;
@@ -181,6 +188,7 @@ async fn leader_kill_9_loses_no_acknowledged_write_and_replicas_converge() {
                     .send("h", rec(format!("v{i}")), Some(0))
                     .await
                     .unwrap();
+                sent += 1;
                 let (acked, failed) = (acked.clone(), failed.clone());
                 waiters.spawn(async move {
                     match d.await {
@@ -195,25 +203,26 @@ async fn leader_kill_9_loses_no_acknowledged_write_and_replicas_converge() {
                 });
             }
             while waiters.join_next().await.is_some() {}
+            sent
         })
+    };
+    // Waits until `n` more records are acknowledged than now.
+    let more_acks = |n: u64| {
+        let a = acked.clone();
+        async move {
+            let from = a.lock().unwrap().len() as u64;
+            poll_until_async("acknowledgements", Duration::from_secs(60), || {
+                let now = a.lock().unwrap().len() as u64;
+                async move { now >= from + n }
+            })
+            .await;
+        }
     };
 
     // Kill the partition's leader three times while the producer runs.
     let mut failovers = Vec::new();
-    // Two rounds: a third round after two restarts stalls in about one
-    // run of three (a restarted replica does not always rejoin; see the
-    // issue's note) and is not yet part of CI.
-    for round in 1..=2u64 {
-        let a = acked.clone();
-        poll_until_async(
-            "acknowledgements before a kill",
-            Duration::from_secs(60),
-            || {
-                let n = a.lock().unwrap().len() as u64;
-                async move { n >= round * total / 5 }
-            },
-        )
-        .await;
+    for round in 1..=3u64 {
+        more_acks(10_000).await;
         let deadline = Instant::now() + Duration::from_secs(20);
         let victim = loop {
             if let Some(l) = leader(&mut nodes, "h").await
@@ -274,7 +283,10 @@ async fn leader_kill_9_loses_no_acknowledged_write_and_replicas_converge() {
         failovers.push(took);
         nodes[victim as usize - 1].restart();
     }
-    tokio::time::timeout(Duration::from_secs(120), sender)
+    // The last restarted node rejoins under load before the producer stops.
+    more_acks(10_000).await;
+    stop.store(true, Ordering::Relaxed);
+    let total = tokio::time::timeout(Duration::from_secs(120), sender)
         .await
         .expect("the producer finished within 2 minutes")
         .unwrap();

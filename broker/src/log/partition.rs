@@ -214,6 +214,9 @@ impl PartitionLog {
                 Some((base, "log")) => log_bases.push(base),
                 Some((base, "index" | "timeindex")) => index_bases.push(base),
                 _ if name == CHECKPOINT_FILE => {}
+                // The replication layer's vote, commit hint and snapshot
+                // live beside the segments they describe.
+                _ if name.starts_with("raft-") => {}
                 _ => {
                     tracing::warn!(dir = %dir.display(), file = %name, "ignoring unknown file in partition directory")
                 }

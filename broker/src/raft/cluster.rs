@@ -113,7 +113,7 @@ async fn open_group(
     let store = LogStore::open(writer.clone(), hint.clone()).map_err(storage_err)?;
     let (trim_tx, trim_rx) = mpsc::unbounded_channel();
     let sm = GroupSm::open(dir, machine, hint, trim_tx).map_err(storage_err)?;
-    let config = Arc::new(raft_config("strata").map_err(storage_err)?);
+    let config = Arc::new(raft_config(name).map_err(storage_err)?);
     let raft = Raft::new(
         node_id,
         config,
@@ -243,17 +243,19 @@ impl Cluster {
     }
 
     /// Writes a metadata command through the metadata leader, wherever it
-    /// is; retries while no leader is known, up to a deadline.
+    /// is; retries while no leader is known, up to a deadline. Returns once
+    /// this node has applied the write too, so what the caller does next
+    /// here sees it.
     pub async fn meta_write(&self, cmd: MetaCmd) -> Result<Reply, BrokerError> {
         let deadline = Instant::now() + META_WRITE_DEADLINE;
-        loop {
+        let (reply, index) = loop {
             let err = match self.meta.client_write(Cmd::Meta(cmd.clone())).await {
-                Ok(r) => return Ok(r.data),
+                Ok(r) => break (r.data, r.log_id.index),
                 Err(e) => match e.forward_to_leader() {
                     Some(f) => match &f.leader_node {
                         Some(node) if f.leader_id != Some(self.config.node_id) => {
                             match self.forward(&node.raft_addr, &cmd).await {
-                                Ok(r) => return Ok(r),
+                                Ok(r) => break r,
                                 Err(e) => e,
                             }
                         }
@@ -267,10 +269,22 @@ impl Cluster {
                 return Err(BrokerError::NotLeader { leader: None });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1));
+        if let Err(e) = self
+            .meta
+            .wait(Some(wait))
+            .applied_index_at_least(Some(index), "metadata write applied here")
+            .await
+        {
+            tracing::warn!(error = %e, index, "metadata write committed but not yet applied on this node");
         }
+        Ok(reply)
     }
 
-    async fn forward(&self, raft_addr: &str, cmd: &MetaCmd) -> Result<Reply, String> {
+    async fn forward(&self, raft_addr: &str, cmd: &MetaCmd) -> Result<(Reply, u64), String> {
         let channel = self.channels.get(raft_addr).map_err(|e| e.to_string())?;
         let mut client = strata_proto::raft_pb::raft_peer_client::RaftPeerClient::new(channel);
         let mut req = tonic::Request::new(strata_proto::raft_pb::RaftMessage {
@@ -280,15 +294,6 @@ impl Cluster {
         req.set_timeout(Duration::from_secs(5));
         let resp = client.meta_write(req).await.map_err(|s| s.to_string())?;
         decode(&resp.into_inner().body).map_err(|e| e.to_string())
-    }
-
-    /// Executes a forwarded metadata write (this node should lead).
-    pub async fn meta_write_local(&self, cmd: MetaCmd) -> Result<Reply, String> {
-        self.meta
-            .client_write(Cmd::Meta(cmd))
-            .await
-            .map(|r| r.data)
-            .map_err(|e| e.to_string())
     }
 
     /// The hosted partition, or why it cannot be served here.

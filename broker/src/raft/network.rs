@@ -330,7 +330,9 @@ impl RaftPeer for PeerService {
             .client_write(super::Cmd::Meta(cmd))
             .await
             .map_err(unavailable)?;
-        reply(&m.group, &r.data)
+        // The index lets the forwarding node wait until it has applied the
+        // write itself (read-your-writes on every node).
+        reply(&m.group, &(r.data, r.log_id.index))
     }
 
     async fn install_snapshot(
