@@ -194,6 +194,11 @@ impl Admin {
         })
     }
 
+    /// The underlying gRPC client.
+    pub(crate) fn grpc(&self) -> StrataClient<Channel> {
+        self.client.clone()
+    }
+
     /// Creates a topic.
     pub async fn create_topic(
         &self,

@@ -3,11 +3,13 @@
 //! CLI is a thin binary over it.
 
 pub mod admin;
+pub mod cluster;
 pub mod consumer;
 pub mod error;
 pub mod producer;
 
 pub use admin::{Admin, OffsetSpec, PartitionOffsets, TopicConfig};
+pub use cluster::{ClusterStatus, NodeView, PartitionView, ReplicaLag};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, ResetPolicy, Seek};
 pub use error::{ClientError, Result};
 pub use producer::{Acks, Delivery, Producer, ProducerConfig, RecordMetadata};

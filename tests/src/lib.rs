@@ -204,6 +204,15 @@ impl BrokerProcess {
         self.launch();
     }
 
+    /// The value of `--flag` among the broker's arguments.
+    pub fn arg(&self, flag: &str) -> Option<&str> {
+        self.args
+            .iter()
+            .position(|a| a == flag)
+            .and_then(|i| self.args.get(i + 1))
+            .map(String::as_str)
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child
@@ -348,4 +357,77 @@ pub async fn raw_grpc(
     )
     .await
     .map(|r| r.into_inner())
+}
+
+/// Free `ip:port` addresses, distinct (all held open until all are chosen).
+pub fn free_addrs(ip: &str, n: usize) -> Vec<String> {
+    let held: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind((ip, 0)).unwrap())
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect()
+}
+
+/// Three nodes started with `--peers` (they form the cluster themselves);
+/// node `i` (1-based) is `nodes[i - 1]`, all its addresses on 127.0.0.i
+/// (fixed, so they survive restarts), data in `dir/n<i>`.
+pub fn start_cluster(dir: &Path) -> Vec<BrokerProcess> {
+    start_cluster_with(dir, true, &[])
+}
+
+/// Like [`start_cluster`]; without `peers` the nodes wait for `strata
+/// cluster init`. `extra` goes to every node.
+pub fn start_cluster_with(dir: &Path, peers_flag: bool, extra: &[&str]) -> Vec<BrokerProcess> {
+    // Per node: raft, grpc, http.
+    let node_addrs: Vec<Vec<String>> = (1..=3)
+        .map(|i| free_addrs(&format!("127.0.0.{i}"), 3))
+        .collect();
+    let addrs: Vec<String> = node_addrs.iter().map(|a| a[0].clone()).collect();
+    let peers = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    (1..=3)
+        .map(|i| {
+            let id = i.to_string();
+            let (grpc, http) = (&node_addrs[i - 1][1], &node_addrs[i - 1][2]);
+            let mut args = vec![
+                "--grpc-addr",
+                grpc,
+                "--http-addr",
+                http,
+                "--node-id",
+                &id,
+                "--raft-addr",
+                &addrs[i - 1],
+            ];
+            if peers_flag {
+                args.extend(["--peers", &peers]);
+            }
+            args.extend(extra);
+            BrokerProcess::start(&dir.join(format!("n{i}")), &args)
+        })
+        .collect()
+}
+
+/// The partition's leader as the cluster reports it, asked of a running node.
+pub async fn leader(nodes: &mut [BrokerProcess], topic: &str) -> Option<u64> {
+    for n in nodes.iter_mut() {
+        if !n.is_running() {
+            continue;
+        }
+        let Ok(admin) = strata_client::Admin::connect(&n.grpc).await else {
+            continue;
+        };
+        if let Ok(d) = admin.describe_topic(topic).await {
+            let l = d.partition_info.first().map_or(0, |p| p.leader);
+            if l != 0 {
+                return Some(l);
+            }
+        }
+    }
+    None
 }

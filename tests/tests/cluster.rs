@@ -14,7 +14,7 @@ use strata_broker::log::{LogConfig, PartitionLog};
 use strata_client::{
     Admin, Consumer, ConsumerConfig, Producer, ProducerConfig, Record, ResetPolicy, TopicConfig,
 };
-use strata_tests::{BrokerProcess, poll_until_async};
+use strata_tests::{leader, poll_until_async, start_cluster};
 
 fn rec(value: String) -> Record {
     let now = std::time::SystemTime::now()
@@ -27,72 +27,6 @@ fn rec(value: String) -> Record {
         headers: vec![],
         timestamp_ms: now,
     }
-}
-
-/// Free `ip:port` addresses, distinct (all held open until all are chosen).
-fn free_addrs(ip: &str, n: usize) -> Vec<String> {
-    let held: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind((ip, 0)).unwrap())
-        .collect();
-    held.iter()
-        .map(|l| l.local_addr().unwrap().to_string())
-        .collect()
-}
-
-/// Three nodes; node `i` (1-based) is `nodes[i - 1]`, all its addresses on
-/// 127.0.0.i (fixed, so they survive restarts).
-fn start_cluster(dir: &std::path::Path) -> Vec<BrokerProcess> {
-    // Per node: raft, grpc, http.
-    let node_addrs: Vec<Vec<String>> = (1..=3)
-        .map(|i| free_addrs(&format!("127.0.0.{i}"), 3))
-        .collect();
-    let addrs: Vec<String> = node_addrs.iter().map(|a| a[0].clone()).collect();
-    let peers = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{}={a}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
-    (1..=3)
-        .map(|i| {
-            let id = i.to_string();
-            let (grpc, http) = (&node_addrs[i - 1][1], &node_addrs[i - 1][2]);
-            BrokerProcess::start(
-                &dir.join(format!("n{i}")),
-                &[
-                    "--grpc-addr",
-                    grpc,
-                    "--http-addr",
-                    http,
-                    "--node-id",
-                    &id,
-                    "--raft-addr",
-                    &addrs[i - 1],
-                    "--peers",
-                    &peers,
-                ],
-            )
-        })
-        .collect()
-}
-
-/// The partition's leader as the cluster reports it, asked of a running node.
-async fn leader(nodes: &mut [BrokerProcess], topic: &str) -> Option<u64> {
-    for n in nodes.iter_mut() {
-        if !n.is_running() {
-            continue;
-        }
-        let Ok(admin) = Admin::connect(&n.grpc).await else {
-            continue;
-        };
-        if let Ok(d) = admin.describe_topic(topic).await {
-            let l = d.partition_info.first().map_or(0, |p| p.leader);
-            if l != 0 {
-                return Some(l);
-            }
-        }
-    }
-    None
 }
 
 /// (offset, value) of every record below the high watermark, read through

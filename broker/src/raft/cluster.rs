@@ -33,6 +33,8 @@ use crate::topic::{LeaderHints, Partition, TopicSettings, validate_topic_name};
 pub const META_GROUP: &str = "meta";
 /// How long a metadata write keeps retrying to find a leader.
 const META_WRITE_DEADLINE: Duration = Duration::from_secs(10);
+/// How long adding a node waits for it to catch up and register.
+const ADD_NODE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The group name of a partition.
 pub fn group_name(topic: &str, partition: u32) -> String {
@@ -49,6 +51,72 @@ pub struct ClusterConfig {
     /// Initial voters of the metadata group (id → Raft address), this node
     /// included. Empty: wait to be added to a cluster (or `cluster init`).
     pub peers: BTreeMap<u64, String>,
+}
+
+/// One Raft group as this node sees it (`strata cluster status`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupStatus {
+    /// `None` for the metadata group.
+    pub partition: Option<(String, u32)>,
+    /// leader, follower, candidate or learner.
+    pub role: &'static str,
+    /// Current term.
+    pub term: u64,
+    /// The leader this node knows of.
+    pub leader: Option<u64>,
+    /// Voters of the effective membership.
+    pub voters: Vec<u64>,
+    /// Learners of the effective membership.
+    pub learners: Vec<u64>,
+    /// End of the local Raft log (last index + 1; 0 when empty).
+    pub log_end: u64,
+    /// End of what the state machine applied.
+    pub applied_end: u64,
+    /// Partitions: the applied next offset (high watermark).
+    pub high_watermark: u64,
+    /// Partitions: the log start offset.
+    pub log_start_offset: u64,
+    /// On the leader: each replica's matched log end.
+    pub matched_end: BTreeMap<u64, u64>,
+    /// End of the last snapshot.
+    pub snapshot_end: u64,
+    /// End of the deleted prefix of the Raft log.
+    pub purged_end: u64,
+}
+
+fn group_status(raft: &Raft, partition: Option<(String, u32)>) -> GroupStatus {
+    let m = raft.metrics().borrow_watched().clone();
+    let end = |l: Option<u64>| l.map_or(0, |i| i + 1);
+    let role = match m.state {
+        ServerState::Leader => "leader",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        _ => "follower",
+    };
+    let membership = m.membership_config.membership();
+    GroupStatus {
+        partition,
+        role,
+        term: m.current_term,
+        leader: m.current_leader,
+        voters: membership.voter_ids().collect(),
+        learners: membership.learner_ids().collect(),
+        log_end: end(m.last_log_index),
+        applied_end: end(m.last_applied.as_ref().map(|l| l.index)),
+        high_watermark: 0,
+        log_start_offset: 0,
+        snapshot_end: end(m.snapshot.as_ref().map(|l| l.index)),
+        purged_end: end(m.purged.as_ref().map(|l| l.index)),
+        matched_end: m
+            .replication
+            .as_ref()
+            .map(|r| {
+                r.iter()
+                    .map(|(id, l)| (*id, end(l.as_ref().map(|l| l.index))))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
 }
 
 /// A partition group hosted here.
@@ -249,6 +317,13 @@ impl Cluster {
     pub async fn meta_write(&self, cmd: MetaCmd) -> Result<Reply, BrokerError> {
         let deadline = Instant::now() + META_WRITE_DEADLINE;
         let (reply, index) = loop {
+            let leader = self.meta.metrics().borrow_watched().current_leader;
+            if leader == Some(self.config.node_id) {
+                match Self::meta_write_here(&self.meta, cmd.clone()).await {
+                    Ok(r) => break r,
+                    Err(e) => tracing::debug!(error = %e, "metadata write here failed; retrying"),
+                }
+            }
             let err = match self.meta.client_write(Cmd::Meta(cmd.clone())).await {
                 Ok(r) => break (r.data, r.log_id.index),
                 Err(e) => match e.forward_to_leader() {
@@ -282,6 +357,33 @@ impl Cluster {
             tracing::warn!(error = %e, index, "metadata write committed but not yet applied on this node");
         }
         Ok(reply)
+    }
+
+    /// Writes `cmd` on this node, the metadata leader (forwarded writes
+    /// land here). A node registers only while it is a member: a removed
+    /// node that has not noticed cannot put itself back.
+    pub async fn meta_write_here(meta: &Raft, cmd: MetaCmd) -> Result<(Reply, u64), String> {
+        if let MetaCmd::RegisterNode { id, .. } = &cmd {
+            let member = meta
+                .metrics()
+                .borrow_watched()
+                .membership_config
+                .membership()
+                .get_node(id)
+                .is_some();
+            if !member {
+                return Ok((
+                    Reply::Refused(super::meta::Refusal::Invalid(format!(
+                        "node {id} is not a member of the cluster"
+                    ))),
+                    0,
+                ));
+            }
+        }
+        meta.client_write(Cmd::Meta(cmd))
+            .await
+            .map(|r| (r.data, r.log_id.index))
+            .map_err(|e| e.to_string())
     }
 
     async fn forward(&self, raft_addr: &str, cmd: &MetaCmd) -> Result<(Reply, u64), String> {
@@ -336,6 +438,28 @@ impl Cluster {
             .values()
             .map(|h| h.partition.clone())
             .collect()
+    }
+
+    /// Every group hosted here: the metadata group first, then partitions
+    /// by topic and number.
+    pub fn status(&self) -> Vec<GroupStatus> {
+        let mut out = vec![group_status(&self.meta, None)];
+        let hosted = self.hosted.read().unwrap_or_else(|e| e.into_inner());
+        let mut keys: Vec<_> = hosted.keys().cloned().collect();
+        keys.sort();
+        for k in keys {
+            let h = &hosted[&k];
+            let mut st = group_status(&h.raft, Some(k));
+            st.high_watermark = h.partition.high_watermark();
+            st.log_start_offset = h.partition.log_start_offset();
+            out.push(st);
+        }
+        out
+    }
+
+    /// This node's Raft address.
+    pub fn raft_addr(&self) -> &str {
+        &self.config.node.raft_addr
     }
 
     /// Creates a topic, placing replicas on distinct nodes.
@@ -404,7 +528,9 @@ impl Cluster {
         }
     }
 
-    /// Adds a node to the metadata group as a voter (call on any node).
+    /// Adds a started node to the metadata group as a voter (call on the
+    /// metadata leader). Returns once the node has caught up, joined and
+    /// registered its client addresses, so partitions can be assigned to it.
     pub async fn add_node(&self, id: u64, info: NodeInfo) -> Result<(), BrokerError> {
         let leader = self.meta_leader()?;
         if leader != self.config.node_id {
@@ -412,18 +538,34 @@ impl Cluster {
                 leader: self.grpc_addr_of(leader),
             });
         }
-        self.meta
-            .add_learner(id, info.clone(), true)
-            .await
-            .map_err(|e| BrokerError::InvalidRequest(format!("adding node {id}: {e}")))?;
+        let unreachable = || {
+            BrokerError::InvalidRequest(format!(
+                "node {id} did not catch up within {ADD_NODE_TIMEOUT:?}: is it running with --node-id {id} --raft-addr {} (and no --peers)?",
+                info.raft_addr
+            ))
+        };
+        tokio::time::timeout(
+            ADD_NODE_TIMEOUT,
+            self.meta.add_learner(id, info.clone(), true),
+        )
+        .await
+        .map_err(|_| unreachable())?
+        .map_err(|e| BrokerError::InvalidRequest(format!("adding node {id}: {e}")))?;
         let mut voters: BTreeSet<u64> = self.meta.voter_ids().collect();
         voters.insert(id);
         self.meta
             .change_membership(voters, false)
             .await
             .map_err(|e| BrokerError::InvalidRequest(format!("adding node {id}: {e}")))?;
-        self.meta_command(MetaCmd::RegisterNode { id, info })
-            .await?;
+        // The node registers its own client addresses once it is a member.
+        let deadline = Instant::now() + ADD_NODE_TIMEOUT;
+        let mut applied = self.meta_sm.applied_watch.subscribe();
+        while !self.meta_state().nodes.contains_key(&id) {
+            if Instant::now() > deadline {
+                return Err(unreachable());
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(200), applied.changed()).await;
+        }
         Ok(())
     }
 
@@ -435,12 +577,29 @@ impl Cluster {
                 leader: self.grpc_addr_of(leader),
             });
         }
-        self.meta_command(MetaCmd::RemoveNode { id }).await?;
+        let meta = self.meta_state();
+        if let Some((t, p)) = meta.topics.values().find_map(|t| {
+            t.placement
+                .iter()
+                .position(|r| r.contains(&id))
+                .map(|p| (t.name.clone(), p))
+        }) {
+            return Err(BrokerError::InvalidRequest(format!(
+                "node {id} still hosts {t}/{p}; reassign its replicas first"
+            )));
+        }
+        if !self.meta.voter_ids().any(|v| v == id) && !meta.nodes.contains_key(&id) {
+            return Err(BrokerError::InvalidRequest(format!(
+                "node {id} is not in the cluster"
+            )));
+        }
+        // Membership first: from then on the node cannot register again.
         let voters: BTreeSet<u64> = self.meta.voter_ids().filter(|v| *v != id).collect();
         self.meta
             .change_membership(voters, false)
             .await
             .map_err(|e| BrokerError::InvalidRequest(format!("removing node {id}: {e}")))?;
+        self.meta_command(MetaCmd::RemoveNode { id }).await?;
         Ok(())
     }
 
@@ -809,10 +968,13 @@ async fn register_loop(weak: std::sync::Weak<Cluster>) {
                     id,
                     info: c.config.node.clone(),
                 };
-                if let Err(e) = c.meta_write(cmd).await {
-                    tracing::warn!(error = %e, "cannot register this node yet");
+                match c.meta_write(cmd).await {
+                    Ok(Reply::Refused(r)) => {
+                        tracing::warn!(reason = ?r, "this node's registration was refused")
+                    }
+                    Ok(_) => continue,
+                    Err(e) => tracing::warn!(error = %e, "cannot register this node yet"),
                 }
-                continue;
             }
         }
         let _ = tokio::time::timeout(Duration::from_millis(500), changes.changed()).await;

@@ -326,13 +326,12 @@ impl RaftPeer for PeerService {
         let m = req.into_inner();
         let raft = self.group(super::cluster::META_GROUP)?;
         let cmd: super::MetaCmd = decode(&m.body).map_err(bad)?;
-        let r = raft
-            .client_write(super::Cmd::Meta(cmd))
-            .await
-            .map_err(unavailable)?;
         // The index lets the forwarding node wait until it has applied the
         // write itself (read-your-writes on every node).
-        reply(&m.group, &(r.data, r.log_id.index))
+        let r = super::cluster::Cluster::meta_write_here(&raft, cmd)
+            .await
+            .map_err(Status::unavailable)?;
+        reply(&m.group, &r)
     }
 
     async fn install_snapshot(

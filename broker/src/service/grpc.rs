@@ -42,6 +42,14 @@ impl GrpcService {
             .request(api, &outcome, started.elapsed());
         r.map(Response::new).map_err(|e| e.to_status())
     }
+
+    fn cluster(&self) -> Result<&Arc<crate::raft::cluster::Cluster>, BrokerError> {
+        self.broker.cluster().ok_or_else(|| {
+            BrokerError::InvalidRequest(
+                "this broker runs single-node; cluster operations need cluster mode (--node-id, --raft-addr)".into(),
+            )
+        })
+    }
 }
 
 /// Domain settings from the wire.
@@ -562,5 +570,152 @@ impl Strata for GrpcService {
             pb::ListGroupsResponse { groups }
         });
         self.observe("list_groups", started, r)
+    }
+
+    async fn node_status(
+        &self,
+        _: Request<pb::NodeStatusRequest>,
+    ) -> Result<Response<pb::NodeStatusResponse>, Status> {
+        let started = Instant::now();
+        let r = match self.broker.cluster() {
+            None => pb::NodeStatusResponse {
+                node_id: self.broker.config().node_id,
+                clustered: false,
+                ..Default::default()
+            },
+            Some(c) => pb::NodeStatusResponse {
+                node_id: c.node_id(),
+                raft_addr: c.raft_addr().to_owned(),
+                clustered: true,
+                uptime_ms: c.uptime().as_millis() as u64,
+                replicas: c
+                    .status()
+                    .into_iter()
+                    .map(|g| {
+                        let (topic, partition) = g.partition.unwrap_or_default();
+                        pb::ReplicaStatus {
+                            topic,
+                            partition,
+                            role: g.role.to_owned(),
+                            term: g.term,
+                            leader: g.leader.unwrap_or(0),
+                            voters: g.voters,
+                            learners: g.learners,
+                            log_end: g.log_end,
+                            applied_end: g.applied_end,
+                            high_watermark: g.high_watermark,
+                            log_start_offset: g.log_start_offset,
+                            matched_end: g.matched_end.into_iter().collect(),
+                            snapshot_end: g.snapshot_end,
+                            purged_end: g.purged_end,
+                        }
+                    })
+                    .collect(),
+            },
+        };
+        self.observe("node_status", started, Ok(r))
+    }
+
+    async fn init_cluster(
+        &self,
+        req: Request<pb::InitClusterRequest>,
+    ) -> Result<Response<pb::InitClusterResponse>, Status> {
+        let started = Instant::now();
+        let peers = req.into_inner().peers;
+        let r = async {
+            let c = self.cluster()?;
+            if peers.is_empty()
+                || peers
+                    .values()
+                    .any(|a| a.parse::<std::net::SocketAddr>().is_err())
+            {
+                return Err(BrokerError::InvalidRequest(format!(
+                    "peers must map node ids to Raft socket addresses (host:port), got {peers:?}"
+                )));
+            }
+            let initialized = c.init(peers.into_iter().collect()).await?;
+            Ok(pb::InitClusterResponse { initialized })
+        }
+        .await;
+        self.observe("init_cluster", started, r)
+    }
+
+    async fn add_node(
+        &self,
+        req: Request<pb::AddNodeRequest>,
+    ) -> Result<Response<pb::AddNodeResponse>, Status> {
+        let started = Instant::now();
+        let r = req.into_inner();
+        let result = async {
+            let c = self.cluster()?;
+            if r.node_id == 0 {
+                return Err(BrokerError::InvalidRequest(
+                    "node id must be positive".into(),
+                ));
+            }
+            if r.raft_addr.parse::<std::net::SocketAddr>().is_err() {
+                return Err(BrokerError::InvalidRequest(format!(
+                    "raft address must be host:port (an IP socket address), got {:?}",
+                    r.raft_addr
+                )));
+            }
+            c.add_node(
+                r.node_id,
+                crate::raft::NodeInfo {
+                    raft_addr: r.raft_addr,
+                    ..Default::default()
+                },
+            )
+            .await?;
+            Ok(pb::AddNodeResponse {})
+        }
+        .await;
+        self.observe("add_node", started, result)
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        let started = Instant::now();
+        let id = req.into_inner().node_id;
+        let r = async {
+            self.cluster()?.remove_node(id).await?;
+            Ok(pb::RemoveNodeResponse {})
+        }
+        .await;
+        self.observe("remove_node", started, r)
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        let started = Instant::now();
+        let r = req.into_inner();
+        let result = async {
+            let c = self.cluster()?;
+            let group = (!r.topic.is_empty()).then_some((r.topic.as_str(), r.partition));
+            c.transfer_leader(group, r.to).await?;
+            Ok(pb::TransferLeaderResponse {})
+        }
+        .await;
+        self.observe("transfer_leader", started, result)
+    }
+
+    async fn reassign_partition(
+        &self,
+        req: Request<pb::ReassignPartitionRequest>,
+    ) -> Result<Response<pb::ReassignPartitionResponse>, Status> {
+        let started = Instant::now();
+        let r = req.into_inner();
+        let result = async {
+            self.cluster()?
+                .reassign(&r.topic, r.partition, r.replicas)
+                .await?;
+            Ok(pb::ReassignPartitionResponse {})
+        }
+        .await;
+        self.observe("reassign_partition", started, result)
     }
 }

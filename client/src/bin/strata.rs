@@ -56,6 +56,10 @@ enum Command {
     /// Consumer groups: committed offsets, commit, reset.
     #[command(subcommand)]
     Group(GroupCmd),
+    /// Cluster operations: status, init, add-node, remove-node,
+    /// transfer-leader, reassign.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
     /// Offline inspection of a data directory (no broker needed; read-only).
     #[command(subcommand)]
     Log(LogCmd),
@@ -252,6 +256,64 @@ enum GroupCmd {
 }
 
 #[derive(Subcommand, Debug)]
+enum ClusterCmd {
+    /// Every node (up or down), the metadata leader, and every partition's
+    /// leader, replicas and their lag in records behind the leader.
+    Status,
+    /// Form a new cluster from nodes started with --node-id and --raft-addr
+    /// but without --peers: run once, against any one of them.
+    Init {
+        /// Every initial voter as id=raft_host:port, comma-separated
+        /// (e.g. 1=10.0.0.1:7071,2=10.0.0.2:7071,3=10.0.0.3:7071).
+        #[arg(long, value_delimiter = ',', required = true)]
+        peers: Vec<String>,
+    },
+    /// Add a started node (run with --node-id N --raft-addr H:P, no
+    /// --peers) to the cluster as a metadata voter. Partitions move to it
+    /// only with `strata cluster reassign`.
+    AddNode {
+        /// The new node's id.
+        #[arg(long)]
+        id: u64,
+        /// The new node's Raft address (host:port).
+        #[arg(long)]
+        raft_addr: String,
+    },
+    /// Remove a node that hosts no partition replicas (reassign them first).
+    RemoveNode {
+        /// The node's id.
+        #[arg(long)]
+        id: u64,
+    },
+    /// Move a partition's (or, without --topic, the metadata group's)
+    /// leadership to another replica.
+    TransferLeader {
+        /// Topic (default: the metadata group).
+        #[arg(long, requires = "partition")]
+        topic: Option<String>,
+        /// Partition.
+        #[arg(long, short)]
+        partition: Option<u32>,
+        /// Node id of the new leader (a voter of the group).
+        #[arg(long)]
+        to: u64,
+    },
+    /// Move a partition to a new set of replicas (1 to 5 distinct nodes).
+    /// New replicas catch up, from a snapshot if retention already deleted
+    /// the start of the log, before the old ones leave.
+    Reassign {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        #[arg(long, short)]
+        partition: u32,
+        /// The new replicas, comma-separated node ids.
+        #[arg(long, value_delimiter = ',', required = true)]
+        replicas: Vec<u64>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum LogCmd {
     /// Print every segment and entry of a data, topic or partition directory.
     Dump {
@@ -365,6 +427,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Produce(a) => produce(&cli.broker, a).await,
         Command::Consume(a) => consume(&cli.broker, cli.json, a).await,
         Command::Group(g) => group(&cli.broker, cli.json, g).await,
+        Command::Cluster(c) => cluster(&cli.broker, cli.json, c).await,
         Command::Log(l) => log_cmd(cli.json, l),
         Command::Bench(b) => bench(&cli.broker, cli.json, b).await,
         Command::Ml { args } => ml(&cli.broker, &args),
@@ -721,6 +784,166 @@ fn parse_target(to: &str) -> anyhow::Result<Seek> {
             })?),
         },
     })
+}
+
+async fn cluster(broker: &str, json: bool, cmd: ClusterCmd) -> anyhow::Result<()> {
+    let admin = Admin::connect(broker).await?;
+    match cmd {
+        ClusterCmd::Status => {
+            let st = admin.cluster_status().await?;
+            print_cluster_status(&st, json);
+        }
+        ClusterCmd::Init { peers } => {
+            let mut map = std::collections::BTreeMap::new();
+            for p in &peers {
+                let (id, addr) = p
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("peer {p:?} is not id=host:port"))?;
+                let id: u64 = id
+                    .trim()
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("peer {p:?}: {id:?} is not a node id"))?;
+                if map.insert(id, addr.trim().to_owned()).is_some() {
+                    anyhow::bail!("node {id} is listed twice in --peers");
+                }
+            }
+            let fresh = admin.init_cluster(map).await?;
+            if json {
+                print_json(&serde_json::json!({ "initialized": fresh }));
+            } else if fresh {
+                println!("cluster initialized with {} voters", peers.len());
+            } else {
+                println!("this node already belongs to a cluster; nothing changed");
+            }
+        }
+        ClusterCmd::AddNode { id, raft_addr } => {
+            admin.add_node(id, &raft_addr).await?;
+            if !json {
+                println!("node {id} ({raft_addr}) joined the cluster");
+            }
+        }
+        ClusterCmd::RemoveNode { id } => {
+            admin.remove_node(id).await?;
+            if !json {
+                println!("node {id} removed from the cluster");
+            }
+        }
+        ClusterCmd::TransferLeader {
+            topic,
+            partition,
+            to,
+        } => {
+            let group = topic.as_deref().map(|t| (t, partition.unwrap_or(0)));
+            admin.transfer_leader(group, to).await?;
+            if !json {
+                match group {
+                    Some((t, p)) => println!("{t}/{p} is now led by node {to}"),
+                    None => println!("the metadata group is now led by node {to}"),
+                }
+            }
+        }
+        ClusterCmd::Reassign {
+            topic,
+            partition,
+            replicas,
+        } => {
+            admin.reassign(&topic, partition, &replicas).await?;
+            if !json {
+                println!("{topic}/{partition} now on nodes {replicas:?}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_cluster_status(st: &strata_client::ClusterStatus, json: bool) {
+    use strata_client::ReplicaLag;
+    let lag_json = |l: &ReplicaLag| match l {
+        ReplicaLag::Records(n) => serde_json::json!(n),
+        ReplicaLag::Down => serde_json::json!("down"),
+        ReplicaLag::Missing => serde_json::json!("missing"),
+    };
+    if json {
+        print_json(&serde_json::json!({
+            "metadata_leader": st.metadata_leader,
+            "metadata_voters": st.metadata_voters,
+            "nodes": st.nodes.iter().map(|n| serde_json::json!({
+                "node_id": n.node_id,
+                "grpc_addr": n.grpc_addr,
+                "up": n.status.is_ok(),
+                "raft_addr": n.status.as_ref().map(|s| s.raft_addr.clone()).ok(),
+                "uptime_ms": n.status.as_ref().map(|s| s.uptime_ms).ok(),
+                "error": n.status.as_ref().err(),
+            })).collect::<Vec<_>>(),
+            "partitions": st.partitions.iter().map(|p| serde_json::json!({
+                "topic": p.topic,
+                "partition": p.partition,
+                "leader": p.leader,
+                "replicas": p.replicas,
+                "high_watermark": p.high_watermark,
+                "lag": p.lag.iter().map(|(id, l)| (id.to_string(), lag_json(l))).collect::<serde_json::Map<_, _>>(),
+            })).collect::<Vec<_>>(),
+        }));
+        return;
+    }
+    let show = |v: Option<u64>| v.map_or("-".to_owned(), |x| x.to_string());
+    println!(
+        "metadata leader: {}  voters: {:?}",
+        show(st.metadata_leader),
+        st.metadata_voters
+    );
+    println!();
+    println!(
+        "{:<6} {:<22} {:<22} {:<6} UPTIME",
+        "NODE", "GRPC", "RAFT", "STATE"
+    );
+    for n in &st.nodes {
+        match &n.status {
+            Ok(s) => println!(
+                "{:<6} {:<22} {:<22} {:<6} {}s",
+                n.node_id,
+                n.grpc_addr,
+                s.raft_addr,
+                "up",
+                s.uptime_ms / 1000
+            ),
+            Err(e) => println!(
+                "{:<6} {:<22} {:<22} {:<6} ({e})",
+                n.node_id, n.grpc_addr, "?", "DOWN"
+            ),
+        }
+    }
+    println!();
+    println!(
+        "{:<24} {:>9} {:>6} {:<12} {:>14}  LAG (records behind the leader, per replica)",
+        "TOPIC", "PARTITION", "LEADER", "REPLICAS", "HIGH_WATERMARK"
+    );
+    for p in &st.partitions {
+        let replicas = p
+            .replicas
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let lag = p
+            .lag
+            .iter()
+            .map(|(id, l)| match l {
+                ReplicaLag::Records(n) => format!("{id}:{n}"),
+                ReplicaLag::Down => format!("{id}:down"),
+                ReplicaLag::Missing => format!("{id}:missing"),
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        println!(
+            "{:<24} {:>9} {:>6} {:<12} {:>14}  {lag}",
+            p.topic,
+            p.partition,
+            show(p.leader),
+            replicas,
+            show(p.high_watermark)
+        );
+    }
 }
 
 async fn group(broker: &str, json: bool, cmd: GroupCmd) -> anyhow::Result<()> {

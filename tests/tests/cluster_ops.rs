@@ -1,0 +1,349 @@
+//! Cluster operations end to end, with real processes on 127.0.0.1-4:
+//! forming a cluster with `strata cluster init`, `cluster status`, adding a
+//! node that catches up from a snapshot past the retention boundary,
+//! reassigning a partition to it and moving leadership there, and removing
+//! a node (refused while it still hosts replicas).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use strata_broker::log::{LogConfig, PartitionLog};
+use strata_client::{
+    Admin, Consumer, ConsumerConfig, Producer, ProducerConfig, Record, ReplicaLag, ResetPolicy,
+    TopicConfig,
+};
+use strata_tests::{
+    BrokerProcess, cli, free_addrs, init_test_logging, poll_until_async, start_cluster_with,
+};
+
+fn rec(i: u64) -> Record {
+    // ~100-byte records that do not compress away.
+    let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let mut value = format!("v{i:08}-");
+    while value.len() < 100 {
+        x ^= x >> 31;
+        x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        value.push_str(&format!("{x:016x}"));
+    }
+    Record {
+        key: None,
+        value: value.into(),
+        headers: vec![],
+        timestamp_ms: 0,
+    }
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+async fn produce(addr: &str, topic: &str, from: u64, to: u64) {
+    let p = Producer::connect(
+        addr,
+        ProducerConfig {
+            batch_bytes_max: 4 << 10,
+            ..ProducerConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut waits = Vec::new();
+    for i in from..to {
+        waits.push(p.send(topic, rec(i), Some(0)).await.unwrap());
+    }
+    for w in waits {
+        w.await.unwrap();
+    }
+    p.close().await.unwrap();
+}
+
+/// Batches (base offset, bytes) of a stopped node's partition from `from`.
+fn batches(dir: &std::path::Path, from: u64, to: u64) -> Vec<(u64, Vec<u8>)> {
+    let log = PartitionLog::open_dir(dir, LogConfig::default()).unwrap();
+    assert!(
+        log.log_start_offset() <= from,
+        "{} starts at {}",
+        dir.display(),
+        log.log_start_offset()
+    );
+    let mut out = Vec::new();
+    let mut offset = from;
+    while offset < to {
+        let b = log.read(offset, 1 << 20, Some(to)).unwrap();
+        let last = b.last().unwrap();
+        offset = last.last_offset() + 1;
+        out.extend(b.into_iter().map(|b| (b.base_offset, b.bytes.to_vec())));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_add_node_past_retention_reassign_transfer_and_remove() {
+    init_test_logging();
+    let dir = tempfile::tempdir().unwrap();
+    // Three nodes without --peers: they wait for `cluster init`.
+    let mut nodes = start_cluster_with(dir.path(), false, &["--retention-check-ms", "200"]);
+    let first = nodes[0].grpc.clone();
+    let peers = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("{}={}", i + 1, n.arg("--raft-addr").unwrap()))
+        .collect::<Vec<_>>()
+        .join(",");
+    let out = cli(&first, &["cluster", "init", "--peers", &peers], None);
+    assert!(out.status.success(), "init failed: {}", stderr(&out));
+    assert!(stdout(&out).contains("cluster initialized with 3 voters"));
+    // Bad input changes nothing.
+    let out = cli(&first, &["cluster", "init", "--peers", "1=nowhere"], None);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("Raft socket addresses"),
+        "{}",
+        stderr(&out)
+    );
+
+    let admin = Admin::connect(&first).await.unwrap();
+    let a = &admin;
+    poll_until_async(
+        "three nodes registered",
+        Duration::from_secs(30),
+        || async move { a.metadata(&[]).await.is_ok_and(|m| m.brokers.len() == 3) },
+    )
+    .await;
+    // A second init is a no-op.
+    let out = cli(
+        &nodes[1].grpc,
+        &["cluster", "init", "--peers", &peers],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("already belongs"), "{}", stdout(&out));
+
+    // Small segments and size retention, so the start of the log goes.
+    admin
+        .create_topic(
+            "r",
+            1,
+            3,
+            TopicConfig {
+                segment_bytes: Some(128 << 10),
+                retention_bytes: Some(256 << 10),
+                max_batch_bytes: Some(64 << 10),
+                ..TopicConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+    let produced: u64 = 20_000;
+    produce(&first, "r", 0, produced).await;
+    // Every replica deleted the start of its log, Raft entries included:
+    // a new replica can only start from a snapshot.
+    let a = &admin;
+    poll_until_async(
+        "retention trimmed the log",
+        Duration::from_secs(30),
+        || async move {
+            let Ok(st) = a.cluster_status().await else {
+                return false;
+            };
+            st.nodes.iter().all(|n| {
+                n.status.as_ref().is_ok_and(|s| {
+                    s.replicas
+                        .iter()
+                        .any(|r| r.topic == "r" && r.purged_end > 0 && r.log_start_offset > 0)
+                })
+            })
+        },
+    )
+    .await;
+    // A fourth node joins, empty, without --peers.
+    let addrs = free_addrs("127.0.0.4", 3);
+    let mut n4 = BrokerProcess::start(
+        &dir.path().join("n4"),
+        &[
+            "--raft-addr",
+            &addrs[0],
+            "--grpc-addr",
+            &addrs[1],
+            "--http-addr",
+            &addrs[2],
+            "--node-id",
+            "4",
+            "--retention-check-ms",
+            "200",
+        ],
+    );
+    let out = cli(
+        &nodes[2].grpc,
+        &["cluster", "add-node", "--id", "4", "--raft-addr", &addrs[0]],
+        None,
+    );
+    assert!(out.status.success(), "add-node: {}", stderr(&out));
+    let out = cli(
+        &first,
+        &["cluster", "reassign", "r", "-p", "0", "--replicas", "2,3,4"],
+        None,
+    );
+    assert!(out.status.success(), "reassign: {}", stderr(&out));
+
+    // Node 4 caught up: no lag, same log start and high watermark as the
+    // leader, though it never saw the start of the log.
+    let a = &admin;
+    poll_until_async("node 4 caught up", Duration::from_secs(60), || async move {
+        let Ok(st) = a.cluster_status().await else {
+            return false;
+        };
+        let p = &st.partitions[0];
+        p.replicas == vec![2, 3, 4]
+            && p.lag.get(&4) == Some(&ReplicaLag::Records(0))
+            && p.high_watermark == Some(produced)
+    })
+    .await;
+    let s4 = Admin::connect(&n4.grpc)
+        .await
+        .unwrap()
+        .node_status()
+        .await
+        .unwrap();
+    let r4 = s4.replicas.iter().find(|r| r.topic == "r").unwrap();
+    // Node 1 no longer hosts the partition: ask a replica.
+    let admin2 = Admin::connect(&nodes[1].grpc).await.unwrap();
+    let d = admin2.describe_topic("r").await.unwrap();
+    let start = d.partition_info[0].log_start_offset;
+    assert!(start > 0);
+    assert_eq!(r4.high_watermark, produced);
+    assert!(r4.snapshot_end > 0, "node 4 installed no snapshot: {r4:?}");
+    assert!(
+        r4.log_start_offset >= start,
+        "node 4 starts at {}, below the leader's {start}",
+        r4.log_start_offset
+    );
+
+    // `cluster status` shows the partition with its replicas and lag.
+    let out = cli(&first, &["cluster", "status"], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("2,3,4"), "{text}");
+    assert!(text.contains("4:0"), "{text}");
+
+    // Leadership moves to the new node, which then serves produce and
+    // reads from its first retained offset on.
+    let out = cli(
+        &first,
+        &[
+            "cluster",
+            "transfer-leader",
+            "--topic",
+            "r",
+            "-p",
+            "0",
+            "--to",
+            "4",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "transfer: {}", stderr(&out));
+    let a = &admin2;
+    poll_until_async("node 4 leads r/0", Duration::from_secs(20), || async move {
+        a.describe_topic("r")
+            .await
+            .is_ok_and(|d| d.partition_info[0].leader == 4)
+    })
+    .await;
+    produce(&first, "r", produced, produced + 1_000).await;
+    let total = produced + 1_000;
+    let mut c = Consumer::connect(
+        &n4.grpc,
+        "r",
+        Some(vec![0]),
+        ConsumerConfig {
+            reset: ResetPolicy::Earliest,
+            ..ConsumerConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut next: Option<u64> = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while next != Some(total) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reading stalled at {next:?}"
+        );
+        for r in c.poll(Duration::from_millis(500)).await.unwrap() {
+            let expect = next.unwrap_or(r.offset);
+            assert_eq!(r.offset, expect, "offsets are dense");
+            assert_eq!(r.value, rec(r.offset).value, "record at {}", r.offset);
+            next = Some(r.offset + 1);
+        }
+    }
+
+    // Node 2 still hosts a replica: removing it is refused, nothing changes.
+    let out = cli(&first, &["cluster", "remove-node", "--id", "2"], None);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("reassign its replicas first"),
+        "{}",
+        stderr(&out)
+    );
+    // Node 1 hosts nothing now.
+    let out = cli(&first, &["cluster", "remove-node", "--id", "1"], None);
+    assert!(out.status.success(), "remove-node: {}", stderr(&out));
+    let a = Admin::connect(&nodes[1].grpc).await.unwrap();
+    let a = &a;
+    poll_until_async(
+        "node 1 gone from the metadata",
+        Duration::from_secs(20),
+        || async move {
+            a.metadata(&[]).await.is_ok_and(|m| {
+                let mut ids: Vec<u64> = m.brokers.iter().map(|b| b.node_id).collect();
+                ids.sort_unstable();
+                ids == vec![2, 3, 4]
+            })
+        },
+    )
+    .await;
+
+    // Same bytes at the same offsets on the replicas (offline, stopped).
+    let a = &admin;
+    poll_until_async(
+        "replicas caught up",
+        Duration::from_secs(30),
+        || async move {
+            a.cluster_status().await.is_ok_and(|st| {
+                st.partitions[0]
+                    .lag
+                    .values()
+                    .all(|l| *l == ReplicaLag::Records(0))
+            })
+        },
+    )
+    .await;
+    drop(c);
+    assert!(n4.stop(), "node 4 did not stop cleanly");
+    for n in nodes.iter_mut() {
+        assert!(n.stop(), "a node did not stop cleanly");
+    }
+    // From the newest log start among them (retention keeps running).
+    let from = ["n2", "n3", "n4"]
+        .iter()
+        .map(|n| {
+            PartitionLog::open_dir(dir.path().join(n).join("topics/r/0"), LogConfig::default())
+                .unwrap()
+                .log_start_offset()
+        })
+        .max()
+        .unwrap();
+    assert!(from < total, "retention kept nothing");
+    let on4 = batches(&dir.path().join("n4/topics/r/0"), from, total);
+    let on2 = batches(&dir.path().join("n2/topics/r/0"), from, total);
+    let on3 = batches(&dir.path().join("n3/topics/r/0"), from, total);
+    assert_eq!(on4, on2, "node 4 and node 2 differ");
+    assert_eq!(on4, on3, "node 4 and node 3 differ");
+    assert!(!on4.is_empty());
+}
