@@ -101,6 +101,7 @@ pub struct BrokerProcess {
     pub data_dir: PathBuf,
     args: Vec<String>,
     starts: u32,
+    netns: Option<String>,
 }
 
 impl BrokerProcess {
@@ -113,6 +114,22 @@ impl BrokerProcess {
             data_dir: data_dir.to_path_buf(),
             args: args.iter().map(|s| s.to_string()).collect(),
             starts: 0,
+            netns: None,
+        };
+        b.launch();
+        b
+    }
+
+    /// Starts a broker inside network namespace `netns` (see [`NetLab`]).
+    pub fn start_in(netns: &str, data_dir: &Path, args: &[&str]) -> Self {
+        let mut b = BrokerProcess {
+            child: None,
+            grpc: String::new(),
+            http: String::new(),
+            data_dir: data_dir.to_path_buf(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            starts: 0,
+            netns: Some(netns.to_owned()),
         };
         b.launch();
         b
@@ -125,7 +142,17 @@ impl BrokerProcess {
                 .with_extension(format!("stderr.{}", self.starts)),
         )
         .unwrap();
-        let mut child = Command::new(bin("strata-broker"))
+        // `ip netns exec` execs the broker, so the child's pid is the
+        // broker's and kill -9 reaches it.
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin("strata-broker"));
+                c
+            }
+            None => Command::new(bin("strata-broker")),
+        };
+        let mut child = cmd
             .arg("--data-dir")
             .arg(&self.data_dir)
             // Free ports, unless the caller fixed the addresses (a cluster
@@ -430,4 +457,135 @@ pub async fn leader(nodes: &mut [BrokerProcess], topic: &str) -> Option<u64> {
         }
     }
     None
+}
+
+/// Network namespaces for partition tests (needs root): `n` namespaces,
+/// each with one veth into a bridge in the test's namespace, addresses
+/// 10.213.S.i/24 (i = 1..n; the bridge, where the test's clients live, is
+/// .254). Partitions are blackhole routes inside the namespaces, so the
+/// test can still reach every node. Everything is deleted on drop.
+#[derive(Debug)]
+pub struct NetLab {
+    tag: String,
+    subnet: u8,
+    n: usize,
+    blackholes: Vec<(usize, usize)>,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("running ip (iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl NetLab {
+    /// Creates the namespaces and the bridge. Panics (with the reason)
+    /// when not root or iproute2 is missing: partition tests never skip.
+    pub fn new(n: usize) -> Self {
+        let pid = std::process::id();
+        let lab = NetLab {
+            tag: format!("st{}", pid % 1_000_000),
+            subnet: (pid % 250) as u8,
+            n,
+            blackholes: Vec::new(),
+        };
+        let br = lab.bridge();
+        ip(&["link", "add", &br, "type", "bridge"]);
+        ip(&["addr", "add", &format!("{}/24", lab.addr(254)), "dev", &br]);
+        ip(&["link", "set", &br, "up"]);
+        for i in 1..=n {
+            let (ns, host, inner) = (
+                lab.ns(i),
+                format!("{}h{i}", lab.tag),
+                format!("{}v{i}", lab.tag),
+            );
+            ip(&["netns", "add", &ns]);
+            ip(&["link", "add", &host, "type", "veth", "peer", "name", &inner]);
+            ip(&["link", "set", &inner, "netns", &ns]);
+            ip(&["link", "set", &host, "master", &br]);
+            ip(&["link", "set", &host, "up"]);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/24", lab.addr(i)),
+                "dev",
+                &inner,
+            ]);
+            ip(&["-n", &ns, "link", "set", &inner, "up"]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        }
+        lab
+    }
+
+    fn bridge(&self) -> String {
+        format!("{}br", self.tag)
+    }
+
+    /// Namespace of node `i` (1-based).
+    pub fn ns(&self, i: usize) -> String {
+        format!("{}n{i}", self.tag)
+    }
+
+    /// Address of node `i` (254: the test's side).
+    pub fn addr(&self, i: usize) -> String {
+        format!("10.213.{}.{i}", self.subnet)
+    }
+
+    /// Cuts node `i` off from every other node (both directions); the
+    /// test's side still reaches it.
+    pub fn isolate(&mut self, i: usize) {
+        for j in (1..=self.n).filter(|j| *j != i) {
+            for (from, to) in [(i, j), (j, i)] {
+                ip(&[
+                    "-n",
+                    &self.ns(from),
+                    "route",
+                    "add",
+                    "blackhole",
+                    &format!("{}/32", self.addr(to)),
+                ]);
+                self.blackholes.push((from, to));
+            }
+        }
+    }
+
+    /// Removes every partition.
+    pub fn heal(&mut self) {
+        for (from, to) in std::mem::take(&mut self.blackholes) {
+            ip(&[
+                "-n",
+                &self.ns(from),
+                "route",
+                "del",
+                "blackhole",
+                &format!("{}/32", self.addr(to)),
+            ]);
+        }
+    }
+}
+
+impl Drop for NetLab {
+    fn drop(&mut self) {
+        for i in 1..=self.n {
+            // Deleting one end of a veth deletes both.
+            let _ = Command::new("ip")
+                .args(["link", "del", &format!("{}h{i}", self.tag)])
+                .output();
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.ns(i)])
+                .output();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge()])
+            .output();
+    }
 }

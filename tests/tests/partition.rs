@@ -1,0 +1,234 @@
+//! Network partition of a partition's leader, with real processes in
+//! network namespaces (root; blackhole routes, since the kernel has no
+//! netem): the isolated leader cannot acknowledge a write, the majority
+//! elects a leader and keeps acknowledging, and after healing all replicas
+//! converge to the same bytes, without the minority's write.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use strata_broker::log::{LogConfig, PartitionLog};
+use strata_client::{
+    Admin, Consumer, ConsumerConfig, Producer, ProducerConfig, Record, ReplicaLag, ResetPolicy,
+    TopicConfig,
+};
+use strata_proto::batch::{Compression, encode_batch};
+use strata_proto::pb;
+use strata_tests::{BrokerProcess, NetLab, init_test_logging, poll_until_async};
+
+fn rec(value: &str) -> Record {
+    Record {
+        key: None,
+        value: value.to_owned().into(),
+        headers: vec![],
+        timestamp_ms: 0,
+    }
+}
+
+async fn produce_all(addr: &str, values: impl Iterator<Item = String>) {
+    let p = Producer::connect(addr, ProducerConfig::default())
+        .await
+        .unwrap();
+    let mut waits = Vec::new();
+    for v in values {
+        waits.push(p.send("p", rec(&v), Some(0)).await.unwrap());
+    }
+    for w in waits {
+        tokio::time::timeout(Duration::from_secs(30), w)
+            .await
+            .expect("acknowledged within 30 s")
+            .unwrap();
+    }
+    p.close().await.unwrap();
+}
+
+/// The partition leader as node `i` reports it (0: none).
+async fn leader_seen_by(addr: &str) -> u64 {
+    match Admin::connect(addr).await {
+        Ok(a) => a
+            .describe_topic("p")
+            .await
+            .map_or(0, |d| d.partition_info[0].leader),
+        Err(_) => 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolated_leader_cannot_ack_majority_continues_and_replicas_converge() {
+    init_test_logging();
+    let mut lab = NetLab::new(3);
+    let dir = tempfile::tempdir().unwrap();
+    let peers = (1..=3)
+        .map(|i| format!("{i}={}:7071", lab.addr(i)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut nodes: Vec<BrokerProcess> = (1..=3)
+        .map(|i| {
+            let a = lab.addr(i);
+            BrokerProcess::start_in(
+                &lab.ns(i),
+                &dir.path().join(format!("n{i}")),
+                &[
+                    "--grpc-addr",
+                    &format!("{a}:7070"),
+                    "--http-addr",
+                    &format!("{a}:7080"),
+                    "--raft-addr",
+                    &format!("{a}:7071"),
+                    "--node-id",
+                    &i.to_string(),
+                    "--peers",
+                    &peers,
+                ],
+            )
+        })
+        .collect();
+    let grpc: Vec<String> = nodes.iter().map(|n| n.grpc.clone()).collect();
+    let admin = Admin::connect(&grpc[0]).await.unwrap();
+    let a = &admin;
+    poll_until_async(
+        "three nodes registered",
+        Duration::from_secs(30),
+        || async move { a.metadata(&[]).await.is_ok_and(|m| m.brokers.len() == 3) },
+    )
+    .await;
+    admin
+        .create_topic("p", 1, 3, TopicConfig::default())
+        .await
+        .unwrap();
+    produce_all(&grpc[0], (0..1000).map(|i| format!("before-{i}"))).await;
+
+    // The leader, agreed on by every node.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let old = loop {
+        let seen = [
+            leader_seen_by(&grpc[0]).await,
+            leader_seen_by(&grpc[1]).await,
+            leader_seen_by(&grpc[2]).await,
+        ];
+        if seen[0] != 0 && seen.iter().all(|l| *l == seen[0]) {
+            break seen[0] as usize;
+        }
+        assert!(Instant::now() < deadline, "no agreed leader: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    lab.isolate(old);
+    let cut_at = Instant::now();
+
+    // Minority: a write sent straight to the isolated leader is never
+    // acknowledged (it has no quorum).
+    let mut batch = Vec::new();
+    encode_batch(&[rec("minority")], Compression::None, None, &mut batch).unwrap();
+    let mut raw = strata_client::admin::connect(&grpc[old - 1]).await.unwrap();
+    let minority = tokio::time::timeout(
+        Duration::from_secs(5),
+        raw.produce(pb::ProduceRequest {
+            topic: "p".into(),
+            partition: 0,
+            batch: batch.into(),
+            acks: pb::Acks::All as i32,
+        }),
+    )
+    .await;
+    match &minority {
+        Err(_) => {}
+        Ok(Err(status)) => println!("minority write refused: {}", status.message()),
+        Ok(Ok(r)) => panic!("the isolated leader acknowledged a write: {r:?}"),
+    }
+
+    // Majority: elects a leader among themselves and acknowledges.
+    let majority: Vec<usize> = (1..=3).filter(|i| *i != old).collect();
+    let m0 = grpc[majority[0] - 1].clone();
+    produce_all(&m0, (0..1000).map(|i| format!("during-{i}"))).await;
+    let new = leader_seen_by(&m0).await as usize;
+    assert!(
+        majority.contains(&new),
+        "leader {new} is not in the majority"
+    );
+    println!(
+        "partition: node {old} isolated; majority leader {new}; 1000 writes acknowledged {:?} after the cut (the first 5 s probe the minority)",
+        cut_at.elapsed()
+    );
+
+    // Heal: everyone converges on the majority's log.
+    lab.heal();
+    let a = Admin::connect(&m0).await.unwrap();
+    let a = &a;
+    poll_until_async(
+        "replicas converged",
+        Duration::from_secs(60),
+        || async move {
+            a.cluster_status().await.is_ok_and(|st| {
+                let p = &st.partitions[0];
+                p.high_watermark == Some(2000)
+                    && p.lag.values().all(|l| *l == ReplicaLag::Records(0))
+            })
+        },
+    )
+    .await;
+    let g = grpc[old - 1].clone();
+    poll_until_async("the old leader follows", Duration::from_secs(30), || {
+        let g = g.clone();
+        async move { leader_seen_by(&g).await == new as u64 }
+    })
+    .await;
+
+    // Exactly the acknowledged records, in order, readable from the old
+    // leader's side of the cluster too; the minority write is gone.
+    let mut c = Consumer::connect(
+        &grpc[old - 1],
+        "p",
+        Some(vec![0]),
+        ConsumerConfig {
+            reset: ResetPolicy::Earliest,
+            ..ConsumerConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut values = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while values.len() < 2000 {
+        assert!(
+            Instant::now() < deadline,
+            "read stalled at {}",
+            values.len()
+        );
+        for r in c.poll(Duration::from_millis(500)).await.unwrap() {
+            assert_eq!(r.offset, values.len() as u64, "offsets are dense");
+            values.push(String::from_utf8(r.value.to_vec()).unwrap());
+        }
+    }
+    let expected: Vec<String> = (0..1000)
+        .map(|i| format!("before-{i}"))
+        .chain((0..1000).map(|i| format!("during-{i}")))
+        .collect();
+    assert_eq!(values, expected);
+    assert!(!values.iter().any(|v| v == "minority"));
+    drop(c);
+
+    for n in nodes.iter_mut() {
+        assert!(n.stop(), "a node did not stop cleanly");
+    }
+    let logs: Vec<Vec<(u64, Vec<u8>)>> = (1..=3)
+        .map(|i| {
+            let log = PartitionLog::open_dir(
+                dir.path().join(format!("n{i}/topics/p/0")),
+                LogConfig::default(),
+            )
+            .unwrap();
+            assert_eq!(log.next_offset(), 2000, "node {i} holds more or less");
+            log.read(0, 64 << 20, Some(2000))
+                .unwrap()
+                .into_iter()
+                .map(|b| (b.base_offset, b.bytes.to_vec()))
+                .collect()
+        })
+        .collect();
+    assert_eq!(logs[0], logs[1], "node 1 and node 2 differ");
+    assert_eq!(logs[0], logs[2], "node 1 and node 3 differ");
+    let distinct: HashSet<_> = logs[0].iter().map(|b| b.0).collect();
+    assert_eq!(distinct.len(), logs[0].len());
+}
