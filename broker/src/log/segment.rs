@@ -595,7 +595,6 @@ impl<'a> Cursor<'a> {
         if self.position >= self.seg.size {
             return Ok(None);
         }
-        let mut refilled = false;
         loop {
             let rel = (self.position - self.buf_start) as usize;
             let avail = self.buf.get(rel..).unwrap_or(&[]);
@@ -607,15 +606,25 @@ impl<'a> Cursor<'a> {
                     return Ok(Some((meta, position, bytes)));
                 }
                 Err(EntryError::Incomplete { needed, .. }) => {
+                    // A first look may see only part of the header (and so
+                    // ask for the header); the header then tells the whole
+                    // entry's length, which may exceed a chunk. Refill until
+                    // the buffer holds what the decoder needs: each round
+                    // asks for more, so this ends.
                     let need = needed.unwrap_or(ENTRY_HEADER_LEN);
-                    if refilled || self.position + need as u64 > self.seg.size {
+                    if self.position + need as u64 > self.seg.size {
                         return Err(self.corrupt(format!(
                             "entry of {need} bytes runs past the segment's end ({} bytes)",
                             self.seg.size
                         )));
                     }
+                    if avail.len() >= need {
+                        return Err(self.corrupt(format!(
+                            "entry reported incomplete with {} of {need} bytes present",
+                            avail.len()
+                        )));
+                    }
                     self.refill(need)?;
-                    refilled = true;
                 }
                 Err(e) => {
                     let mut err = self.corrupt(e.to_string());
