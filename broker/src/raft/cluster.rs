@@ -91,7 +91,9 @@ fn group_status(raft: &Raft, partition: Option<(String, u32)>) -> GroupStatus {
         ServerState::Leader => "leader",
         ServerState::Candidate => "candidate",
         ServerState::Learner => "learner",
-        _ => "follower",
+        ServerState::Follower => "follower",
+        // The group stopped (a storage error; see the node's log).
+        ServerState::Shutdown => "stopped",
     };
     let membership = m.membership_config.membership();
     GroupStatus {
@@ -345,6 +347,13 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
+        // Only writes whose effect the caller reads here next need this
+        // node to have applied them; the others answer at once (a follower
+        // learns the commit with the next heartbeat, up to 100 ms later).
+        let read_back = !matches!(cmd, MetaCmd::AllocProducerId | MetaCmd::SetLeader { .. });
+        if !read_back {
+            return Ok(reply);
+        }
         let wait = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_secs(1));

@@ -1181,10 +1181,27 @@ async fn bench_produce(broker: &str, json: bool, a: BenchProduceArgs) -> anyhow:
     };
     let value = Bytes::from(vec![b'x'; a.record_bytes]);
     let per = a.records / a.producers.max(1) as u64;
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
+    // Warm-up, not measured: every producer gets its id and one record per
+    // partition acknowledged, so a just-created topic has elected its
+    // leaders and the clients have found them.
+    let partitions = admin.describe_topic(&a.topic).await?.partitions;
+    let mut producers = Vec::new();
     for _ in 0..a.producers.max(1) {
         let producer = Producer::connect(broker, config.clone()).await?;
+        for p in 0..partitions {
+            let record = Record {
+                key: None,
+                value: value.clone(),
+                headers: vec![],
+                timestamp_ms: now_ms(),
+            };
+            producer.send_and_wait(&a.topic, record, Some(p)).await?;
+        }
+        producers.push(producer);
+    }
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for producer in producers {
         let (topic, value) = (a.topic.clone(), value.clone());
         tasks.spawn(async move {
             // A reaper awaits deliveries in send order (one partition's
