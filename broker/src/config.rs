@@ -48,6 +48,11 @@ pub struct BrokerConfig {
     /// cluster; a node started without peers waits for `strata cluster
     /// init` or to be added with `strata cluster add-node`.
     pub peers: Vec<String>,
+    /// The metadata group snapshots its state after this many log entries
+    /// (topic changes, offset commits, producer ids, leader reports) and
+    /// deletes the log behind the snapshot, keeping min(1,000, half of
+    /// this) entries for lagging peers. Default 10,000.
+    pub meta_snapshot_entries: u64,
     /// Broker-wide defaults for topics (segments, retention, batch size).
     pub log: LogDefaults,
 }
@@ -122,6 +127,7 @@ impl Default for BrokerConfig {
             partitions_max: 1024,
             raft_addr: None,
             peers: Vec::new(),
+            meta_snapshot_entries: 10_000,
             log: LogDefaults::default(),
         }
     }
@@ -159,6 +165,12 @@ impl BrokerConfig {
         }
         if self.partitions_max == 0 {
             return Err("partitions_max must be positive".into());
+        }
+        if self.meta_snapshot_entries < 100 {
+            return Err(format!(
+                "meta_snapshot_entries must be at least 100, got {}",
+                self.meta_snapshot_entries
+            ));
         }
         crate::topic::TopicSettings::default()
             .to_log_config(&self.log)

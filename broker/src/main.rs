@@ -39,6 +39,10 @@ struct Args {
     /// (this node included), comma-separated.
     #[arg(long, value_delimiter = ',')]
     peers: Vec<String>,
+    /// Metadata group: snapshot after this many log entries, then delete
+    /// the log behind the snapshot.
+    #[arg(long)]
+    meta_snapshot_entries: Option<u64>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -90,6 +94,9 @@ fn real_main() -> anyhow::Result<()> {
     }
     if let Some(v) = args.raft_addr {
         config.raft_addr = Some(v);
+    }
+    if let Some(v) = args.meta_snapshot_entries {
+        config.meta_snapshot_entries = v;
     }
     if !args.peers.is_empty() {
         config.peers = args.peers;

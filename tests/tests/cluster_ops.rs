@@ -347,3 +347,116 @@ async fn init_add_node_past_retention_reassign_transfer_and_remove() {
     assert_eq!(on4, on3, "node 4 and node 3 differ");
     assert!(!on4.is_empty());
 }
+
+/// The metadata log is compacted (snapshot, then the log behind it is
+/// deleted), and a node that was down while the log moved past it catches
+/// up from the metadata snapshot, topics and committed offsets included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_log_is_compacted_and_a_lagging_node_installs_its_snapshot() {
+    init_test_logging();
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = start_cluster_with(dir.path(), true, &["--meta-snapshot-entries", "200"]);
+    let admin = Admin::connect(&nodes[0].grpc).await.unwrap();
+    let a = &admin;
+    poll_until_async(
+        "three nodes registered",
+        Duration::from_secs(30),
+        || async move { a.metadata(&[]).await.is_ok_and(|m| m.brokers.len() == 3) },
+    )
+    .await;
+    admin
+        .create_topic("m", 4, 3, TopicConfig::default())
+        .await
+        .unwrap();
+    // Node 3 misses what follows.
+    let meta_of = |s: &strata_proto::pb::NodeStatusResponse| {
+        s.replicas
+            .iter()
+            .find(|r| r.topic.is_empty())
+            .cloned()
+            .unwrap()
+    };
+    let a3 = Admin::connect(&nodes[2].grpc).await.unwrap();
+    let n3_end = meta_of(&a3.node_status().await.unwrap()).log_end;
+    nodes[2].kill9();
+    let commits: u64 = 600;
+    for i in 1..=commits {
+        admin
+            .commit("g", "m", &[((i % 4) as u32, i)])
+            .await
+            .unwrap();
+    }
+    let want: Vec<(u32, u64)> = {
+        let mut w: Vec<(u32, u64)> = (0..4u32)
+            .map(|p| {
+                (
+                    p,
+                    (commits - 3..=commits)
+                        .find(|i| i % 4 == u64::from(p))
+                        .unwrap(),
+                )
+            })
+            .collect();
+        w.sort_unstable();
+        w
+    };
+    let mut got = admin.committed("g", "m").await.unwrap();
+    got.sort_unstable();
+    assert_eq!(got, want);
+    // The running nodes snapshotted the metadata and deleted the log
+    // behind it.
+    for n in &nodes[..2] {
+        let s = Admin::connect(&n.grpc)
+            .await
+            .unwrap()
+            .node_status()
+            .await
+            .unwrap();
+        let meta = meta_of(&s);
+        assert!(
+            meta.snapshot_end > 0 && meta.purged_end > n3_end,
+            "node {}: metadata not compacted past node 3's log end {n3_end}: {meta:?}",
+            s.node_id
+        );
+    }
+    // Node 3 comes back; the entries it lacks are gone, so it catches up
+    // from the snapshot.
+    nodes[2].restart();
+    let a3 = Admin::connect(&nodes[2].grpc).await.unwrap();
+    let (a3, want) = (&a3, &want);
+    poll_until_async("node 3 caught up", Duration::from_secs(30), || async move {
+        let Ok(mut got) = a3.committed("g", "m").await else {
+            return false;
+        };
+        got.sort_unstable();
+        got == *want
+            && a3
+                .describe_topic("m")
+                .await
+                .is_ok_and(|d| d.partitions == 4)
+    })
+    .await;
+    let s = a3.node_status().await.unwrap();
+    let meta = s.replicas.iter().find(|r| r.topic.is_empty()).unwrap();
+    assert!(
+        meta.snapshot_end > 0,
+        "node 3 has no metadata snapshot: {meta:?}"
+    );
+    // And it survives its own restart from the snapshot plus the log.
+    nodes[2].kill9();
+    nodes[2].restart();
+    let a3 = Admin::connect(&nodes[2].grpc).await.unwrap();
+    let a3 = &a3;
+    poll_until_async(
+        "node 3 restarted from its snapshot",
+        Duration::from_secs(30),
+        || async move {
+            let Ok(mut got) = a3.committed("g", "m").await else {
+                return false;
+            };
+            got.sort_unstable();
+            got == *want
+        },
+    )
+    .await;
+}

@@ -166,6 +166,7 @@ async fn open_group(
     channels: &Channels,
     writer_config: WriterConfig,
     observer: Option<SyncObserver>,
+    snapshot_every: Option<u64>,
 ) -> Result<
     (
         Raft,
@@ -183,7 +184,7 @@ async fn open_group(
     let store = LogStore::open(writer.clone(), hint.clone()).map_err(storage_err)?;
     let (trim_tx, trim_rx) = mpsc::unbounded_channel();
     let sm = GroupSm::open(dir, machine, hint, trim_tx).map_err(storage_err)?;
-    let config = Arc::new(raft_config(name).map_err(storage_err)?);
+    let config = Arc::new(raft_config(name, snapshot_every).map_err(storage_err)?);
     let raft = Raft::new(
         node_id,
         config,
@@ -211,11 +212,16 @@ impl Cluster {
             META_GROUP,
             config.node_id,
             dir,
-            LogConfig::default(),
+            LogConfig {
+                // Small segments, so purging behind a snapshot frees space.
+                segment_bytes_max: 8 << 20,
+                ..LogConfig::default()
+            },
             Machine::Meta(MetaState::default()),
             &channels,
             WriterConfig::default(),
             None,
+            Some(broker.meta_snapshot_entries),
         )
         .await?;
         groups
@@ -793,6 +799,7 @@ impl Cluster {
                 ..WriterConfig::default()
             },
             Some(observer),
+            None,
         )
         .await?;
         self.groups

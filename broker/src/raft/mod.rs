@@ -195,7 +195,22 @@ pub fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> io::Result<T> {
 
 /// The Raft settings every group uses. Snapshots are built only at trim
 /// points and logs purged only on request (see [`sm`]).
-pub fn raft_config(cluster_name: &str) -> io::Result<openraft::Config> {
+pub fn raft_config(
+    cluster_name: &str,
+    snapshot_every: Option<u64>,
+) -> io::Result<openraft::Config> {
+    let (snapshot_policy, keep) = match snapshot_every {
+        // The metadata group: its state machine is its whole state, so a
+        // snapshot at the applied point is complete; keep some log behind
+        // it (up to 1,000 entries) for peers that lag a little.
+        Some(n) => (
+            openraft::SnapshotPolicy::LogsSinceLast(n),
+            (n / 2).min(1_000),
+        ),
+        // Partitions: snapshots are pinned at retention's trim points only
+        // (see `sm.rs`); nothing else purges the log.
+        None => (openraft::SnapshotPolicy::Never, u64::MAX),
+    };
     let c = openraft::Config {
         cluster_name: cluster_name.to_owned(),
         heartbeat_interval: 100,
@@ -203,8 +218,8 @@ pub fn raft_config(cluster_name: &str) -> io::Result<openraft::Config> {
         election_timeout_max: 800,
         install_snapshot_timeout: 2000,
         max_payload_entries: 512,
-        snapshot_policy: openraft::SnapshotPolicy::Never,
-        max_in_snapshot_log_to_keep: u64::MAX,
+        snapshot_policy,
+        max_in_snapshot_log_to_keep: keep,
         enable_pre_vote: Some(true),
         ..Default::default()
     };
