@@ -8,8 +8,8 @@
 #
 # Knobs (environment): RECORDS (1000000), REPLAY_RECORDS (10000000),
 # RATE (10000), LATENCY_SECONDS (10), MAX_SECONDS (60), WORKLOADS
-# (produce,replay,latency).
-# RF=3 rows need Strata's replication (issue 5) and are not measured here.
+# (produce,replay,latency,rf3). The rf3 workload also starts a 3-node Strata
+# cluster and a 3-node NATS cluster (JetStream, R3 streams) on loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,7 +22,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 # Debian's package may start its own service; ours run on their own ports.
 
-cargo build --release --quiet -p strata-broker -p strata-bench --bins
+cargo build --release --quiet -p strata-broker -p strata-client -p strata-bench --bins
 work=$(mktemp -d -p "${BENCH_DIR:-$PWD/target}")
 pids=()
 cleanup() {
@@ -57,9 +57,44 @@ for _ in $(seq 1 300); do grep -q "strata-broker ready" "$work/strata.out" 2>/de
 strata=$(grep -m1 "strata-broker ready" "$work/strata.out" | sed 's/.*grpc=\([^ ]*\).*/\1/')
 wait_port "$redis_port"
 wait_port "$nats_port"
+
+workloads=${WORKLOADS:-produce,replay,latency,rf3}
+cluster_args=()
+if [[ ",$workloads," == *",rf3,"* ]]; then
+  # Strata: three nodes on 127.0.0.1, forming the cluster with --peers.
+  declare -a sr sg sh
+  for i in 1 2 3; do sr[$i]=$(free_port); sg[$i]=$(free_port); sh[$i]=$(free_port); done
+  peers="1=127.0.0.1:${sr[1]},2=127.0.0.1:${sr[2]},3=127.0.0.1:${sr[3]}"
+  for i in 1 2 3; do
+    target/release/strata-broker --data-dir "$work/strata-c$i" --node-id "$i" --raft-addr "127.0.0.1:${sr[$i]}" \
+      --grpc-addr "127.0.0.1:${sg[$i]}" --http-addr "127.0.0.1:${sh[$i]}" --peers "$peers" \
+      >"$work/strata-c$i.out" 2>"$work/strata-c$i.err" &
+    pids+=($!)
+  done
+  # NATS: three servers routed to each other, JetStream on each.
+  declare -a nc nr
+  for i in 1 2 3; do nc[$i]=$(free_port); nr[$i]=$(free_port); done
+  routes="nats://127.0.0.1:${nr[1]},nats://127.0.0.1:${nr[2]},nats://127.0.0.1:${nr[3]}"
+  for i in 1 2 3; do
+    nats-server -a 127.0.0.1 -p "${nc[$i]}" -n "bench-n$i" -js -sd "$work/nats-c$i" \
+      --cluster_name strata-bench --cluster "nats://127.0.0.1:${nr[$i]}" --routes "$routes" \
+      >"$work/nats-c$i.log" 2>&1 &
+    pids+=($!)
+  done
+  for i in 1 2 3; do wait_port "${sg[$i]}"; wait_port "${nc[$i]}"; done
+  for _ in $(seq 1 300); do
+    up=$(target/release/strata -b "127.0.0.1:${sg[1]}" --json cluster status 2>/dev/null \
+      | python3 -c 'import json,sys; print(sum(1 for n in json.load(sys.stdin)["nodes"] if n["up"]))' 2>/dev/null || echo 0)
+    [ "$up" = 3 ] && break
+    sleep 0.1
+  done
+  [ "$up" = 3 ] || { echo "the Strata cluster did not form; see $work/strata-c*.err" >&2; exit 1; }
+  echo "Strata cluster 127.0.0.1:${sg[1]},${sg[2]},${sg[3]}; NATS cluster 127.0.0.1:${nc[1]},${nc[2]},${nc[3]}"
+  cluster_args=(--strata-cluster "127.0.0.1:${sg[1]}" --nats-cluster "127.0.0.1:${nc[1]}")
+fi
 echo "Strata $strata, Redis 127.0.0.1:$redis_port ($(redis-server --version | awk '{print $3}')), NATS 127.0.0.1:$nats_port ($(nats-server --version))"
 
 target/release/strata-compare --strata "$strata" --redis "127.0.0.1:$redis_port" --nats "127.0.0.1:$nats_port" \
   --data-dir "$work" --records "${RECORDS:-1000000}" --replay-records "${REPLAY_RECORDS:-10000000}" \
   --rate "${RATE:-10000}" --latency-seconds "${LATENCY_SECONDS:-10}" --max-seconds "${MAX_SECONDS:-60}" \
-  --workloads "${WORKLOADS:-produce,replay,latency}" --json "${RESULTS_JSON:-target/compare-results.json}"
+  --workloads "$workloads" --json "${RESULTS_JSON:-target/compare-results.json}" "${cluster_args[@]}"

@@ -25,7 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::StreamExt;
 
 /// Side-by-side benchmark of Strata, Redis Streams and NATS JetStream.
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(version)]
 struct Args {
     /// Strata gRPC address.
@@ -55,12 +55,21 @@ struct Args {
     /// Time limit of each produce workload (s); the rate is measured over what was sent.
     #[arg(long, default_value_t = 60)]
     max_seconds: u64,
-    /// Workloads to run (comma-separated: produce, replay, latency).
+    /// Workloads to run (comma-separated: produce, replay, latency, rf3).
     #[arg(long, default_value = "produce,replay,latency", value_delimiter = ',')]
     workloads: Vec<String>,
     /// Write the results as JSON to this file too.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// A node of a 3-node Strata cluster, for the RF=3 workload (`rf3`).
+    #[arg(long)]
+    strata_cluster: Option<String>,
+    /// A server of a 3-node NATS cluster with JetStream, for `rf3`.
+    #[arg(long)]
+    nats_cluster: Option<String>,
+    /// Replicas of the logs created (set to 3 by the `rf3` workload).
+    #[arg(long, default_value_t = 1, hide = true)]
+    replication: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -180,17 +189,35 @@ async fn nats_js(addr: &str) -> anyhow::Result<async_nats::jetstream::Context> {
     Ok(async_nats::jetstream::new(client))
 }
 
-async fn nats_stream(js: &async_nats::jetstream::Context, name: &str) -> anyhow::Result<()> {
+async fn nats_stream(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+    replicas: usize,
+) -> anyhow::Result<()> {
     use async_nats::jetstream::stream::{Config, StorageType};
     let _ = js.delete_stream(name).await;
-    js.create_stream(Config {
-        name: name.to_owned(),
-        subjects: vec![format!("{name}.>")],
-        storage: StorageType::File,
-        ..Default::default()
-    })
-    .await?;
-    Ok(())
+    // A fresh JetStream cluster answers "insufficient resources" until its
+    // meta leader is elected and the peers are known: retry for a while.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match js
+            .create_stream(Config {
+                name: name.to_owned(),
+                subjects: vec![format!("{name}.>")],
+                storage: StorageType::File,
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("creating NATS stream {name} (R{replicas}): {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Creates an empty log named `name` on `sys`: a one-partition topic, a
@@ -200,10 +227,30 @@ async fn create_log(a: &Args, sys: System, name: &str) -> anyhow::Result<()> {
         System::Strata => {
             Admin::connect(&a.strata)
                 .await?
-                .create_topic(name, 1, 1, TopicConfig::default())
+                .create_topic(name, 1, a.replication, TopicConfig::default())
                 .await?;
+            if a.replication > 1 {
+                // Start the clock once the partition's group has a leader.
+                let admin = Admin::connect(&a.strata).await?;
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    let st = admin.cluster_status().await?;
+                    if st
+                        .partitions
+                        .iter()
+                        .any(|p| p.topic == name && p.leader.is_some())
+                    {
+                        break;
+                    }
+                    anyhow::ensure!(
+                        Instant::now() < deadline,
+                        "no leader for {name} within 30 s"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
         }
-        System::Nats => nats_stream(&nats_js(&a.nats).await?, name).await?,
+        System::Nats => nats_stream(&nats_js(&a.nats).await?, name, a.replication as usize).await?,
         System::Redis => {
             let mut c = redis_conn(&a.redis).await?;
             redis::cmd("DEL")
@@ -745,6 +792,84 @@ async fn main() -> anyhow::Result<()> {
             ),
         ));
         results.insert(label, serde_json::json!(lat));
+    }
+
+    if run("rf3") {
+        match (&a.strata_cluster, &a.nats_cluster) {
+            (Some(sc), Some(nc)) => {
+                let r3 = Args {
+                    strata: sc.clone(),
+                    nats: nc.clone(),
+                    replication: 3,
+                    ..a.clone()
+                };
+                for (size, producers) in [(100usize, 1usize), (100, 4), (1024, 1)] {
+                    let n = if size >= 1024 {
+                        a.records / 10
+                    } else {
+                        a.records
+                    };
+                    let label = format!(
+                        "RF=3 produce {size} B, {producers} producer(s), quorum-acknowledged (records/s)"
+                    );
+                    let mut figures = BTreeMap::new();
+                    for sys in [System::Strata, System::Nats] {
+                        eprintln!("{label}: {}…", sys.name());
+                        let name = format!("r3p{size}x{producers}");
+                        let (sent, secs) = produce(&r3, sys, &name, size, producers, n)
+                            .await
+                            .with_context(|| format!("{label} on {}", sys.name()))?;
+                        figures.insert(sys, sent as f64 / secs);
+                    }
+                    let ratio = figures[&System::Strata] / figures[&System::Nats];
+                    let mut row: BTreeMap<System, String> = figures
+                        .iter()
+                        .map(|(k, v)| (*k, format!("{v:.0}")))
+                        .collect();
+                    row.insert(System::Redis, "— (no replication)".into());
+                    rows.push((label.clone(), row, format!("{ratio:.2} (vs NATS)")));
+                    results.insert(
+                        label,
+                        serde_json::json!(
+                            figures
+                                .iter()
+                                .map(|(k, v)| (k.name(), v))
+                                .collect::<BTreeMap<_, _>>()
+                        ),
+                    );
+                }
+                let label = format!(
+                    "RF=3 end-to-end latency at {} records/s for {} s, p50/p99/p99.9 ms",
+                    a.rate, a.latency_seconds
+                );
+                let mut row = BTreeMap::new();
+                let mut p99s = BTreeMap::new();
+                let mut lat = BTreeMap::new();
+                for sys in [System::Strata, System::Nats] {
+                    eprintln!("{label}: {}…", sys.name());
+                    let (p50, p99, p999, got) = latency(&r3, sys)
+                        .await
+                        .with_context(|| format!("RF=3 latency on {}", sys.name()))?;
+                    row.insert(sys, format!("{p50:.2} / {p99:.2} / {p999:.2} ({got} recv)"));
+                    p99s.insert(sys, p99);
+                    lat.insert(
+                        sys.name(),
+                        serde_json::json!({"p50_ms": p50, "p99_ms": p99, "p999_ms": p999, "received": got}),
+                    );
+                }
+                row.insert(System::Redis, "—".into());
+                rows.push((
+                    label.clone(),
+                    row,
+                    format!(
+                        "{:.2} (p99 vs NATS, lower is better)",
+                        p99s[&System::Strata] / p99s[&System::Nats]
+                    ),
+                ));
+                results.insert(label, serde_json::json!(lat));
+            }
+            _ => anyhow::bail!("the rf3 workload needs --strata-cluster and --nats-cluster"),
+        }
     }
 
     let mut out = String::new();

@@ -379,6 +379,7 @@ async fn fetch_loop(
     tx: mpsc::Sender<Delivered>,
 ) {
     let mut backoff = Duration::from_millis(50);
+    let mut hops = 0;
     let mut addr = router.bootstrap().to_owned();
     loop {
         let client = match router.client(&addr) {
@@ -423,9 +424,17 @@ async fn fetch_loop(
             return;
         }
         tracing::debug!(partition, error = %err, "fetch interrupted; reconnecting");
+        // A hint to another broker is followed at once (a few hops; then
+        // the backoff applies, in case hints go round in circles).
+        let hinted = matches!(&err, ClientError::NotLeader { leader: Some(l), .. } if *l != addr);
         if let Some(next) = router.next(&addr, &err) {
             addr = next;
         }
+        if hinted && hops < 3 {
+            hops += 1;
+            continue;
+        }
+        hops = 0;
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }

@@ -601,8 +601,14 @@ impl Worker {
             }
             Err(e) if e.is_retriable() && batch.attempts < self.config.attempts_max => {
                 batch.attempts += 1;
+                // A hint to another broker is followed at once (the worker
+                // moved there in `reroute`); other failures back off.
+                let hinted =
+                    matches!(&e, ClientError::NotLeader { leader: Some(l), .. } if *l == self.addr);
+                if !(hinted && batch.attempts <= 2) {
+                    *retry_at = Some(Instant::now() + self.backoff(batch.attempts));
+                }
                 tracing::debug!(topic = %self.topic, partition = self.partition, broker = %self.addr, sequence = ?batch.sequence, attempt = batch.attempts, error = %e, "retrying batch");
-                *retry_at = Some(Instant::now() + self.backoff(batch.attempts));
                 Some(batch)
             }
             Err(e) => {
