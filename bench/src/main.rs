@@ -262,6 +262,63 @@ async fn create_log(a: &Args, sys: System, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes back every dirty page on the machine, so data the previous runs
+/// left in the page cache (NATS syncs lazily, every 2 minutes) is not
+/// written back during a latency run of a system that fsyncs every write.
+fn quiesce_disk() -> anyhow::Result<()> {
+    let status = std::process::Command::new("sync").status()?;
+    anyhow::ensure!(status.success(), "sync failed");
+    Ok(())
+}
+
+/// Waits (up to 120 s) until every replica of every Strata partition and
+/// every NATS stream has caught up with its leader.
+async fn settle(a: &Args) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    quiesce_disk()?;
+    let admin = Admin::connect(&a.strata).await?;
+    loop {
+        let st = admin.cluster_status().await?;
+        if st.partitions.iter().all(|p| {
+            p.lag
+                .values()
+                .all(|l| *l == strata_client::ReplicaLag::Records(0))
+        }) {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "Strata replicas did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let js = nats_js(&a.nats).await?;
+    let mut names = Vec::new();
+    let mut list = js.stream_names();
+    while let Some(n) = list.next().await {
+        names.push(n?);
+    }
+    for n in names {
+        loop {
+            let info = js.get_stream(&n).await?.info().await?.clone();
+            let caught_up = info.cluster.as_ref().is_none_or(|c| {
+                c.replicas
+                    .iter()
+                    .all(|r| r.current && r.lag.unwrap_or(0) == 0)
+            });
+            if caught_up {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "NATS stream {n} did not catch up"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
 /// Produces `n` records of `size` bytes from `producers` concurrent
 /// producers, acknowledged durably; returns (records sent, seconds).
 async fn produce(
@@ -763,6 +820,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     if run("latency") {
+        quiesce_disk()?;
         let label = format!(
             "end-to-end latency at {} records/s for {} s, p50/p99/p99.9 ms",
             a.rate, a.latency_seconds
@@ -838,6 +896,9 @@ async fn main() -> anyhow::Result<()> {
                         ),
                     );
                 }
+                // Both clusters finish replicating what the throughput runs
+                // left behind before latency is measured.
+                settle(&r3).await?;
                 let label = format!(
                     "RF=3 end-to-end latency at {} records/s for {} s, p50/p99/p99.9 ms",
                     a.rate, a.latency_seconds
