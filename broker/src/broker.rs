@@ -75,6 +75,8 @@ pub struct PartitionView {
     pub leader: u64,
     /// Replica node ids.
     pub replicas: Vec<u64>,
+    /// Whether this node hosts a replica (else `status` holds no offsets).
+    pub local: bool,
 }
 
 impl Broker {
@@ -153,6 +155,7 @@ impl Broker {
                             status,
                             leader: node,
                             replicas: vec![node],
+                            local: true,
                         })
                         .collect(),
                 })
@@ -214,6 +217,7 @@ impl Broker {
                                 .and_then(|r| r.metrics().borrow_watched().current_leader)
                         });
                         PartitionView {
+                            local: hosted.contains_key(&key),
                             status,
                             leader: live
                                 .or_else(|| meta.leaders.get(&key).map(|l| l.node))

@@ -211,10 +211,14 @@ async fn init_add_node_past_retention_reassign_transfer_and_remove() {
         .await
         .unwrap();
     let r4 = s4.replicas.iter().find(|r| r.topic == "r").unwrap();
-    // Node 1 no longer hosts the partition: ask a replica.
     let admin2 = Admin::connect(&nodes[1].grpc).await.unwrap();
     let d = admin2.describe_topic("r").await.unwrap();
     let start = d.partition_info[0].log_start_offset;
+    // Node 1 no longer hosts the partition; it describes it with the
+    // leader's offsets all the same.
+    let d1 = admin.describe_topic("r").await.unwrap();
+    assert_eq!(d1.partition_info[0].high_watermark, produced);
+    assert_eq!(d1.partition_info[0].replicas, vec![2, 3, 4]);
     assert!(start > 0);
     assert_eq!(r4.high_watermark, produced);
     assert!(r4.snapshot_end > 0, "node 4 installed no snapshot: {r4:?}");

@@ -15,6 +15,10 @@ use crate::broker::{Broker, PartitionView, TopicView};
 use crate::error::BrokerError;
 use crate::topic::{Acks, TopicSettings};
 
+/// Request metadata marking a call one node makes to another on a client's
+/// behalf (it is not forwarded again).
+const FORWARDED: &str = "x-strata-forwarded";
+
 /// The gRPC service over a broker.
 #[derive(Debug, Clone)]
 pub struct GrpcService {
@@ -41,6 +45,59 @@ impl GrpcService {
             .metrics()
             .request(api, &outcome, started.elapsed());
         r.map(Response::new).map_err(|e| e.to_status())
+    }
+
+    /// A cluster node knows offsets only of the partitions it hosts: for
+    /// the others, asks each one's leader (best effort, 2 s), so `describe`
+    /// answers the same on every node.
+    async fn fill_remote_offsets(&self, t: &TopicView, d: &mut pb::TopicDescription) {
+        let Some(c) = self.broker.cluster() else {
+            return;
+        };
+        let mut by_leader: std::collections::HashMap<u64, Vec<usize>> =
+            std::collections::HashMap::new();
+        for (i, p) in t.partitions.iter().enumerate() {
+            if !p.local && p.leader != 0 && p.leader != c.node_id() {
+                by_leader.entry(p.leader).or_default().push(i);
+            }
+        }
+        for (leader, parts) in by_leader {
+            let Some(addr) = c.grpc_addr_of(leader) else {
+                continue;
+            };
+            let remote = async {
+                let mut client = strata_proto::pb::strata_client::StrataClient::connect(format!(
+                    "http://{addr}"
+                ))
+                .await
+                .ok()?;
+                let mut req = Request::new(pb::DescribeTopicRequest {
+                    name: t.name.clone(),
+                });
+                req.metadata_mut()
+                    .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+                client
+                    .describe_topic(req)
+                    .await
+                    .ok()
+                    .map(|r| r.into_inner())
+            };
+            let Ok(Some(remote)) = tokio::time::timeout(Duration::from_secs(2), remote).await
+            else {
+                continue;
+            };
+            for i in parts {
+                let (Some(mine), Some(theirs)) =
+                    (d.partition_info.get_mut(i), remote.partition_info.get(i))
+                else {
+                    continue;
+                };
+                mine.log_start_offset = theirs.log_start_offset;
+                mine.high_watermark = theirs.high_watermark;
+                mine.size_bytes = theirs.size_bytes;
+                mine.segments = theirs.segments;
+            }
+        }
     }
 
     fn cluster(&self) -> Result<&Arc<crate::raft::cluster::Cluster>, BrokerError> {
@@ -477,12 +534,23 @@ impl Strata for GrpcService {
         req: Request<pb::DescribeTopicRequest>,
     ) -> Result<Response<pb::TopicDescription>, Status> {
         let started = Instant::now();
+        // A describe forwarded by another node is answered from here only.
+        let forwarded = req.metadata().contains_key(FORWARDED);
         let name = req.into_inner().name;
         let r = self
             .broker
             .topic_views(std::slice::from_ref(&name))
-            .and_then(|mut v| v.pop().ok_or(BrokerError::UnknownTopic(name)))
-            .map(|t| describe(&t));
+            .and_then(|mut v| v.pop().ok_or(BrokerError::UnknownTopic(name)));
+        let r = match r {
+            Ok(t) => {
+                let mut d = describe(&t);
+                if !forwarded {
+                    self.fill_remote_offsets(&t, &mut d).await;
+                }
+                Ok(d)
+            }
+            Err(e) => Err(e),
+        };
         self.observe("describe_topic", started, r)
     }
 
