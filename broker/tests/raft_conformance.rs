@@ -26,8 +26,14 @@ impl StoreBuilder<Tc, LogStore, GroupSm, tempfile::TempDir> for Builder {
         let hint = Arc::new(Mutex::new(InstallHint::default()));
         let store = LogStore::open(writer, hint.clone()).map_err(err)?;
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-        let sm = GroupSm::open(dir, Machine::Partition(PartitionState::default()), hint, tx)
-            .map_err(err)?;
+        let sm = GroupSm::open(
+            dir,
+            Machine::Partition(PartitionState::default()),
+            hint,
+            tx,
+            |_: &_| false,
+        )
+        .map_err(err)?;
         Ok((tmp, store, sm))
     }
 }

@@ -231,6 +231,12 @@ impl BrokerProcess {
         self.launch();
     }
 
+    /// The file the current run's stderr (its log) goes to.
+    pub fn log_path(&self) -> PathBuf {
+        self.data_dir
+            .with_extension(format!("stderr.{}", self.starts))
+    }
+
     /// The value of `--flag` among the broker's arguments.
     pub fn arg(&self, flag: &str) -> Option<&str> {
         self.args

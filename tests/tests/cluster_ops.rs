@@ -464,3 +464,92 @@ async fn metadata_log_is_compacted_and_a_lagging_node_installs_its_snapshot() {
     )
     .await;
 }
+
+/// A replica saves its applied state every 1,000 entries: killed and
+/// restarted, it resumes from that checkpoint (re-applying only the log
+/// after it) and catches up to the same high watermark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_replica_resumes_from_its_state_checkpoint() {
+    init_test_logging();
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = start_cluster_with(dir.path(), true, &[]);
+    let admin = Admin::connect(&nodes[0].grpc).await.unwrap();
+    let a = &admin;
+    poll_until_async(
+        "three nodes registered",
+        Duration::from_secs(30),
+        || async move { a.metadata(&[]).await.is_ok_and(|m| m.brokers.len() == 3) },
+    )
+    .await;
+    admin
+        .create_topic("c", 1, 3, TopicConfig::default())
+        .await
+        .unwrap();
+    // One record per batch: 2,500 Raft entries.
+    let p = Producer::connect(
+        &nodes[0].grpc,
+        ProducerConfig {
+            batch_bytes_max: 1,
+            ..ProducerConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut waits = Vec::new();
+    for i in 0..2_500 {
+        waits.push(p.send("c", rec(i), Some(0)).await.unwrap());
+    }
+    for w in waits {
+        w.await.unwrap();
+    }
+    // A follower: every replica has applied everything by then.
+    let a = &admin;
+    poll_until_async(
+        "replicas caught up",
+        Duration::from_secs(30),
+        || async move {
+            a.cluster_status().await.is_ok_and(|st| {
+                st.partitions[0]
+                    .lag
+                    .values()
+                    .all(|l| *l == ReplicaLag::Records(0))
+            })
+        },
+    )
+    .await;
+    let leader = admin.describe_topic("c").await.unwrap().partition_info[0].leader as usize;
+    let f = (1..=3).find(|i| *i != leader).unwrap();
+    nodes[f - 1].kill9();
+    nodes[f - 1].restart();
+    // The partition's group opens once the node has caught up with the
+    // metadata, after its ready line.
+    let path = nodes[f - 1].log_path();
+    strata_tests::poll_until(
+        "the partition group opened",
+        Duration::from_secs(20),
+        || std::fs::read_to_string(&path).is_ok_and(|l| l.contains("partition replica opened")),
+    );
+    let log = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        log.contains("restored from checkpoint"),
+        "node {f} did not resume from a checkpoint:\n{log}"
+    );
+    // It still serves the same log, and follows new writes.
+    for i in 2_500..2_600 {
+        p.send_and_wait("c", rec(i), Some(0)).await.unwrap();
+    }
+    let a = &admin;
+    poll_until_async(
+        "restarted replica caught up",
+        Duration::from_secs(30),
+        || async move {
+            a.cluster_status().await.is_ok_and(|st| {
+                let p = &st.partitions[0];
+                p.high_watermark == Some(2_600)
+                    && p.lag.values().all(|l| *l == ReplicaLag::Records(0))
+            })
+        },
+    )
+    .await;
+    p.close().await.unwrap();
+}

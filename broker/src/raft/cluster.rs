@@ -183,7 +183,14 @@ async fn open_group(
     let hint = Arc::new(Mutex::new(InstallHint::default()));
     let store = LogStore::open(writer.clone(), hint.clone()).map_err(storage_err)?;
     let (trim_tx, trim_rx) = mpsc::unbounded_channel();
-    let sm = GroupSm::open(dir, machine, hint, trim_tx).map_err(storage_err)?;
+    let in_log = |id: &super::RaftLogId| {
+        let want = super::to_log_id(id);
+        writer
+            .read()
+            .entries(id.index..id.index + 1, usize::MAX)
+            .is_ok_and(|e| e.first().is_some_and(|e| e.log_id == want))
+    };
+    let sm = GroupSm::open(dir, machine, hint, trim_tx, in_log).map_err(storage_err)?;
     let config = Arc::new(raft_config(name, snapshot_every).map_err(storage_err)?);
     let raft = Raft::new(
         node_id,

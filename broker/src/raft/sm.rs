@@ -43,6 +43,14 @@ use crate::log::storage::write_atomic;
 use crate::topic::DEDUP_WINDOW;
 
 const SNAPSHOT_FILE: &str = "raft-snapshot";
+/// A partition's applied state, saved now and then so a restart re-applies
+/// only the log after it (the snapshot sits at the last trim point, which
+/// may be far back). Not a snapshot: never sent to peers.
+const CHECKPOINT_FILE: &str = "raft-applied";
+/// A checkpoint is written after this many applied entries…
+const CHECKPOINT_ENTRIES: u64 = 1_000;
+/// …or this long after the last one, whichever comes first.
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// An idempotent producer's state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,6 +129,8 @@ pub struct SmState {
     pub machine: Machine,
     current: Option<(SnapshotMeta, Vec<u8>)>,
     pinned: Option<(SnapshotMeta, Vec<u8>)>,
+    /// Index of the last checkpoint, and when it was written.
+    checkpointed: (Option<u64>, std::time::Instant),
 }
 
 impl SmState {
@@ -195,11 +205,16 @@ impl GroupSm {
     /// Opens the state machine of the group whose log lives in `dir`:
     /// `machine` is the empty state; a saved snapshot replaces it. `trims`
     /// receives the index of every pinned trim point.
+    ///
+    /// A partition's checkpoint newer than the snapshot is used when
+    /// `in_log` confirms this node's log holds the checkpoint's last entry
+    /// (the log is the truth; a checkpoint ahead of it is ignored).
     pub fn open(
         dir: PathBuf,
         machine: Machine,
         hint: Arc<Mutex<InstallHint>>,
         trims: mpsc::UnboundedSender<u64>,
+        in_log: impl Fn(&RaftLogId) -> bool,
     ) -> io::Result<Self> {
         let mut state = SmState {
             applied: None,
@@ -207,6 +222,7 @@ impl GroupSm {
             machine,
             current: None,
             pinned: None,
+            checkpointed: (None, std::time::Instant::now()),
         };
         match std::fs::read(dir.join(SNAPSHOT_FILE)) {
             Ok(b) => {
@@ -215,6 +231,34 @@ impl GroupSm {
                 state.memberships = vec![meta.last_membership.clone()];
                 state.machine = decode(&data)?;
                 state.current = Some((meta, data));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        match std::fs::read(dir.join(CHECKPOINT_FILE)) {
+            Ok(b) => {
+                let (applied, memberships, machine): (
+                    Option<RaftLogId>,
+                    Vec<StoredMembership>,
+                    Machine,
+                ) = decode(&b)?;
+                if applied > state.applied
+                    && applied.as_ref().is_some_and(&in_log)
+                    && matches!(machine, Machine::Partition(_))
+                {
+                    tracing::info!(
+                        dir = %dir.display(),
+                        checkpoint = ?applied.map(|l| l.index),
+                        snapshot = ?state.applied.map(|l| l.index),
+                        "state machine restored from checkpoint; re-applying the log after it"
+                    );
+                    state.applied = applied;
+                    state.memberships = memberships;
+                    state.machine = machine;
+                    state.checkpointed.0 = applied.map(|l| l.index);
+                } else {
+                    tracing::info!(dir = %dir.display(), "checkpoint not used (older than the snapshot or beyond the log)");
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
@@ -246,6 +290,37 @@ impl GroupSm {
             &self.shared.dir.join(SNAPSHOT_FILE),
             &encode(&(meta, data))?,
         )
+    }
+
+    /// Saves a partition's applied state when enough was applied since the
+    /// last checkpoint, unless a trim snapshot is pending (its entry must be
+    /// re-applied after a restart, so the snapshot still gets built).
+    fn maybe_checkpoint(&self) -> io::Result<()> {
+        let bytes = {
+            let st = self.shared.state();
+            let (Some(applied), Machine::Partition(_)) = (st.applied, &st.machine) else {
+                return Ok(());
+            };
+            let (last, at) = st.checkpointed;
+            let since = applied.index - last.unwrap_or(0);
+            if st.pinned.is_some()
+                || since == 0
+                || (since < CHECKPOINT_ENTRIES && at.elapsed() < CHECKPOINT_INTERVAL)
+            {
+                return Ok(());
+            }
+            (
+                applied.index,
+                encode(&(st.applied, &st.memberships, &st.machine))?,
+            )
+        };
+        write_atomic(
+            &FileStorage,
+            &self.shared.dir.join(CHECKPOINT_FILE),
+            &bytes.1,
+        )?;
+        self.shared.state().checkpointed = (Some(bytes.0), std::time::Instant::now());
+        Ok(())
     }
 
     fn publish(&self, st: &SmState) {
@@ -353,6 +428,7 @@ impl RaftStateMachine<Tc> for GroupSm {
                 r.send(reply);
             }
         }
+        self.maybe_checkpoint()?;
         Ok(())
     }
 
