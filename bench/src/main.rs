@@ -741,6 +741,33 @@ type Rows = Vec<(String, BTreeMap<System, String>, String)>;
 
 /// Adds a throughput row (higher is better): the figures, and Strata's
 /// ratio to the best peer.
+/// Runs the latency workload on each of `systems`: the table cells, each
+/// system's p99, and the JSON results.
+async fn latency_row(
+    a: &Args,
+    systems: &[System],
+    label: &str,
+) -> anyhow::Result<(
+    BTreeMap<System, String>,
+    BTreeMap<System, f64>,
+    BTreeMap<&'static str, serde_json::Value>,
+)> {
+    let (mut row, mut p99s, mut lat) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    for &sys in systems {
+        eprintln!("{label}: {}…", sys.name());
+        let (p50, p99, p999, got) = latency(a, sys)
+            .await
+            .with_context(|| format!("{label} on {}", sys.name()))?;
+        row.insert(sys, format!("{p50:.2} / {p99:.2} / {p999:.2} ({got} recv)"));
+        p99s.insert(sys, p99);
+        lat.insert(
+            sys.name(),
+            serde_json::json!({"p50_ms": p50, "p99_ms": p99, "p999_ms": p999, "received": got}),
+        );
+    }
+    Ok((row, p99s, lat))
+}
+
 fn push_throughput(
     rows: &mut Rows,
     results: &mut BTreeMap<String, serde_json::Value>,
@@ -825,21 +852,7 @@ async fn main() -> anyhow::Result<()> {
             "end-to-end latency at {} records/s for {} s, p50/p99/p99.9 ms",
             a.rate, a.latency_seconds
         );
-        let mut row = BTreeMap::new();
-        let mut p99s = BTreeMap::new();
-        let mut lat = BTreeMap::new();
-        for sys in SYSTEMS {
-            eprintln!("{label}: {}…", sys.name());
-            let (p50, p99, p999, got) = latency(&a, sys)
-                .await
-                .with_context(|| format!("latency on {}", sys.name()))?;
-            row.insert(sys, format!("{p50:.2} / {p99:.2} / {p999:.2} ({got} recv)"));
-            p99s.insert(sys, p99);
-            lat.insert(
-                sys.name(),
-                serde_json::json!({"p50_ms": p50, "p99_ms": p99, "p999_ms": p999, "received": got}),
-            );
-        }
+        let (row, p99s, lat) = latency_row(&a, &SYSTEMS, &label).await?;
         let best_peer = p99s[&System::Redis].min(p99s[&System::Nats]);
         rows.push((
             label.clone(),
@@ -903,21 +916,8 @@ async fn main() -> anyhow::Result<()> {
                     "RF=3 end-to-end latency at {} records/s for {} s, p50/p99/p99.9 ms",
                     a.rate, a.latency_seconds
                 );
-                let mut row = BTreeMap::new();
-                let mut p99s = BTreeMap::new();
-                let mut lat = BTreeMap::new();
-                for sys in [System::Strata, System::Nats] {
-                    eprintln!("{label}: {}…", sys.name());
-                    let (p50, p99, p999, got) = latency(&r3, sys)
-                        .await
-                        .with_context(|| format!("RF=3 latency on {}", sys.name()))?;
-                    row.insert(sys, format!("{p50:.2} / {p99:.2} / {p999:.2} ({got} recv)"));
-                    p99s.insert(sys, p99);
-                    lat.insert(
-                        sys.name(),
-                        serde_json::json!({"p50_ms": p50, "p99_ms": p99, "p999_ms": p999, "received": got}),
-                    );
-                }
+                let (mut row, p99s, lat) =
+                    latency_row(&r3, &[System::Strata, System::Nats], &label).await?;
                 row.insert(System::Redis, "—".into());
                 rows.push((
                     label.clone(),

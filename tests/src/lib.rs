@@ -107,21 +107,15 @@ pub struct BrokerProcess {
 impl BrokerProcess {
     /// Starts a broker on `data_dir` with free ports and extra `args`.
     pub fn start(data_dir: &Path, args: &[&str]) -> Self {
-        let mut b = BrokerProcess {
-            child: None,
-            grpc: String::new(),
-            http: String::new(),
-            data_dir: data_dir.to_path_buf(),
-            args: args.iter().map(|s| s.to_string()).collect(),
-            starts: 0,
-            netns: None,
-        };
-        b.launch();
-        b
+        Self::spawn(None, data_dir, args)
     }
 
     /// Starts a broker inside network namespace `netns` (see [`NetLab`]).
     pub fn start_in(netns: &str, data_dir: &Path, args: &[&str]) -> Self {
+        Self::spawn(Some(netns), data_dir, args)
+    }
+
+    fn spawn(netns: Option<&str>, data_dir: &Path, args: &[&str]) -> Self {
         let mut b = BrokerProcess {
             child: None,
             grpc: String::new(),
@@ -129,7 +123,7 @@ impl BrokerProcess {
             data_dir: data_dir.to_path_buf(),
             args: args.iter().map(|s| s.to_string()).collect(),
             starts: 0,
-            netns: Some(netns.to_owned()),
+            netns: netns.map(str::to_owned),
         };
         b.launch();
         b
@@ -594,4 +588,30 @@ impl Drop for NetLab {
             .args(["link", "del", &self.bridge()])
             .output();
     }
+}
+
+/// Polls until the cluster's metadata lists `n` brokers.
+pub async fn wait_for_brokers(admin: &strata_client::Admin, n: usize) {
+    poll_until_async("nodes registered", Duration::from_secs(30), || async move {
+        admin
+            .metadata(&[])
+            .await
+            .is_ok_and(|m| m.brokers.len() == n)
+    })
+    .await;
+}
+
+/// Polls until every replica of the cluster's first partition has caught
+/// up with its leader and, if given, the leader's high watermark is `hw`.
+pub async fn wait_caught_up(admin: &strata_client::Admin, hw: Option<u64>, timeout: Duration) {
+    poll_until_async("replicas caught up", timeout, || async move {
+        admin.cluster_status().await.is_ok_and(|st| {
+            let p = &st.partitions[0];
+            hw.is_none_or(|h| p.high_watermark == Some(h))
+                && p.lag
+                    .values()
+                    .all(|l| *l == strata_client::ReplicaLag::Records(0))
+        })
+    })
+    .await;
 }

@@ -14,7 +14,7 @@ use strata_broker::log::{LogConfig, PartitionLog};
 use strata_client::{
     Admin, Consumer, ConsumerConfig, Producer, ProducerConfig, Record, ResetPolicy, TopicConfig,
 };
-use strata_tests::{leader, poll_until_async, start_cluster};
+use strata_tests::{leader, poll_until_async, start_cluster, wait_for_brokers};
 
 fn rec(value: String) -> Record {
     let now = std::time::SystemTime::now()
@@ -65,13 +65,7 @@ async fn leader_kill_9_loses_no_acknowledged_write_and_replicas_converge() {
     let mut nodes = start_cluster(dir.path());
     let first = nodes[0].grpc.clone();
     let admin = Admin::connect(&first).await.unwrap();
-    let a = &admin;
-    poll_until_async(
-        "three nodes registered",
-        Duration::from_secs(30),
-        || async move { a.metadata(&[]).await.is_ok_and(|m| m.brokers.len() == 3) },
-    )
-    .await;
+    wait_for_brokers(&admin, 3).await;
     admin
         .create_topic("h", 1, 3, TopicConfig::default())
         .await

@@ -15,6 +15,7 @@ use strata_client::{
 };
 use strata_tests::{
     BrokerProcess, cli, free_addrs, init_test_logging, poll_until_async, start_cluster_with,
+    wait_caught_up, wait_for_brokers,
 };
 
 fn rec(i: u64) -> Record {
@@ -108,13 +109,7 @@ async fn init_add_node_past_retention_reassign_transfer_and_remove() {
     );
 
     let admin = Admin::connect(&first).await.unwrap();
-    let a = &admin;
-    poll_until_async(
-        "three nodes registered",
-        Duration::from_secs(30),
-        || async move { a.metadata(&[]).await.is_ok_and(|m| m.brokers.len() == 3) },
-    )
-    .await;
+    wait_for_brokers(&admin, 3).await;
     // A second init is a no-op.
     let out = cli(
         &nodes[1].grpc,
@@ -314,20 +309,7 @@ async fn init_add_node_past_retention_reassign_transfer_and_remove() {
     .await;
 
     // Same bytes at the same offsets on the replicas (offline, stopped).
-    let a = &admin;
-    poll_until_async(
-        "replicas caught up",
-        Duration::from_secs(30),
-        || async move {
-            a.cluster_status().await.is_ok_and(|st| {
-                st.partitions[0]
-                    .lag
-                    .values()
-                    .all(|l| *l == ReplicaLag::Records(0))
-            })
-        },
-    )
-    .await;
+    wait_caught_up(&admin, None, Duration::from_secs(30)).await;
     drop(c);
     assert!(n4.stop(), "node 4 did not stop cleanly");
     for n in nodes.iter_mut() {
@@ -361,13 +343,7 @@ async fn metadata_log_is_compacted_and_a_lagging_node_installs_its_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = start_cluster_with(dir.path(), true, &["--meta-snapshot-entries", "200"]);
     let admin = Admin::connect(&nodes[0].grpc).await.unwrap();
-    let a = &admin;
-    poll_until_async(
-        "three nodes registered",
-        Duration::from_secs(30),
-        || async move { a.metadata(&[]).await.is_ok_and(|m| m.brokers.len() == 3) },
-    )
-    .await;
+    wait_for_brokers(&admin, 3).await;
     admin
         .create_topic("m", 4, 3, TopicConfig::default())
         .await
@@ -474,13 +450,7 @@ async fn restarted_replica_resumes_from_its_state_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = start_cluster_with(dir.path(), true, &[]);
     let admin = Admin::connect(&nodes[0].grpc).await.unwrap();
-    let a = &admin;
-    poll_until_async(
-        "three nodes registered",
-        Duration::from_secs(30),
-        || async move { a.metadata(&[]).await.is_ok_and(|m| m.brokers.len() == 3) },
-    )
-    .await;
+    wait_for_brokers(&admin, 3).await;
     admin
         .create_topic("c", 1, 3, TopicConfig::default())
         .await
@@ -503,20 +473,7 @@ async fn restarted_replica_resumes_from_its_state_checkpoint() {
         w.await.unwrap();
     }
     // A follower: every replica has applied everything by then.
-    let a = &admin;
-    poll_until_async(
-        "replicas caught up",
-        Duration::from_secs(30),
-        || async move {
-            a.cluster_status().await.is_ok_and(|st| {
-                st.partitions[0]
-                    .lag
-                    .values()
-                    .all(|l| *l == ReplicaLag::Records(0))
-            })
-        },
-    )
-    .await;
+    wait_caught_up(&admin, None, Duration::from_secs(30)).await;
     let leader = admin.describe_topic("c").await.unwrap().partition_info[0].leader as usize;
     let f = (1..=3).find(|i| *i != leader).unwrap();
     nodes[f - 1].kill9();
@@ -538,18 +495,6 @@ async fn restarted_replica_resumes_from_its_state_checkpoint() {
     for i in 2_500..2_600 {
         p.send_and_wait("c", rec(i), Some(0)).await.unwrap();
     }
-    let a = &admin;
-    poll_until_async(
-        "restarted replica caught up",
-        Duration::from_secs(30),
-        || async move {
-            a.cluster_status().await.is_ok_and(|st| {
-                let p = &st.partitions[0];
-                p.high_watermark == Some(2_600)
-                    && p.lag.values().all(|l| *l == ReplicaLag::Records(0))
-            })
-        },
-    )
-    .await;
+    wait_caught_up(&admin, Some(2_600), Duration::from_secs(30)).await;
     p.close().await.unwrap();
 }

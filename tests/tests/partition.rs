@@ -11,12 +11,13 @@ use std::time::{Duration, Instant};
 
 use strata_broker::log::{LogConfig, PartitionLog};
 use strata_client::{
-    Admin, Consumer, ConsumerConfig, Producer, ProducerConfig, Record, ReplicaLag, ResetPolicy,
-    TopicConfig,
+    Admin, Consumer, ConsumerConfig, Producer, ProducerConfig, Record, ResetPolicy, TopicConfig,
 };
 use strata_proto::batch::{Compression, encode_batch};
 use strata_proto::pb;
-use strata_tests::{BrokerProcess, NetLab, init_test_logging, poll_until_async};
+use strata_tests::{
+    BrokerProcess, NetLab, init_test_logging, poll_until_async, wait_caught_up, wait_for_brokers,
+};
 
 fn rec(value: &str) -> Record {
     Record {
@@ -87,13 +88,7 @@ async fn isolated_leader_cannot_ack_majority_continues_and_replicas_converge() {
         .collect();
     let grpc: Vec<String> = nodes.iter().map(|n| n.grpc.clone()).collect();
     let admin = Admin::connect(&grpc[0]).await.unwrap();
-    let a = &admin;
-    poll_until_async(
-        "three nodes registered",
-        Duration::from_secs(30),
-        || async move { a.metadata(&[]).await.is_ok_and(|m| m.brokers.len() == 3) },
-    )
-    .await;
+    wait_for_brokers(&admin, 3).await;
     admin
         .create_topic("p", 1, 3, TopicConfig::default())
         .await
@@ -155,19 +150,7 @@ async fn isolated_leader_cannot_ack_majority_continues_and_replicas_converge() {
     // Heal: everyone converges on the majority's log.
     lab.heal();
     let a = Admin::connect(&m0).await.unwrap();
-    let a = &a;
-    poll_until_async(
-        "replicas converged",
-        Duration::from_secs(60),
-        || async move {
-            a.cluster_status().await.is_ok_and(|st| {
-                let p = &st.partitions[0];
-                p.high_watermark == Some(2000)
-                    && p.lag.values().all(|l| *l == ReplicaLag::Records(0))
-            })
-        },
-    )
-    .await;
+    wait_caught_up(&a, Some(2000), Duration::from_secs(60)).await;
     let g = grpc[old - 1].clone();
     poll_until_async("the old leader follows", Duration::from_secs(30), || {
         let g = g.clone();
