@@ -615,3 +615,19 @@ pub async fn wait_caught_up(admin: &strata_client::Admin, hw: Option<u64>, timeo
     })
     .await;
 }
+
+/// A consumer of partition 0 of `topic` from its earliest offset (it
+/// follows the partition's leader from `bootstrap`).
+pub async fn reader(bootstrap: &str, topic: &str) -> strata_client::Consumer {
+    strata_client::Consumer::connect(
+        bootstrap,
+        topic,
+        Some(vec![0]),
+        strata_client::ConsumerConfig {
+            reset: strata_client::ResetPolicy::Earliest,
+            ..strata_client::ConsumerConfig::default()
+        },
+    )
+    .await
+    .unwrap()
+}

@@ -11,9 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use strata_broker::log::{LogConfig, PartitionLog};
-use strata_client::{
-    Admin, Consumer, ConsumerConfig, Producer, ProducerConfig, Record, ResetPolicy, TopicConfig,
-};
+use strata_client::{Admin, Producer, ProducerConfig, Record, TopicConfig};
 use strata_tests::{leader, poll_until_async, start_cluster, wait_for_brokers};
 
 fn rec(value: String) -> Record {
@@ -32,17 +30,7 @@ fn rec(value: String) -> Record {
 /// (offset, value) of every record below the high watermark, read through
 /// the client (which follows the leader) starting at `bootstrap`.
 async fn read_all(bootstrap: &str, topic: &str, end: u64) -> Vec<(u64, String)> {
-    let mut c = Consumer::connect(
-        bootstrap,
-        topic,
-        Some(vec![0]),
-        ConsumerConfig {
-            reset: ResetPolicy::Earliest,
-            ..ConsumerConfig::default()
-        },
-    )
-    .await
-    .unwrap();
+    let mut c = strata_tests::reader(bootstrap, topic).await;
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while (out.len() as u64) < end {

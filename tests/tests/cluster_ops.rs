@@ -9,10 +9,7 @@
 use std::time::Duration;
 
 use strata_broker::log::{LogConfig, PartitionLog};
-use strata_client::{
-    Admin, Consumer, ConsumerConfig, Producer, ProducerConfig, Record, ReplicaLag, ResetPolicy,
-    TopicConfig,
-};
+use strata_client::{Admin, Producer, ProducerConfig, Record, ReplicaLag, TopicConfig};
 use strata_tests::{
     BrokerProcess, cli, free_addrs, init_test_logging, poll_until_async, start_cluster_with,
     wait_caught_up, wait_for_brokers,
@@ -256,17 +253,7 @@ async fn init_add_node_past_retention_reassign_transfer_and_remove() {
     .await;
     produce(&first, "r", produced, produced + 1_000).await;
     let total = produced + 1_000;
-    let mut c = Consumer::connect(
-        &n4.grpc,
-        "r",
-        Some(vec![0]),
-        ConsumerConfig {
-            reset: ResetPolicy::Earliest,
-            ..ConsumerConfig::default()
-        },
-    )
-    .await
-    .unwrap();
+    let mut c = strata_tests::reader(&n4.grpc, "r").await;
     let mut next: Option<u64> = None;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while next != Some(total) {

@@ -10,9 +10,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use strata_broker::log::{LogConfig, PartitionLog};
-use strata_client::{
-    Admin, Consumer, ConsumerConfig, Producer, ProducerConfig, Record, ResetPolicy, TopicConfig,
-};
+use strata_client::{Admin, Producer, ProducerConfig, Record, TopicConfig};
 use strata_proto::batch::{Compression, encode_batch};
 use strata_proto::pb;
 use strata_tests::{
@@ -160,17 +158,7 @@ async fn isolated_leader_cannot_ack_majority_continues_and_replicas_converge() {
 
     // Exactly the acknowledged records, in order, readable from the old
     // leader's side of the cluster too; the minority write is gone.
-    let mut c = Consumer::connect(
-        &grpc[old - 1],
-        "p",
-        Some(vec![0]),
-        ConsumerConfig {
-            reset: ResetPolicy::Earliest,
-            ..ConsumerConfig::default()
-        },
-    )
-    .await
-    .unwrap();
+    let mut c = strata_tests::reader(&grpc[old - 1], "p").await;
     let mut values = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while values.len() < 2000 {
