@@ -302,7 +302,7 @@ impl GroupSm {
                 return Ok(());
             };
             let (last, at) = st.checkpointed;
-            let since = applied.index - last.unwrap_or(0);
+            let since = applied.index.saturating_sub(last.unwrap_or(0));
             if st.pinned.is_some()
                 || since == 0
                 || (since < CHECKPOINT_ENTRIES && at.elapsed() < CHECKPOINT_INTERVAL)
