@@ -14,3 +14,9 @@ pub mod node;
 pub mod raft;
 pub mod service;
 pub mod topic;
+
+/// The broker's default log filter: info, and openraft's warnings except
+/// its per-heartbeat and per-retry ones about an unreachable peer (the
+/// network layer logs each peer going down and coming back once).
+pub const DEFAULT_LOG_FILTER: &str = "info,openraft=warn,openraft::replication=error,\
+openraft::core::heartbeat=error,openraft::engine::handler::replication_handler=error";

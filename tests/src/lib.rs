@@ -161,7 +161,8 @@ impl BrokerProcess {
             // needs diagnosing (their stderr goes to <data_dir>.stderr.N).
             .env(
                 "RUST_LOG",
-                std::env::var("STRATA_BROKER_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+                std::env::var("STRATA_BROKER_LOG")
+                    .unwrap_or_else(|_| strata_broker::DEFAULT_LOG_FILTER.into()),
             )
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))

@@ -42,9 +42,32 @@ pub type Groups = Arc<RwLock<HashMap<String, Raft>>>;
 #[derive(Clone, Debug, Default)]
 pub struct Channels {
     by_addr: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Peers whose last call failed at the transport, for logging each
+    /// change once (openraft's own per-heartbeat warnings are filtered out
+    /// by the default log filter).
+    down: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 impl Channels {
+    /// Records the outcome of a call to `addr`; logs when a peer becomes
+    /// unreachable and when it is back.
+    fn observe(&self, addr: &str, error: Option<&Status>) {
+        let mut down = self.down.lock().unwrap_or_else(|e| e.into_inner());
+        match error {
+            Some(s) if s.code() == tonic::Code::Unavailable => {
+                if down.insert(addr.to_owned()) {
+                    tracing::warn!(peer = addr, error = %s.message(), "Raft peer unreachable");
+                }
+            }
+            Some(_) => {}
+            None => {
+                if down.remove(addr) {
+                    tracing::info!(peer = addr, "Raft peer reachable again");
+                }
+            }
+        }
+    }
+
     /// The channel to `addr`, created (lazily connecting) on first use.
     pub fn get(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
         let mut m = self.by_addr.lock().unwrap_or_else(|e| e.into_inner());
@@ -84,6 +107,8 @@ impl NetworkFactory {
 pub struct Connection {
     client: Result<RaftPeerClient<Channel>, String>,
     group: String,
+    addr: String,
+    channels: Channels,
 }
 
 impl RaftNetworkFactory<Tc> for NetworkFactory {
@@ -102,6 +127,8 @@ impl RaftNetworkFactory<Tc> for NetworkFactory {
         Connection {
             client,
             group: self.group.clone(),
+            addr: node.raft_addr.clone(),
+            channels: self.channels.clone(),
         }
     }
 }
@@ -120,6 +147,12 @@ fn io_rpc_error(e: std::io::Error) -> RPCError<Tc> {
 }
 
 impl Connection {
+    /// Notes a call's outcome for the peer's reachability, and maps errors.
+    fn seen<T>(&self, r: Result<T, Status>) -> Result<T, RPCError<Tc>> {
+        self.channels.observe(&self.addr, r.as_ref().err());
+        r.map_err(rpc_error)
+    }
+
     fn client(&self) -> Result<RaftPeerClient<Channel>, RPCError<Tc>> {
         self.client
             .clone()
@@ -149,11 +182,7 @@ impl RaftNetworkV2<Tc> for Connection {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<Tc>, RPCError<Tc>> {
         let req = self.message(&rpc, &option)?;
-        let resp = self
-            .client()?
-            .append_entries(req)
-            .await
-            .map_err(rpc_error)?;
+        let resp = self.seen(self.client()?.append_entries(req).await)?;
         decode(&resp.into_inner().body).map_err(io_rpc_error)
     }
 
@@ -163,7 +192,7 @@ impl RaftNetworkV2<Tc> for Connection {
         option: RPCOption,
     ) -> Result<VoteResponse<Tc>, RPCError<Tc>> {
         let req = self.message(&rpc, &option)?;
-        let resp = self.client()?.vote(req).await.map_err(rpc_error)?;
+        let resp = self.seen(self.client()?.vote(req).await)?;
         decode(&resp.into_inner().body).map_err(io_rpc_error)
     }
 
@@ -173,7 +202,7 @@ impl RaftNetworkV2<Tc> for Connection {
         option: RPCOption,
     ) -> Result<VoteResponse<Tc>, RPCError<Tc>> {
         let req = self.message(&rpc, &option)?;
-        let resp = self.client()?.pre_vote(req).await.map_err(rpc_error)?;
+        let resp = self.seen(self.client()?.pre_vote(req).await)?;
         decode(&resp.into_inner().body).map_err(io_rpc_error)
     }
 
@@ -183,11 +212,7 @@ impl RaftNetworkV2<Tc> for Connection {
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<Tc>, RPCError<Tc>> {
         let req = self.message(&req, &option)?;
-        let resp = self
-            .client()?
-            .transfer_leader(req)
-            .await
-            .map_err(rpc_error)?;
+        let resp = self.seen(self.client()?.transfer_leader(req).await)?;
         decode(&resp.into_inner().body).map_err(io_rpc_error)
     }
 
