@@ -182,14 +182,28 @@ impl BrokerError {
 
     /// The HTTP status.
     pub fn http_status(&self) -> axum::http::StatusCode {
-        use axum::http::StatusCode;
-        match self.to_status().code() {
-            tonic::Code::NotFound => StatusCode::NOT_FOUND,
-            tonic::Code::AlreadyExists => StatusCode::CONFLICT,
-            tonic::Code::InvalidArgument | tonic::Code::OutOfRange => StatusCode::BAD_REQUEST,
-            tonic::Code::FailedPrecondition => StatusCode::CONFLICT,
-            tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        http_status_of(self.to_status().code())
+    }
+
+    /// The stable code name and HTTP status of a status from another
+    /// broker (one this node forwarded a request to); `None` without a
+    /// Strata error detail.
+    pub fn code_of(status: &tonic::Status) -> Option<(&'static str, axum::http::StatusCode)> {
+        use prost::Message;
+        let d = strata_proto::pb::ErrorDetail::decode(status.details()).ok()?;
+        let code = ErrorCode::try_from(d.code).ok()?;
+        Some((code.as_str_name(), http_status_of(status.code())))
+    }
+}
+
+fn http_status_of(code: tonic::Code) -> axum::http::StatusCode {
+    use axum::http::StatusCode;
+    match code {
+        tonic::Code::NotFound => StatusCode::NOT_FOUND,
+        tonic::Code::AlreadyExists => StatusCode::CONFLICT,
+        tonic::Code::InvalidArgument | tonic::Code::OutOfRange => StatusCode::BAD_REQUEST,
+        tonic::Code::FailedPrecondition => StatusCode::CONFLICT,
+        tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -484,4 +484,33 @@ async fn restarted_replica_resumes_from_its_state_checkpoint() {
     }
     wait_caught_up(&admin, Some(2_600), Duration::from_secs(30)).await;
     p.close().await.unwrap();
+
+    // HTTP on a node that does not lead: ingest is forwarded to the
+    // leader; a read answers 307 to the same read on the leader.
+    let leader = admin.describe_topic("c").await.unwrap().partition_info[0].leader as usize;
+    let other = &nodes[(1..=3).find(|i| *i != leader).unwrap() - 1].http;
+    let (code, body) = strata_tests::http(
+        other,
+        "POST",
+        "/v1/topics/c/records",
+        br#"{"records":[{"value":"over-http"}]}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"offset\":2600"), "{body}");
+    let (code, body) = strata_tests::http(
+        other,
+        "GET",
+        "/v1/topics/c/partitions/0/records?offset=2600&max=1",
+        b"",
+    );
+    assert_eq!(code, 307, "{body}");
+    assert!(body.contains(&nodes[leader - 1].http), "{body}");
+    let (code, body) = strata_tests::http(
+        &nodes[leader - 1].http,
+        "GET",
+        "/v1/topics/c/partitions/0/records?offset=2600&max=1",
+        b"",
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("over-http"), "{body}");
 }

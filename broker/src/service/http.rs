@@ -58,7 +58,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
 
 /// An error response: `{"error": {"code": ..., "message": ...}}`.
 #[derive(Debug)]
-struct ApiError(StatusCode, String, String);
+struct ApiError(StatusCode, String, String, Option<String>);
 
 impl From<BrokerError> for ApiError {
     fn from(e: BrokerError) -> Self {
@@ -66,6 +66,7 @@ impl From<BrokerError> for ApiError {
             e.http_status(),
             e.code().as_str_name().to_owned(),
             e.to_string(),
+            None,
         )
     }
 }
@@ -75,16 +76,17 @@ fn bad_request(msg: impl Into<String>) -> ApiError {
         StatusCode::BAD_REQUEST,
         "INVALID_REQUEST".into(),
         msg.into(),
+        None,
     )
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.0,
-            axum::Json(json!({"error": {"code": self.1, "message": self.2}})),
-        )
-            .into_response()
+        let body = axum::Json(json!({"error": {"code": self.1, "message": self.2}}));
+        match self.3 {
+            Some(location) => (self.0, [(header::LOCATION, location)], body).into_response(),
+            None => (self.0, body).into_response(),
+        }
     }
 }
 
@@ -208,7 +210,12 @@ async fn ingest_inner(
         let mut out = Vec::new();
         encode_batch(&records, Compression::None, None, &mut out)
             .map_err(|e| bad_request(e.to_string()))?;
-        let limits: BatchLimits = st.broker.partition(topic, *p)?.batch_limits();
+        // A partition led elsewhere is checked by its leader.
+        let limits = match st.broker.partition(topic, *p) {
+            Ok(part) => part.batch_limits(),
+            Err(BrokerError::NotLeader { .. }) => BatchLimits::UNLIMITED,
+            Err(e) => return Err(e.into()),
+        };
         if out.len() > limits.batch_bytes_max {
             return Err(BrokerError::BatchTooLarge {
                 size: out.len(),
@@ -220,12 +227,115 @@ async fn ingest_inner(
     }
     let mut offsets = vec![json!(null); body.records.len()];
     for (p, batch) in encoded {
-        let o = st.broker.produce(topic, p, batch, Acks::All).await?;
+        // In a cluster, a partition led by another node is produced there
+        // (over gRPC), so any node accepts HTTP ingest.
+        let base_offset = match st.broker.produce(topic, p, batch.clone(), Acks::All).await {
+            Ok(o) => o.base_offset,
+            Err(BrokerError::NotLeader {
+                leader: Some(leader),
+            }) => forward_produce(&leader, topic, p, batch).await?,
+            Err(e) => return Err(e.into()),
+        };
         for (k, (i, _)) in by_partition[&p].iter().enumerate() {
-            offsets[*i] = json!({"partition": p, "offset": o.base_offset + k as u64});
+            offsets[*i] = json!({"partition": p, "offset": base_offset + k as u64});
         }
     }
     Ok(axum::Json(json!({ "offsets": offsets })))
+}
+
+/// A 307 to the same query on the leader's HTTP address (clients that
+/// follow redirects read on); 503 NOT_LEADER when that address is unknown.
+fn redirect_to_leader(
+    st: &AppState,
+    leader_grpc: &str,
+    topic: &str,
+    partition: u32,
+    q: &QueryParams,
+) -> ApiError {
+    let http = st.broker.cluster().and_then(|c| {
+        c.meta_state()
+            .nodes
+            .values()
+            .find(|n| n.grpc_addr == leader_grpc)
+            .map(|n| n.http_addr.clone())
+            .filter(|a| !a.is_empty())
+    });
+    let Some(http) = http else {
+        return BrokerError::NotLeader {
+            leader: Some(leader_grpc.to_owned()),
+        }
+        .into();
+    };
+    let mut query = vec![format!(
+        "encoding={}",
+        match q.encoding {
+            Encoding::Utf8 => "utf8",
+            Encoding::Base64 => "base64",
+        }
+    )];
+    if let Some(o) = q.offset {
+        query.push(format!("offset={o}"));
+    }
+    if let Some(m) = q.max {
+        query.push(format!("max={m}"));
+    }
+    let location = format!(
+        "http://{http}/v1/topics/{}/partitions/{partition}/records?{}",
+        urlencode(topic),
+        query.join("&")
+    );
+    ApiError(
+        StatusCode::TEMPORARY_REDIRECT,
+        "NOT_LEADER".into(),
+        format!("this node does not serve {topic}/{partition}; its leader does: {location}"),
+        Some(location.clone()),
+    )
+}
+
+/// Topic names are `[A-Za-z0-9._-]`: nothing to escape, but keep the path
+/// safe if that ever changes.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Produces `batch` on the partition's leader at gRPC address `leader`;
+/// returns the base offset. Errors keep the leader's code and message.
+async fn forward_produce(
+    leader: &str,
+    topic: &str,
+    partition: u32,
+    batch: bytes::Bytes,
+) -> Result<u64, ApiError> {
+    let unavailable = |m: String| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NOT_LEADER".into(),
+            format!("forwarding to the leader at {leader}: {m}"),
+            None,
+        )
+    };
+    let mut client =
+        strata_proto::pb::strata_client::StrataClient::connect(format!("http://{leader}"))
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+    let r = client
+        .produce(strata_proto::pb::ProduceRequest {
+            topic: topic.to_owned(),
+            partition,
+            batch,
+            acks: strata_proto::pb::Acks::All as i32,
+        })
+        .await
+        .map_err(|s| match BrokerError::code_of(&s) {
+            Some((code, http)) => ApiError(http, code.into(), s.message().to_owned(), None),
+            None => unavailable(s.message().to_owned()),
+        })?;
+    Ok(r.into_inner().base_offset)
 }
 
 #[derive(Debug, Deserialize)]
@@ -261,7 +371,19 @@ async fn query_inner(
     partition: u32,
     q: QueryParams,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let p = st.broker.partition(topic, partition)?;
+    // Only the leader serves reads (a follower may not have applied the
+    // high watermark yet): elsewhere, redirect there.
+    let p = match st
+        .broker
+        .partition(topic, partition)
+        .and_then(|p| p.check_leader().map(|()| p))
+    {
+        Ok(p) => p,
+        Err(BrokerError::NotLeader {
+            leader: Some(leader),
+        }) => return Err(redirect_to_leader(st, &leader, topic, partition, &q)),
+        Err(e) => return Err(e.into()),
+    };
     let max = q
         .max
         .unwrap_or(100)
@@ -279,6 +401,7 @@ async fn query_inner(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "STORAGE_ERROR".into(),
                 e.to_string(),
+                None,
             )
         })??;
     let enc = |b: &[u8], e: Encoding| -> serde_json::Value {
