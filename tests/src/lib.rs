@@ -57,6 +57,20 @@ pub fn init_test_logging() {
     }
 }
 
+/// A temporary directory for a test's data, deleted at the end unless
+/// `STRATA_TEST_KEEP` is set (then its path is printed, for diagnosing a
+/// failure). Keep the guard alive for the test's duration.
+pub fn test_dir() -> (PathBuf, Option<tempfile::TempDir>) {
+    let tmp = tempfile::tempdir().unwrap();
+    if std::env::var_os("STRATA_TEST_KEEP").is_some() {
+        let path = tmp.keep();
+        println!("keeping the test's data in {}", path.display());
+        (path, None)
+    } else {
+        (tmp.path().to_path_buf(), Some(tmp))
+    }
+}
+
 /// Polls `cond` until it holds or `timeout` passes (then panics with `what`).
 pub fn poll_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;

@@ -49,8 +49,8 @@ async fn read_all(bootstrap: &str, topic: &str, end: u64) -> Vec<(u64, String)> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_kill_9_loses_no_acknowledged_write_and_replicas_converge() {
     strata_tests::init_test_logging();
-    let dir = tempfile::tempdir().unwrap();
-    let mut nodes = start_cluster(dir.path());
+    let (root, _tmp) = strata_tests::test_dir();
+    let mut nodes = start_cluster(root.as_path());
     let first = nodes[0].grpc.clone();
     let admin = Admin::connect(&first).await.unwrap();
     wait_for_brokers(&admin, 3).await;
@@ -79,10 +79,15 @@ async fn leader_kill_9_loses_no_acknowledged_write_and_replicas_converge() {
     .await
     .unwrap();
 
+    // Leader kills: 3, or STRATA_KILL_ROUNDS for a soak.
+    let rounds: u64 = std::env::var("STRATA_KILL_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     // Every send and its outcome: value index -> (offset, acknowledged at).
-    // The producer runs, paced, until the kills are over (bounded by count
-    // and by the test's deadlines).
-    const SEND_MAX: u64 = 1_000_000;
+    // The producer runs, paced, until the kills are over (bounded by count,
+    // ~5 s of traffic per round, and by the test's deadlines).
+    let send_max: u64 = 100_000 * (rounds + 2);
     let stop = Arc::new(AtomicBool::new(false));
     let acked: Arc<Mutex<BTreeMap<u64, (u64, Instant)>>> = Arc::default();
     let failed: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
@@ -93,7 +98,7 @@ async fn leader_kill_9_loses_no_acknowledged_write_and_replicas_converge() {
             let mut waiters = tokio::task::JoinSet::new();
             let started = Instant::now();
             let mut sent = 0;
-            while sent < SEND_MAX && !stop.load(Ordering::Relaxed) {
+            while sent < send_max && !stop.load(Ordering::Relaxed) {
                 let i = sent;
                 // Paced: ~20 k records/s.
                 if i % 200 == 0 {
@@ -137,7 +142,7 @@ async fn leader_kill_9_loses_no_acknowledged_write_and_replicas_converge() {
 
     // Kill the partition's leader three times while the producer runs.
     let mut failovers = Vec::new();
-    for round in 1..=3u64 {
+    for round in 1..=rounds {
         more_acks(10_000).await;
         let deadline = Instant::now() + Duration::from_secs(20);
         let victim = loop {
@@ -280,7 +285,7 @@ async fn leader_kill_9_loses_no_acknowledged_write_and_replicas_converge() {
     let mut replicas = Vec::new();
     for i in 1..=3 {
         let log = PartitionLog::open_dir(
-            dir.path().join(format!("n{i}/topics/h/0")),
+            root.as_path().join(format!("n{i}/topics/h/0")),
             LogConfig::default(),
         )
         .unwrap();
