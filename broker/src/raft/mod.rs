@@ -213,9 +213,13 @@ pub fn raft_config(
     };
     let c = openraft::Config {
         cluster_name: cluster_name.to_owned(),
-        heartbeat_interval: 100,
-        election_timeout_min: 400,
-        election_timeout_max: 800,
+        // Failover (kill -9 to the next acknowledged write) must stay under
+        // 2 s: followers refuse votes while their leader's lease (the
+        // maximum election timeout) lasts, and a first pre-vote round may
+        // fail, so elections take about one to two maximum timeouts.
+        heartbeat_interval: 60,
+        election_timeout_min: 300,
+        election_timeout_max: 600,
         install_snapshot_timeout: 2000,
         max_payload_entries: 512,
         snapshot_policy,
