@@ -332,15 +332,8 @@ impl Cluster {
     pub async fn meta_write(&self, cmd: MetaCmd) -> Result<Reply, BrokerError> {
         let deadline = Instant::now() + META_WRITE_DEADLINE;
         let (reply, index) = loop {
-            let leader = self.meta.metrics().borrow_watched().current_leader;
-            if leader == Some(self.config.node_id) {
-                match Self::meta_write_here(&self.meta, cmd.clone()).await {
-                    Ok(r) => break r,
-                    Err(e) => tracing::debug!(error = %e, "metadata write here failed; retrying"),
-                }
-            }
-            let err = match self.meta.client_write(Cmd::Meta(cmd.clone())).await {
-                Ok(r) => break (r.data, r.log_id.index),
+            let err = match Self::meta_write_here(&self.meta, cmd.clone()).await {
+                Ok(r) => break r,
                 Err(e) => match e.forward_to_leader() {
                     Some(f) => match &f.leader_node {
                         Some(node) if f.leader_id != Some(self.config.node_id) => {
@@ -381,10 +374,17 @@ impl Cluster {
         Ok(reply)
     }
 
-    /// Writes `cmd` on this node, the metadata leader (forwarded writes
-    /// land here). A node registers only while it is a member: a removed
-    /// node that has not noticed cannot put itself back.
-    pub async fn meta_write_here(meta: &Raft, cmd: MetaCmd) -> Result<(Reply, u64), String> {
+    /// Writes `cmd` through this node's metadata Raft (it must lead; else
+    /// the error says where the leader is). Forwarded writes land here too.
+    /// A node registers only while it is a member: a removed node that has
+    /// not noticed cannot put itself back.
+    pub async fn meta_write_here(
+        meta: &Raft,
+        cmd: MetaCmd,
+    ) -> Result<
+        (Reply, u64),
+        openraft::errors::RaftError<super::Tc, openraft::errors::ClientWriteError<super::Tc>>,
+    > {
         if let MetaCmd::RegisterNode { id, .. } = &cmd {
             let member = meta
                 .metrics()
@@ -405,7 +405,6 @@ impl Cluster {
         meta.client_write(Cmd::Meta(cmd))
             .await
             .map(|r| (r.data, r.log_id.index))
-            .map_err(|e| e.to_string())
     }
 
     async fn forward(&self, raft_addr: &str, cmd: &MetaCmd) -> Result<(Reply, u64), String> {
@@ -600,16 +599,8 @@ impl Cluster {
             });
         }
         let meta = self.meta_state();
-        if let Some((t, p)) = meta.topics.values().find_map(|t| {
-            t.placement
-                .iter()
-                .position(|r| r.contains(&id))
-                .map(|p| (t.name.clone(), p))
-        }) {
-            return Err(BrokerError::InvalidRequest(format!(
-                "node {id} still hosts {t}/{p}; reassign its replicas first"
-            )));
-        }
+        meta.check_removable(id)
+            .map_err(BrokerError::InvalidRequest)?;
         if !self.meta.voter_ids().any(|v| v == id) && !meta.nodes.contains_key(&id) {
             return Err(BrokerError::InvalidRequest(format!(
                 "node {id} is not in the cluster"

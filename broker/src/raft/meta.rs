@@ -133,6 +133,21 @@ pub struct MetaState {
 }
 
 impl MetaState {
+    /// Why node `id` cannot leave the cluster: it still hosts a replica.
+    pub fn check_removable(&self, id: u64) -> Result<(), String> {
+        match self.topics.values().find_map(|t| {
+            t.placement
+                .iter()
+                .position(|r| r.contains(&id))
+                .map(|p| (t.name.as_str(), p))
+        }) {
+            Some((t, p)) => Err(format!(
+                "node {id} still hosts {t}/{p}; reassign its replicas first"
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Applies a command.
     pub fn apply(&mut self, cmd: &MetaCmd) -> Reply {
         match cmd {
@@ -140,15 +155,8 @@ impl MetaState {
                 self.nodes.insert(*id, info.clone());
             }
             MetaCmd::RemoveNode { id } => {
-                if let Some((t, p)) = self.topics.values().find_map(|t| {
-                    t.placement
-                        .iter()
-                        .position(|r| r.contains(id))
-                        .map(|p| (t.name.clone(), p))
-                }) {
-                    return Reply::Refused(Refusal::Invalid(format!(
-                        "node {id} still hosts {t}/{p}; reassign its replicas first"
-                    )));
+                if let Err(why) = self.check_removable(*id) {
+                    return Reply::Refused(Refusal::Invalid(why));
                 }
                 self.nodes.remove(id);
             }

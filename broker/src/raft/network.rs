@@ -355,7 +355,7 @@ impl RaftPeer for PeerService {
         // write itself (read-your-writes on every node).
         let r = super::cluster::Cluster::meta_write_here(&raft, cmd)
             .await
-            .map_err(Status::unavailable)?;
+            .map_err(unavailable)?;
         reply(&m.group, &r)
     }
 

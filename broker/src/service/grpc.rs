@@ -66,11 +66,7 @@ impl GrpcService {
                 continue;
             };
             let remote = async {
-                let mut client = strata_proto::pb::strata_client::StrataClient::connect(format!(
-                    "http://{addr}"
-                ))
-                .await
-                .ok()?;
+                let mut client = super::peer_client(&addr).await.ok()?;
                 let mut req = Request::new(pb::DescribeTopicRequest {
                     name: t.name.clone(),
                 });

@@ -319,10 +319,9 @@ async fn forward_produce(
             None,
         )
     };
-    let mut client =
-        strata_proto::pb::strata_client::StrataClient::connect(format!("http://{leader}"))
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
+    let mut client = super::peer_client(leader)
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
     let r = client
         .produce(strata_proto::pb::ProduceRequest {
             topic: topic.to_owned(),
