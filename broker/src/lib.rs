@@ -4,10 +4,13 @@
 //! them together for the `strata-broker` binary. Replication arrives with
 //! its issue.
 
+/// The storage engine, re-exported so that `crate::log` reads as the layer
+/// below the broker core.
+pub use strata_log as log;
+
 pub mod broker;
 pub mod config;
 pub mod error;
-pub mod log;
 pub mod meta;
 pub mod metrics;
 pub mod node;

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use strata_broker::log::{LogConfig, PartitionLog};
+use strata_log::{LogConfig, PartitionLog};
 use strata_client::{Admin, Producer, ProducerConfig, Record, TopicConfig};
 use strata_tests::{leader, poll_until_async, start_cluster, wait_for_brokers};
 

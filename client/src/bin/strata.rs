@@ -1061,7 +1061,7 @@ async fn group(broker: &str, json: bool, cmd: GroupCmd) -> anyhow::Result<()> {
 }
 
 fn log_cmd(json: bool, cmd: LogCmd) -> anyhow::Result<()> {
-    use strata_broker::log::inspect;
+    use strata_log::inspect;
     let (dir, dump, records) = match &cmd {
         LogCmd::Dump { dir, records } => (dir.clone(), true, *records),
         LogCmd::Verify { dir } => (dir.clone(), false, false),

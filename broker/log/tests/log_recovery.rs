@@ -15,9 +15,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use common::{batch, entry, small_config};
-use strata_broker::log::entry::ENTRY_HEADER_LEN;
-use strata_broker::log::segment::SEGMENT_HEADER_LEN;
-use strata_broker::log::{
+use strata_log::entry::ENTRY_HEADER_LEN;
+use strata_log::segment::SEGMENT_HEADER_LEN;
+use strata_log::{
     EntryKind, FileStorage, LogConfig, LogError, LogId, ManualClock, PartitionLog, Payload,
 };
 

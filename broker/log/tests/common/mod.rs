@@ -3,7 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use bytes::Bytes;
-use strata_broker::log::{LogConfig, LogId, NewEntry, Payload};
+use strata_log::{LogConfig, LogId, NewEntry, Payload};
 use strata_proto::{BatchLimits, Compression, Record, encode_batch, verify_batch};
 
 /// A verified batch of `n` records with `value_len`-byte values whose

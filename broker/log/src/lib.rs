@@ -1,4 +1,4 @@
-//! The storage engine: the on-disk log of one partition.
+//! `strata-log`, the storage engine: the on-disk log of one partition.
 //!
 //! [`PartitionLog`] is the API; below it, [`segment`] owns one segment file
 //! and its indexes, [`entry`] the entry encoding, [`index`] the sparse
@@ -8,7 +8,7 @@
 //! from many callers into one fsync. The record-batch codec itself lives in
 //! `strata-proto`, shared with the client.
 //!
-//! This module knows nothing about Raft's library, gRPC, topics or the
+//! This crate knows nothing about Raft's library, gRPC, sled, tokio, topics or the
 //! network: it stores entries keyed by Raft log ids and hands them back.
 
 pub mod checkpoint;

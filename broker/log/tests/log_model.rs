@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use strata_broker::log::fault::FaultStorage;
-use strata_broker::log::{
+use strata_log::fault::FaultStorage;
+use strata_log::{
     EntryKind, FileStorage, LogConfig, LogError, LogId, ManualClock, NewEntry, PartitionLog,
     Payload, Storage,
 };
@@ -142,7 +142,7 @@ impl Harness {
                 }
                 let index = self.model.last().map_or(0, |l| l.index + 1);
                 let now = {
-                    use strata_broker::log::Clock;
+                    use strata_log::Clock;
                     self.clock.now_ms()
                 };
                 let mut news = Vec::new();
@@ -289,7 +289,7 @@ impl Harness {
                 // The rule: what remains could not lose its oldest segment.
                 let remaining = self.log().segments();
                 if let Some(first) = remaining.first().filter(|s| s.sealed) {
-                    use strata_broker::log::Clock;
+                    use strata_log::Clock;
                     let total: u64 = remaining.iter().map(|s| s.size_bytes).sum();
                     let cfg = config();
                     let too_big = total - first.size_bytes >= cfg.retention_bytes.unwrap();

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use clap::Parser;
 use std::sync::Mutex;
 
-use strata_broker::log::{
+use strata_log::{
     LogConfig, LogId, NewEntry, PartitionLog, PartitionWriter, Payload, WriterConfig,
 };
 use strata_proto::{BatchLimits, Compression, Record, encode_batch, verify_batch};
@@ -265,7 +265,7 @@ fn main() -> anyhow::Result<()> {
 
     // Group sizes in bytes as the log writes them (entry header included),
     // so the raw run writes the same bytes in the same chunks.
-    let entry_bytes = batch_bytes + strata_broker::log::entry::ENTRY_HEADER_LEN;
+    let entry_bytes = batch_bytes + strata_log::entry::ENTRY_HEADER_LEN;
     let groups: Vec<usize> = (0..n_batches)
         .step_by(args.batches_per_sync)
         .map(|g| ((n_batches - g) as usize).min(args.batches_per_sync) * entry_bytes)

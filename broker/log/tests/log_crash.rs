@@ -16,8 +16,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use strata_broker::log::fault::{FaultStorage, SplitMix};
-use strata_broker::log::{
+use strata_log::fault::{FaultStorage, SplitMix};
+use strata_log::{
     EntryKind, LogError, LogId, ManualClock, NewEntry, PartitionLog, Payload,
 };
 

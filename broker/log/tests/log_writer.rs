@@ -13,8 +13,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{batch, entry, small_config};
-use strata_broker::log::fault::FaultStorage;
-use strata_broker::log::{
+use strata_log::fault::FaultStorage;
+use strata_log::{
     Appended, LogConfig, LogError, ManualClock, PartitionLog, PartitionWriter, Payload, Result,
     Storage, StorageFile, WriterConfig,
 };
