@@ -9,16 +9,15 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 use strata_proto::batch::{VerifiedBatch, verify_batch};
 
+use crate::cluster::Cluster;
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::log::{PartitionLog, SyncObserver, WriterConfig};
 use crate::meta::{MetaStore, TopicRecord};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PartitionFigures, PartitionSource};
 use crate::raft::MetaCmd;
-use crate::raft::cluster::Cluster;
-use crate::topic::{
-    Acks, Partition, ProduceOutcome, Submitted, TopicSettings, validate_topic_name,
-};
+use crate::settings::{TopicSettings, validate_topic_name};
+use crate::topic::{Acks, Partition, ProduceOutcome, Submitted};
 
 /// A topic and its open partitions.
 #[derive(Debug)]
@@ -626,5 +625,23 @@ impl Broker {
                 }
             }
         }
+    }
+}
+impl PartitionSource for Broker {
+    fn partition_figures(&self) -> Vec<PartitionFigures> {
+        let mut out = Vec::new();
+        for t in self.topics() {
+            for s in self.partition_status(&t) {
+                out.push(PartitionFigures {
+                    topic: t.record.name.clone(),
+                    partition: s.partition,
+                    size_bytes: s.size_bytes,
+                    segments: s.segments as u64,
+                    high_watermark: s.high_watermark,
+                    log_start_offset: s.log_start_offset,
+                });
+            }
+        }
+        out
     }
 }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::log::LogConfig;
+use crate::settings::LogDefaults;
 
 /// Configuration of one broker.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -79,38 +79,6 @@ pub fn parse_peers(peers: &[String]) -> Result<std::collections::BTreeMap<u64, S
     Ok(out)
 }
 
-/// Broker-wide defaults of the topic settings.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogDefaults {
-    /// See [`LogConfig::segment_bytes_max`].
-    pub segment_bytes: u64,
-    /// See [`LogConfig::segment_ms`].
-    pub segment_ms: i64,
-    /// See [`LogConfig::retention_ms`]; -1 keeps forever.
-    pub retention_ms: i64,
-    /// See [`LogConfig::retention_bytes`]; -1 means no limit.
-    pub retention_bytes: i64,
-    /// See [`LogConfig::batch_bytes_max`].
-    pub max_batch_bytes: u32,
-    /// See [`LogConfig::index_interval_bytes`].
-    pub index_interval_bytes: u32,
-}
-
-impl Default for LogDefaults {
-    fn default() -> Self {
-        let d = LogConfig::default();
-        LogDefaults {
-            segment_bytes: d.segment_bytes_max,
-            segment_ms: d.segment_ms,
-            retention_ms: d.retention_ms.unwrap_or(-1),
-            retention_bytes: d.retention_bytes.map_or(-1, |b| b as i64),
-            max_batch_bytes: d.batch_bytes_max,
-            index_interval_bytes: d.index_interval_bytes,
-        }
-    }
-}
-
 impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
@@ -172,7 +140,7 @@ impl BrokerConfig {
                 self.meta_snapshot_entries
             ));
         }
-        crate::topic::TopicSettings::default()
+        crate::settings::TopicSettings::default()
             .to_log_config(&self.log)
             .validate()
             .map_err(|e| format!("log defaults: {e}"))

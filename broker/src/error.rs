@@ -6,8 +6,10 @@ use prost::Message;
 use strata_proto::BatchError;
 use strata_proto::pb::{ErrorCode, ErrorDetail};
 
+use crate::dedup::SequenceError;
 use crate::log::LogError;
 use crate::meta::MetaError;
+use crate::settings::SettingsError;
 
 /// What went wrong serving a request.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +97,40 @@ pub enum BrokerError {
     /// Metadata store failure.
     #[error(transparent)]
     Meta(#[from] MetaError),
+}
+
+impl From<SettingsError> for BrokerError {
+    fn from(e: SettingsError) -> Self {
+        match e {
+            SettingsError::InvalidTopicName(why) => BrokerError::InvalidTopicName(why),
+            SettingsError::InvalidConfig(why) => BrokerError::InvalidConfig(why),
+        }
+    }
+}
+
+impl From<SequenceError> for BrokerError {
+    fn from(e: SequenceError) -> Self {
+        match e {
+            SequenceError::Fenced {
+                producer_id,
+                epoch,
+                current,
+            } => BrokerError::ProducerFenced {
+                producer_id,
+                epoch,
+                current,
+            },
+            SequenceError::OutOfOrder {
+                producer_id,
+                expected,
+                got,
+            } => BrokerError::OutOfOrderSequence {
+                producer_id,
+                expected,
+                got,
+            },
+        }
+    }
 }
 
 impl From<BatchError> for BrokerError {

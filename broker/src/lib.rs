@@ -9,13 +9,16 @@
 pub use strata_log as log;
 
 pub mod broker;
+pub mod cluster;
 pub mod config;
+pub mod dedup;
 pub mod error;
 pub mod meta;
 pub mod metrics;
 pub mod node;
 pub mod raft;
 pub mod service;
+pub mod settings;
 pub mod topic;
 
 /// The broker's default log filter: info, and openraft's warnings except

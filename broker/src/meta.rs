@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use crate::topic::TopicSettings;
+use crate::settings::TopicSettings;
 
 /// Errors of the metadata store.
 #[derive(Debug, thiserror::Error)]

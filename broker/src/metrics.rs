@@ -1,7 +1,8 @@
 //! Prometheus metrics: request rates, bytes and latencies recorded by the
 //! services, fsync latency reported by the partition writers, and partition
-//! gauges (size, segments, high watermark, log start offset) read from the
-//! broker at scrape time.
+//! gauges (size, segments, high watermark, log start offset) read at scrape
+//! time through [`PartitionFigures`], the narrow interface the broker core
+//! implements (metrics import nothing of the core).
 
 use std::time::Duration;
 
@@ -9,7 +10,28 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::broker::Broker;
+/// One partition's gauges at scrape time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionFigures {
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub partition: u32,
+    /// Bytes on disk.
+    pub size_bytes: u64,
+    /// Segment files.
+    pub segments: u64,
+    /// End of the committed prefix.
+    pub high_watermark: u64,
+    /// First readable offset.
+    pub log_start_offset: u64,
+}
+
+/// What a scrape reads partition gauges from (the broker core).
+pub trait PartitionSource {
+    /// The figures of every partition this node serves.
+    fn partition_figures(&self) -> Vec<PartitionFigures>;
+}
 
 /// The broker's metrics.
 #[derive(Debug, Clone)]
@@ -121,21 +143,19 @@ impl Metrics {
     }
 
     /// The text exposition, with partition gauges read now.
-    pub fn render(&self, broker: &Broker) -> String {
+    pub fn render(&self, source: &dyn PartitionSource) -> String {
         self.partition.reset();
-        for t in broker.topics() {
-            for s in broker.partition_status(&t) {
-                let p = s.partition.to_string();
-                for (figure, v) in [
-                    ("size_bytes", s.size_bytes),
-                    ("segments", s.segments as u64),
-                    ("high_watermark", s.high_watermark),
-                    ("log_start_offset", s.log_start_offset),
-                ] {
-                    self.partition
-                        .with_label_values(&[t.record.name.as_str(), p.as_str(), figure])
-                        .set(i64::try_from(v).unwrap_or(i64::MAX));
-                }
+        for s in source.partition_figures() {
+            let p = s.partition.to_string();
+            for (figure, v) in [
+                ("size_bytes", s.size_bytes),
+                ("segments", s.segments),
+                ("high_watermark", s.high_watermark),
+                ("log_start_offset", s.log_start_offset),
+            ] {
+                self.partition
+                    .with_label_values(&[s.topic.as_str(), p.as_str(), figure])
+                    .set(i64::try_from(v).unwrap_or(i64::MAX));
             }
         }
         let mut out = Vec::new();

@@ -8,10 +8,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::broker::Broker;
+use crate::cluster::{Cluster, ClusterConfig};
 use crate::config::BrokerConfig;
 use crate::metrics::Metrics;
 use crate::raft::NodeInfo;
-use crate::raft::cluster::{Cluster, ClusterConfig};
 use crate::raft::network::PeerService;
 use crate::service::{grpc::GrpcService, http};
 

@@ -11,17 +11,15 @@
 //! the group has applied), a batch is acknowledged once a quorum has it
 //! fsynced and it is applied, and the high watermark is the applied end.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::ReadPolicy;
 use openraft::impls::ProgressResponder;
 
-use serde::{Deserialize, Serialize};
-use strata_proto::batch::{BatchLimits, ProducerInfo, VerifiedBatch, parse_header};
+use strata_proto::batch::{BatchLimits, VerifiedBatch, parse_header};
 use tokio::sync::watch;
 
-use crate::config::LogDefaults;
+use crate::dedup::ProducerTable;
 use crate::error::BrokerError;
 use crate::log::{
     LogConfig, LogError, LogId, NewEntry, PartitionLog, PartitionWriter, Payload, RetentionReport,
@@ -29,100 +27,6 @@ use crate::log::{
 };
 use crate::raft::sm::SmShared;
 use crate::raft::{Cmd, Raft, RaftLogId, Reply};
-
-/// Longest topic name (Kafka's limit).
-pub const TOPIC_NAME_MAX: usize = 249;
-/// Batches remembered per producer for deduplicating retries. A client may
-/// resend any batch it still has in flight, so this must be at least the
-/// client's in-flight limit per partition (8); Kafka pairs 5 with 5.
-pub const DEDUP_WINDOW: usize = 16;
-
-/// Checks a topic name: 1–249 characters of `[A-Za-z0-9._-]`, not `.` or `..`.
-pub fn validate_topic_name(name: &str) -> Result<(), BrokerError> {
-    let bad = |why: &str| Err(BrokerError::InvalidTopicName(format!("{name:?}: {why}")));
-    if name.is_empty() {
-        return bad("empty");
-    }
-    if name.len() > TOPIC_NAME_MAX {
-        return bad(&format!("longer than {TOPIC_NAME_MAX} characters"));
-    }
-    if name == "." || name == ".." {
-        return bad("reserved");
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return bad(&format!(
-            "character {c:?} is not allowed (use letters, digits, '.', '_', '-')"
-        ));
-    }
-    Ok(())
-}
-
-/// Per-topic overrides of the broker's log defaults. `None`: use the default.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TopicSettings {
-    /// Time retention in ms; -1 keeps forever.
-    pub retention_ms: Option<i64>,
-    /// Size retention in bytes per partition; -1 means no limit.
-    pub retention_bytes: Option<i64>,
-    /// Segment size.
-    pub segment_bytes: Option<u64>,
-    /// Segment age before rolling.
-    pub segment_ms: Option<i64>,
-    /// Largest batch accepted.
-    pub max_batch_bytes: Option<u32>,
-}
-
-impl TopicSettings {
-    /// The log configuration these settings give over `d`.
-    pub fn to_log_config(&self, d: &LogDefaults) -> LogConfig {
-        let retention_ms = self.retention_ms.unwrap_or(d.retention_ms);
-        let retention_bytes = self.retention_bytes.unwrap_or(d.retention_bytes);
-        LogConfig {
-            segment_bytes_max: self.segment_bytes.unwrap_or(d.segment_bytes),
-            segment_ms: self.segment_ms.unwrap_or(d.segment_ms),
-            index_interval_bytes: d.index_interval_bytes,
-            batch_bytes_max: self.max_batch_bytes.unwrap_or(d.max_batch_bytes),
-            retention_ms: (retention_ms >= 0).then_some(retention_ms),
-            retention_bytes: (retention_bytes >= 0).then_some(retention_bytes as u64),
-            ..LogConfig::default()
-        }
-    }
-
-    /// Overwrites the settings that `other` sets.
-    pub fn merge(&mut self, other: &TopicSettings) {
-        macro_rules! take {
-            ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
-        }
-        take!(
-            retention_ms,
-            retention_bytes,
-            segment_bytes,
-            segment_ms,
-            max_batch_bytes
-        );
-    }
-
-    /// Rejects values that are invalid on their own (the combination is
-    /// checked by [`LogConfig::validate`]).
-    pub fn validate(&self, d: &LogDefaults) -> Result<(), BrokerError> {
-        for (name, v) in [
-            ("retention_ms", self.retention_ms),
-            ("retention_bytes", self.retention_bytes),
-        ] {
-            if v.is_some_and(|v| v < -1 || v == 0) {
-                return Err(BrokerError::InvalidConfig(format!(
-                    "{name} must be positive or -1 (unlimited)"
-                )));
-            }
-        }
-        self.to_log_config(d)
-            .validate()
-            .map_err(BrokerError::InvalidConfig)
-    }
-}
 
 /// Why a queued batch failed.
 #[derive(Debug, Clone)]
@@ -139,24 +43,9 @@ enum Failure {
 type Outcome = Option<Result<u64, Failure>>;
 
 #[derive(Debug)]
-struct Recent {
-    base_sequence: u32,
-    record_count: u32,
-    outcome: watch::Receiver<Outcome>,
-}
-
-#[derive(Debug)]
-struct ProducerState {
-    epoch: u16,
-    /// Sequence of the last record appended.
-    last_sequence: u32,
-    recent: VecDeque<Recent>,
-}
-
-#[derive(Debug)]
 struct Sequencer {
     next_index: u64,
-    producers: HashMap<u64, ProducerState>,
+    producers: ProducerTable<watch::Receiver<Outcome>>,
 }
 
 /// How a produce ended.
@@ -253,7 +142,7 @@ impl std::fmt::Debug for RaftEngine {
 #[derive(Debug, Default)]
 struct RaftSequencer {
     leader: Option<openraft::vote::leader_id_adv::LeaderId<u64, u64>>,
-    producers: HashMap<u64, ProducerState>,
+    producers: ProducerTable<watch::Receiver<Outcome>>,
 }
 
 #[derive(Debug)]
@@ -472,7 +361,7 @@ impl Partition {
             .map_err(BrokerError::Storage)?;
         seq.next_index += 1;
         if let Some(p) = header.producer {
-            remember(&mut seq.producers, p, header.record_count, rx.clone());
+            seq.producers.remember(p, header.record_count, rx.clone());
         }
         Ok((rx, false))
     }
@@ -559,47 +448,14 @@ impl Partition {
 /// remembered batch returns the original's outcome; a gap, a stale epoch or
 /// a non-zero first sequence of a new epoch is refused.
 fn check_sequence(
-    producers: &HashMap<u64, ProducerState>,
+    producers: &ProducerTable<watch::Receiver<Outcome>>,
     batch: &VerifiedBatch,
 ) -> Result<Option<watch::Receiver<Outcome>>, BrokerError> {
     let header = batch.header();
-    let (Some(p), true) = (header.producer, true) else {
+    let Some(p) = header.producer else {
         return Ok(None);
     };
-    let Some(state) = producers.get(&p.producer_id) else {
-        return Ok(None);
-    };
-    if p.producer_epoch < state.epoch {
-        return Err(BrokerError::ProducerFenced {
-            producer_id: p.producer_id,
-            epoch: p.producer_epoch,
-            current: state.epoch,
-        });
-    }
-    if p.producer_epoch == state.epoch {
-        if let Some(r) = state
-            .recent
-            .iter()
-            .find(|r| r.base_sequence == p.base_sequence && r.record_count == header.record_count)
-        {
-            return Ok(Some(r.outcome.clone()));
-        }
-        let expected = state.last_sequence.wrapping_add(1);
-        if p.base_sequence != expected {
-            return Err(BrokerError::OutOfOrderSequence {
-                producer_id: p.producer_id,
-                expected,
-                got: p.base_sequence,
-            });
-        }
-    } else if p.base_sequence != 0 {
-        return Err(BrokerError::OutOfOrderSequence {
-            producer_id: p.producer_id,
-            expected: 0,
-            got: p.base_sequence,
-        });
-    }
-    Ok(None)
+    Ok(producers.check(p, header.record_count)?.cloned())
 }
 
 impl RaftEngine {
@@ -643,29 +499,11 @@ impl RaftEngine {
             };
             seq.producers = p
                 .producers
-                .iter()
-                .map(|(id, snap)| {
-                    let recent = snap
-                        .recent
-                        .iter()
-                        .map(|(base_sequence, record_count, base_offset)| Recent {
-                            base_sequence: *base_sequence,
-                            record_count: *record_count,
-                            outcome: watch::channel(Some(Ok(*base_offset))).1,
-                        })
-                        .collect();
-                    let state = ProducerState {
-                        epoch: snap.epoch,
-                        last_sequence: snap.last_sequence,
-                        recent,
-                    };
-                    (*id, state)
-                })
-                .collect();
+                .map(|base_offset| watch::channel(Some(Ok(*base_offset))).1);
             drop(st);
             tracing::debug!(
                 %leader,
-                producers = ?seq.producers.iter().map(|(id, p)| (*id, p.last_sequence)).collect::<Vec<_>>(),
+                producers = ?seq.producers.iter().map(|(id, p)| (id, p.last_sequence)).collect::<Vec<_>>(),
                 "new leadership: producer state rebuilt from the applied log"
             );
             seq.leader = Some(leader);
@@ -687,7 +525,7 @@ impl RaftEngine {
             return Err(BrokerError::ShuttingDown);
         }
         if let Some(p) = header.producer {
-            remember(&mut seq.producers, p, header.record_count, rx.clone());
+            seq.producers.remember(p, header.record_count, rx.clone());
         }
         drop(seq);
         let hints = self.hints.clone();
@@ -710,34 +548,6 @@ impl RaftEngine {
     }
 }
 
-/// Records an appended (or recovered) batch of an idempotent producer: a new
-/// epoch resets its window; the window keeps the last `DEDUP_WINDOW` batches.
-fn remember(
-    producers: &mut HashMap<u64, ProducerState>,
-    p: ProducerInfo,
-    record_count: u32,
-    outcome: watch::Receiver<Outcome>,
-) {
-    let state = producers.entry(p.producer_id).or_insert(ProducerState {
-        epoch: p.producer_epoch,
-        last_sequence: 0,
-        recent: VecDeque::new(),
-    });
-    if state.epoch != p.producer_epoch {
-        state.epoch = p.producer_epoch;
-        state.recent.clear();
-    }
-    state.last_sequence = p.base_sequence.wrapping_add(record_count - 1);
-    if state.recent.len() == DEDUP_WINDOW {
-        state.recent.pop_front();
-    }
-    state.recent.push_back(Recent {
-        base_sequence: p.base_sequence,
-        record_count,
-        outcome,
-    });
-}
-
 fn batch_limits(config: &LogConfig) -> BatchLimits {
     BatchLimits {
         batch_bytes_max: config.batch_bytes_max as usize,
@@ -750,7 +560,9 @@ fn batch_limits(config: &LogConfig) -> BatchLimits {
 /// Rebuilds idempotent-producer state from the batch headers of the last
 /// two segments. A producer whose last batch is older than that is
 /// unknown after a restart and may resume at any sequence (documented).
-fn rebuild_producers(log: &PartitionLog) -> Result<HashMap<u64, ProducerState>, BrokerError> {
+fn rebuild_producers(
+    log: &PartitionLog,
+) -> Result<ProducerTable<watch::Receiver<Outcome>>, BrokerError> {
     let segments = log.segments();
     let from = segments
         .len()
@@ -758,7 +570,7 @@ fn rebuild_producers(log: &PartitionLog) -> Result<HashMap<u64, ProducerState>, 
         .map_or(log.log_start_offset(), |i| {
             segments[i].base_offset.max(log.log_start_offset())
         });
-    let mut producers: HashMap<u64, ProducerState> = HashMap::new();
+    let mut producers = ProducerTable::default();
     let mut offset = from;
     while offset < log.next_offset() {
         let batches = log.read(offset, 16 << 20, None)?;
@@ -768,63 +580,8 @@ fn rebuild_producers(log: &PartitionLog) -> Result<HashMap<u64, ProducerState>, 
             let h = parse_header(&b.bytes)
                 .map_err(|e| BrokerError::Storage(LogError::Invalid(e.to_string())))?;
             let Some(p) = h.producer else { continue };
-            remember(
-                &mut producers,
-                p,
-                h.record_count,
-                watch::channel(Some(Ok(b.base_offset))).1,
-            );
+            producers.remember(p, h.record_count, watch::channel(Some(Ok(b.base_offset))).1);
         }
     }
     Ok(producers)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn topic_names() {
-        assert!(validate_topic_name("orders.v1_eu-west").is_ok());
-        for bad in ["", ".", "..", "a/b", "a b", "ü", &"x".repeat(250)] {
-            assert!(
-                matches!(
-                    validate_topic_name(bad),
-                    Err(BrokerError::InvalidTopicName(_))
-                ),
-                "{bad:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn settings_merge_and_map_unlimited() {
-        let d = LogDefaults::default();
-        let mut s = TopicSettings {
-            retention_ms: Some(-1),
-            ..Default::default()
-        };
-        s.merge(&TopicSettings {
-            retention_bytes: Some(1000),
-            ..Default::default()
-        });
-        let c = s.to_log_config(&d);
-        assert_eq!((c.retention_ms, c.retention_bytes), (None, Some(1000)));
-        assert!(
-            TopicSettings {
-                retention_ms: Some(0),
-                ..Default::default()
-            }
-            .validate(&d)
-            .is_err()
-        );
-        assert!(
-            TopicSettings {
-                segment_bytes: Some(10),
-                ..Default::default()
-            }
-            .validate(&d)
-            .is_err()
-        );
-    }
 }

@@ -7,9 +7,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{NodeInfo, Reply};
+use openraft::async_runtime::WatchReceiver;
+
+use super::{Cmd, NodeInfo, Raft, Reply, Tc};
 use crate::error::BrokerError;
-use crate::topic::TopicSettings;
+use crate::settings::TopicSettings;
 
 /// A topic as the cluster knows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -243,6 +245,36 @@ pub fn place(nodes: &[u64], partitions: u32, replication: u32, start: usize) -> 
                 .collect()
         })
         .collect()
+}
+
+/// Writes `cmd` through this node's metadata Raft (it must lead; else
+/// the error says where the leader is). Forwarded writes land here too.
+/// A node registers only while it is a member: a removed node that has
+/// not noticed cannot put itself back.
+pub async fn write_here(
+    meta: &Raft,
+    cmd: MetaCmd,
+) -> Result<(Reply, u64), openraft::errors::RaftError<Tc, openraft::errors::ClientWriteError<Tc>>> {
+    if let MetaCmd::RegisterNode { id, .. } = &cmd {
+        let member = meta
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .get_node(id)
+            .is_some();
+        if !member {
+            return Ok((
+                Reply::Refused(Refusal::Invalid(format!(
+                    "node {id} is not a member of the cluster"
+                ))),
+                0,
+            ));
+        }
+    }
+    meta.client_write(Cmd::Meta(cmd))
+        .await
+        .map(|r| (r.data, r.log_id.index))
 }
 
 #[cfg(test)]

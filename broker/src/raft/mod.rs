@@ -11,11 +11,15 @@
 //! - [`sm`]: the state machine: high watermark, producer dedup state and
 //!   log start offset for a partition; the metadata image for the
 //!   metadata group. Snapshots are small checkpoints at trim points.
-//! - [`network`]: Raft RPCs between brokers over tonic, with Pre-Vote.
-//! - [`cluster`]: a node's groups, the metadata commands and the
-//!   operations the services call.
+//! - [`network`]: Raft RPCs between brokers over tonic, with Pre-Vote, and
+//!   the forwarding of metadata writes to the metadata leader.
+//! - [`meta`]: the metadata image and its commands.
+//!
+//! **Invariant:** this layer knows nothing of topics as the services see
+//! them, of the broker core or of the services: it replicates commands and
+//! applies them to partition and metadata state. A node's groups and the
+//! cluster operations over them live one layer up, in `crate::cluster`.
 
-pub mod cluster;
 pub mod meta;
 pub mod network;
 pub mod sm;
@@ -31,6 +35,9 @@ use strata_proto::batch::{BatchLimits, VerifiedBatch, verify_batch};
 use crate::log;
 
 pub use meta::{MetaCmd, MetaState};
+
+/// Name of the metadata group.
+pub const META_GROUP: &str = "meta";
 
 /// A node's addresses, as stored in Raft memberships.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

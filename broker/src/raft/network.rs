@@ -285,6 +285,60 @@ impl PeerService {
     }
 }
 
+/// Why a metadata write could not be forwarded to the metadata leader.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// No connection to the leader's Raft address.
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        /// The leader's Raft address.
+        addr: String,
+        /// Why.
+        source: tonic::transport::Error,
+    },
+    /// The command or its answer did not (de)serialize.
+    #[error("encoding: {0}")]
+    Codec(#[from] std::io::Error),
+    /// The leader answered with an error, or the call timed out.
+    #[error("{addr} answered: {status}")]
+    Rpc {
+        /// The leader's Raft address.
+        addr: String,
+        /// Its answer.
+        status: Box<Status>,
+    },
+}
+
+/// Sends a metadata command to the metadata leader at `raft_addr`, which
+/// writes it through its Raft ([`super::meta::write_here`]); answers the
+/// reply and the entry's index.
+pub async fn forward_meta_write(
+    channels: &Channels,
+    raft_addr: &str,
+    cmd: &super::MetaCmd,
+) -> Result<(super::Reply, u64), ForwardError> {
+    let channel = channels
+        .get(raft_addr)
+        .map_err(|source| ForwardError::Connect {
+            addr: raft_addr.to_owned(),
+            source,
+        })?;
+    let mut client = RaftPeerClient::new(channel);
+    let mut req = Request::new(RaftMessage {
+        group: super::META_GROUP.to_owned(),
+        body: encode(cmd)?.into(),
+    });
+    req.set_timeout(Duration::from_secs(5));
+    let resp = client
+        .meta_write(req)
+        .await
+        .map_err(|status| ForwardError::Rpc {
+            addr: raft_addr.to_owned(),
+            status: Box::new(status),
+        })?;
+    Ok(decode(&resp.into_inner().body)?)
+}
+
 fn bad(e: std::io::Error) -> Status {
     Status::invalid_argument(format!("undecodable Raft message: {e}"))
 }
@@ -349,11 +403,11 @@ impl RaftPeer for PeerService {
 
     async fn meta_write(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let m = req.into_inner();
-        let raft = self.group(super::cluster::META_GROUP)?;
+        let raft = self.group(super::META_GROUP)?;
         let cmd: super::MetaCmd = decode(&m.body).map_err(bad)?;
         // The index lets the forwarding node wait until it has applied the
         // write itself (read-your-writes on every node).
-        let r = super::cluster::Cluster::meta_write_here(&raft, cmd)
+        let r = super::meta::write_here(&raft, cmd)
             .await
             .map_err(unavailable)?;
         reply(&m.group, &r)

@@ -22,7 +22,6 @@
 //! atomically); on restart the state starts from it and openraft re-applies
 //! the committed entries after it.
 
-use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -31,16 +30,15 @@ use futures::TryStreamExt;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 use serde::{Deserialize, Serialize};
-use strata_proto::batch::ProducerInfo;
 use tokio::sync::{mpsc, watch};
 
 use super::store::InstallHint;
 use super::{
     Cmd, MetaState, RaftLogId, Reply, Snapshot, SnapshotMeta, StoredMembership, Tc, decode, encode,
 };
+use crate::dedup::ProducerTable;
 use crate::log::FileStorage;
 use crate::log::storage::write_atomic;
-use crate::topic::DEDUP_WINDOW;
 
 const SNAPSHOT_FILE: &str = "raft-snapshot";
 /// A partition's applied state, saved now and then so a restart re-applies
@@ -52,52 +50,6 @@ const CHECKPOINT_ENTRIES: u64 = 1_000;
 /// …or this long after the last one, whichever comes first.
 const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// An idempotent producer's state.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProducerSnap {
-    /// Current epoch.
-    pub epoch: u16,
-    /// Sequence of its last record.
-    pub last_sequence: u32,
-    /// Its last batches: (base sequence, record count, base offset).
-    pub recent: VecDeque<(u32, u32, u64)>,
-}
-
-/// Records an applied batch of an idempotent producer. Idempotent (a batch
-/// already in the window changes nothing) and monotonic (an older epoch
-/// changes nothing), so entries may be applied over a newer image.
-pub fn remember_applied(
-    producers: &mut BTreeMap<u64, ProducerSnap>,
-    p: ProducerInfo,
-    record_count: u32,
-    base_offset: u64,
-) {
-    let state = producers.entry(p.producer_id).or_insert(ProducerSnap {
-        epoch: p.producer_epoch,
-        ..Default::default()
-    });
-    if p.producer_epoch < state.epoch {
-        return;
-    }
-    if p.producer_epoch > state.epoch {
-        state.epoch = p.producer_epoch;
-        state.recent.clear();
-    } else if state
-        .recent
-        .iter()
-        .any(|r| r.0 == p.base_sequence && r.1 == record_count)
-    {
-        return;
-    }
-    state.last_sequence = p.base_sequence.wrapping_add(record_count - 1);
-    if state.recent.len() == DEDUP_WINDOW {
-        state.recent.pop_front();
-    }
-    state
-        .recent
-        .push_back((p.base_sequence, record_count, base_offset));
-}
-
 /// A partition's replicated state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionState {
@@ -105,8 +57,8 @@ pub struct PartitionState {
     pub next_offset: u64,
     /// First readable offset.
     pub log_start_offset: u64,
-    /// Idempotent producers.
-    pub producers: BTreeMap<u64, ProducerSnap>,
+    /// Idempotent producers; a batch's outcome is its base offset.
+    pub producers: ProducerTable<u64>,
 }
 
 /// What a group's state machine holds.
@@ -353,7 +305,7 @@ fn apply_cmd(st: &mut SmState, log_id: RaftLogId, cmd: Cmd) -> io::Result<(Reply
             let base_offset = p.next_offset;
             p.next_offset += u64::from(b.record_count());
             if let Some(info) = b.header().producer {
-                remember_applied(&mut p.producers, info, b.record_count(), base_offset);
+                p.producers.remember(info, b.record_count(), base_offset);
             }
             Reply::Appended { base_offset }
         }

@@ -13,7 +13,8 @@ use tonic::{Request, Response, Status};
 
 use crate::broker::{Broker, PartitionView, TopicView};
 use crate::error::BrokerError;
-use crate::topic::{Acks, TopicSettings};
+use crate::settings::TopicSettings;
+use crate::topic::Acks;
 
 /// Request metadata marking a call one node makes to another on a client's
 /// behalf (it is not forwarded again).
@@ -96,7 +97,7 @@ impl GrpcService {
         }
     }
 
-    fn cluster(&self) -> Result<&Arc<crate::raft::cluster::Cluster>, BrokerError> {
+    fn cluster(&self) -> Result<&Arc<crate::cluster::Cluster>, BrokerError> {
         self.broker.cluster().ok_or_else(|| {
             BrokerError::InvalidRequest(
                 "this broker runs single-node; cluster operations need cluster mode (--node-id, --raft-addr)".into(),

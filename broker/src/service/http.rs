@@ -463,6 +463,6 @@ async fn health(State(st): State<AppState>) -> impl IntoResponse {
 async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        st.broker.metrics().render(&st.broker),
+        st.broker.metrics().render(st.broker.as_ref()),
     )
 }

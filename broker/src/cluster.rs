@@ -18,19 +18,18 @@ use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
 use tokio::sync::mpsc;
 
-use super::meta::{LeaderRecord, TopicMeta, place};
-use super::network::{Channels, Groups, NetworkFactory};
-use super::sm::{GroupSm, Machine, PartitionState, SmShared};
-use super::store::{InstallHint, LogStore};
-use super::{Cmd, MetaCmd, MetaState, NodeInfo, Raft, Reply, decode, encode, raft_config};
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::log::{LogConfig, PartitionLog, PartitionWriter, SyncObserver, WriterConfig};
 use crate::metrics::Metrics;
-use crate::topic::{LeaderHints, Partition, TopicSettings, validate_topic_name};
+use crate::raft::meta::{LeaderRecord, TopicMeta, place};
+use crate::raft::network::{Channels, Groups, NetworkFactory, forward_meta_write};
+use crate::raft::sm::{GroupSm, Machine, PartitionState, SmShared};
+use crate::raft::store::{InstallHint, LogStore};
+use crate::raft::{META_GROUP, MetaCmd, MetaState, NodeInfo, Raft, Reply, raft_config};
+use crate::settings::{TopicSettings, validate_topic_name};
+use crate::topic::{LeaderHints, Partition};
 
-/// Name of the metadata group.
-pub const META_GROUP: &str = "meta";
 /// How long a metadata write keeps retrying to find a leader.
 const META_WRITE_DEADLINE: Duration = Duration::from_secs(10);
 /// How long adding a node waits for it to catch up and register.
@@ -183,8 +182,8 @@ async fn open_group(
     let hint = Arc::new(Mutex::new(InstallHint::default()));
     let store = LogStore::open(writer.clone(), hint.clone()).map_err(storage_err)?;
     let (trim_tx, trim_rx) = mpsc::unbounded_channel();
-    let in_log = |id: &super::RaftLogId| {
-        let want = super::to_log_id(id);
+    let in_log = |id: &crate::raft::RaftLogId| {
+        let want = crate::raft::to_log_id(id);
         writer
             .read()
             .entries(id.index..id.index + 1, usize::MAX)
@@ -332,14 +331,14 @@ impl Cluster {
     pub async fn meta_write(&self, cmd: MetaCmd) -> Result<Reply, BrokerError> {
         let deadline = Instant::now() + META_WRITE_DEADLINE;
         let (reply, index) = loop {
-            let err = match Self::meta_write_here(&self.meta, cmd.clone()).await {
+            let err = match crate::raft::meta::write_here(&self.meta, cmd.clone()).await {
                 Ok(r) => break r,
                 Err(e) => match e.forward_to_leader() {
                     Some(f) => match &f.leader_node {
                         Some(node) if f.leader_id != Some(self.config.node_id) => {
-                            match self.forward(&node.raft_addr, &cmd).await {
+                            match forward_meta_write(&self.channels, &node.raft_addr, &cmd).await {
                                 Ok(r) => break r,
-                                Err(e) => e,
+                                Err(e) => e.to_string(),
                             }
                         }
                         _ => "no metadata leader yet".to_owned(),
@@ -372,51 +371,6 @@ impl Cluster {
             tracing::warn!(error = %e, index, "metadata write committed but not yet applied on this node");
         }
         Ok(reply)
-    }
-
-    /// Writes `cmd` through this node's metadata Raft (it must lead; else
-    /// the error says where the leader is). Forwarded writes land here too.
-    /// A node registers only while it is a member: a removed node that has
-    /// not noticed cannot put itself back.
-    pub async fn meta_write_here(
-        meta: &Raft,
-        cmd: MetaCmd,
-    ) -> Result<
-        (Reply, u64),
-        openraft::errors::RaftError<super::Tc, openraft::errors::ClientWriteError<super::Tc>>,
-    > {
-        if let MetaCmd::RegisterNode { id, .. } = &cmd {
-            let member = meta
-                .metrics()
-                .borrow_watched()
-                .membership_config
-                .membership()
-                .get_node(id)
-                .is_some();
-            if !member {
-                return Ok((
-                    Reply::Refused(super::meta::Refusal::Invalid(format!(
-                        "node {id} is not a member of the cluster"
-                    ))),
-                    0,
-                ));
-            }
-        }
-        meta.client_write(Cmd::Meta(cmd))
-            .await
-            .map(|r| (r.data, r.log_id.index))
-    }
-
-    async fn forward(&self, raft_addr: &str, cmd: &MetaCmd) -> Result<(Reply, u64), String> {
-        let channel = self.channels.get(raft_addr).map_err(|e| e.to_string())?;
-        let mut client = strata_proto::raft_pb::raft_peer_client::RaftPeerClient::new(channel);
-        let mut req = tonic::Request::new(strata_proto::raft_pb::RaftMessage {
-            group: META_GROUP.to_owned(),
-            body: encode(cmd).map_err(|e| e.to_string())?.into(),
-        });
-        req.set_timeout(Duration::from_secs(5));
-        let resp = client.meta_write(req).await.map_err(|s| s.to_string())?;
-        decode(&resp.into_inner().body).map_err(|e| e.to_string())
     }
 
     /// The hosted partition, or why it cannot be served here.
