@@ -189,7 +189,8 @@ async fn open_group(
             .entries(id.index..id.index + 1, usize::MAX)
             .is_ok_and(|e| e.first().is_some_and(|e| e.log_id == want))
     };
-    let sm = GroupSm::open(dir, machine, hint, trim_tx, in_log).map_err(storage_err)?;
+    let storage = writer.read().storage().clone();
+    let sm = GroupSm::open(storage, dir, machine, hint, trim_tx, in_log).map_err(storage_err)?;
     let config = Arc::new(raft_config(name, snapshot_every).map_err(storage_err)?);
     let raft = Raft::new(
         node_id,

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use openraft::StorageError;
 use openraft::errors::ErrorSource;
 use openraft::testing::log::{StoreBuilder, Suite};
-use strata_broker::log::{LogConfig, PartitionLog, PartitionWriter, WriterConfig};
+use strata_broker::log::{FileStorage, LogConfig, PartitionLog, PartitionWriter, WriterConfig};
 use strata_broker::raft::Tc;
 use strata_broker::raft::sm::{GroupSm, Machine, PartitionState};
 use strata_broker::raft::store::{InstallHint, LogStore};
@@ -27,6 +27,7 @@ impl StoreBuilder<Tc, LogStore, GroupSm, tempfile::TempDir> for Builder {
         let store = LogStore::open(writer, hint.clone()).map_err(err)?;
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
         let sm = GroupSm::open(
+            Arc::new(FileStorage),
             dir,
             Machine::Partition(PartitionState::default()),
             hint,

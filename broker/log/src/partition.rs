@@ -370,7 +370,13 @@ impl PartitionLog {
         &self.recovery
     }
 
-    /// The partition directory.
+    /// The storage seam this log does its I/O through; the Raft layer
+    /// writes its files beside the segments through it too.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    /// The partition's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -19,7 +19,7 @@
 //! **The metadata group** snapshots its whole image at the applied point.
 //!
 //! The current snapshot is kept in `raft-snapshot` beside the log (written
-//! atomically); on restart the state starts from it and openraft re-applies
+//! atomically, through the log's storage seam like `raft-applied`); on restart the state starts from it and openraft re-applies
 //! the committed entries after it.
 
 use std::io;
@@ -37,8 +37,8 @@ use super::{
     Cmd, MetaState, RaftLogId, Reply, Snapshot, SnapshotMeta, StoredMembership, Tc, decode, encode,
 };
 use crate::dedup::ProducerTable;
-use crate::log::FileStorage;
-use crate::log::storage::write_atomic;
+use crate::log::Storage;
+use crate::log::storage::{read_all, write_atomic};
 
 const SNAPSHOT_FILE: &str = "raft-snapshot";
 /// A partition's applied state, saved now and then so a restart re-applies
@@ -125,6 +125,7 @@ pub struct SmShared {
     pub applied_watch: Arc<watch::Sender<u64>>,
     /// Partition groups: the log start offset.
     pub start_watch: Arc<watch::Sender<u64>>,
+    storage: Arc<dyn Storage>,
     dir: PathBuf,
     hint: Arc<Mutex<InstallHint>>,
     trims: mpsc::UnboundedSender<u64>,
@@ -162,6 +163,7 @@ impl GroupSm {
     /// `in_log` confirms this node's log holds the checkpoint's last entry
     /// (the log is the truth; a checkpoint ahead of it is ignored).
     pub fn open(
+        storage: Arc<dyn Storage>,
         dir: PathBuf,
         machine: Machine,
         hint: Arc<Mutex<InstallHint>>,
@@ -176,44 +178,36 @@ impl GroupSm {
             pinned: None,
             checkpointed: (None, std::time::Instant::now()),
         };
-        match std::fs::read(dir.join(SNAPSHOT_FILE)) {
-            Ok(b) => {
-                let (meta, data): (SnapshotMeta, Vec<u8>) = decode(&b)?;
-                state.applied = meta.last_log_id;
-                state.memberships = vec![meta.last_membership.clone()];
-                state.machine = decode(&data)?;
-                state.current = Some((meta, data));
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+        if let Some(b) = read_all(storage.as_ref(), &dir.join(SNAPSHOT_FILE))? {
+            let (meta, data): (SnapshotMeta, Vec<u8>) = decode(&b)?;
+            state.applied = meta.last_log_id;
+            state.memberships = vec![meta.last_membership.clone()];
+            state.machine = decode(&data)?;
+            state.current = Some((meta, data));
         }
-        match std::fs::read(dir.join(CHECKPOINT_FILE)) {
-            Ok(b) => {
-                let (applied, memberships, machine): (
-                    Option<RaftLogId>,
-                    Vec<StoredMembership>,
-                    Machine,
-                ) = decode(&b)?;
-                if applied > state.applied
-                    && applied.as_ref().is_some_and(&in_log)
-                    && matches!(machine, Machine::Partition(_))
-                {
-                    tracing::info!(
-                        dir = %dir.display(),
-                        checkpoint = ?applied.map(|l| l.index),
-                        snapshot = ?state.applied.map(|l| l.index),
-                        "state machine restored from checkpoint; re-applying the log after it"
-                    );
-                    state.applied = applied;
-                    state.memberships = memberships;
-                    state.machine = machine;
-                    state.checkpointed.0 = applied.map(|l| l.index);
-                } else {
-                    tracing::info!(dir = %dir.display(), "checkpoint not used (older than the snapshot or beyond the log)");
-                }
+        if let Some(b) = read_all(storage.as_ref(), &dir.join(CHECKPOINT_FILE))? {
+            let (applied, memberships, machine): (
+                Option<RaftLogId>,
+                Vec<StoredMembership>,
+                Machine,
+            ) = decode(&b)?;
+            if applied > state.applied
+                && applied.as_ref().is_some_and(&in_log)
+                && matches!(machine, Machine::Partition(_))
+            {
+                tracing::info!(
+                    dir = %dir.display(),
+                    checkpoint = ?applied.map(|l| l.index),
+                    snapshot = ?state.applied.map(|l| l.index),
+                    "state machine restored from checkpoint; re-applying the log after it"
+                );
+                state.applied = applied;
+                state.memberships = memberships;
+                state.machine = machine;
+                state.checkpointed.0 = applied.map(|l| l.index);
+            } else {
+                tracing::info!(dir = %dir.display(), "checkpoint not used (older than the snapshot or beyond the log)");
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
         }
         let (hw, start) = match &state.machine {
             Machine::Partition(p) => (p.next_offset, p.log_start_offset),
@@ -224,6 +218,7 @@ impl GroupSm {
                 state: Mutex::new(state),
                 applied_watch: Arc::new(watch::channel(hw).0),
                 start_watch: Arc::new(watch::channel(start).0),
+                storage,
                 dir,
                 hint,
                 trims,
@@ -238,7 +233,7 @@ impl GroupSm {
 
     fn save(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
         write_atomic(
-            &FileStorage,
+            self.shared.storage.as_ref(),
             &self.shared.dir.join(SNAPSHOT_FILE),
             &encode(&(meta, data))?,
         )
@@ -267,7 +262,7 @@ impl GroupSm {
             )
         };
         write_atomic(
-            &FileStorage,
+            self.shared.storage.as_ref(),
             &self.shared.dir.join(CHECKPOINT_FILE),
             &bytes.1,
         )?;

@@ -10,7 +10,10 @@
 //! directory: `raft-vote` (written atomically and fsynced before
 //! `save_vote` returns) and `raft-committed` (written without fsync: it is
 //! only a hint that lets a restarted node apply its committed prefix
-//! before it hears from a leader; losing it costs nothing but time).
+//! before it hears from a leader; losing it costs nothing but time, and an
+//! unreadable one after a power cut is ignored). Both go through the log's
+//! storage seam, so the fault-injecting crash tests cover them
+//! (`tests/raft_crash.rs`).
 
 use std::fmt::Debug;
 use std::io;
@@ -23,8 +26,8 @@ use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{EntryPayload, OptionalSend};
 
 use super::{Cmd, RaftEntry, RaftLogId, RaftVote, Tc, decode, encode, from_log_id, to_log_id};
-use crate::log::storage::write_atomic;
-use crate::log::{Entry, EntryKind, FileStorage, LogError, NewEntry, PartitionWriter, Payload};
+use crate::log::storage::{read_all, tmp_path, write_atomic};
+use crate::log::{Entry, EntryKind, LogError, NewEntry, PartitionWriter, Payload, Storage};
 
 const VOTE_FILE: &str = "raft-vote";
 const COMMITTED_FILE: &str = "raft-committed";
@@ -51,6 +54,7 @@ struct Shared {
 #[derive(Debug, Clone)]
 pub struct LogStore {
     shared: Arc<Shared>,
+    storage: Arc<dyn Storage>,
     dir: PathBuf,
     committed: Arc<Mutex<Option<RaftLogId>>>,
     hint: Arc<Mutex<InstallHint>>,
@@ -70,16 +74,18 @@ fn io_err(e: LogError) -> io::Error {
     io::Error::other(e)
 }
 
-fn read_opt<T: serde::de::DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
-    match std::fs::read(path) {
-        Ok(b) => decode(&b).map(Some).map_err(|e| {
+fn read_opt<T: serde::de::DeserializeOwned>(
+    storage: &dyn Storage,
+    path: &Path,
+) -> io::Result<Option<T>> {
+    match read_all(storage, path)? {
+        Some(b) => decode(&b).map(Some).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("{}: {e}", path.display()),
             )
         }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
+        None => Ok(None),
     }
 }
 
@@ -87,14 +93,28 @@ impl LogStore {
     /// Wraps the writer of an open partition log; reads the vote and the
     /// committed hint from its directory.
     pub fn open(writer: Arc<PartitionWriter>, hint: Arc<Mutex<InstallHint>>) -> io::Result<Self> {
-        let dir = writer.read().dir().to_path_buf();
-        let vote = read_opt::<RaftVote>(&dir.join(VOTE_FILE))?;
-        let committed = read_opt::<Option<RaftLogId>>(&dir.join(COMMITTED_FILE))?.flatten();
+        let (storage, dir) = {
+            let log = writer.read();
+            (log.storage().clone(), log.dir().to_path_buf())
+        };
+        let vote = read_opt::<RaftVote>(storage.as_ref(), &dir.join(VOTE_FILE))?;
+        // The committed index is a hint written without fsync: after a
+        // power cut its file may hold anything, and is then ignored.
+        let committed =
+            match read_opt::<Option<RaftLogId>>(storage.as_ref(), &dir.join(COMMITTED_FILE)) {
+                Ok(c) => c.flatten(),
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    tracing::warn!(error = %e, "committed hint unreadable; ignored");
+                    None
+                }
+                Err(e) => return Err(e),
+            };
         Ok(LogStore {
             shared: Arc::new(Shared {
                 writer,
                 vote: Mutex::new(vote),
             }),
+            storage,
             dir,
             committed: Arc::new(Mutex::new(committed)),
             hint,
@@ -231,7 +251,11 @@ impl RaftLogStorage<Tc> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &RaftVote) -> Result<(), io::Error> {
-        write_atomic(&FileStorage, &self.dir.join(VOTE_FILE), &encode(vote)?)?;
+        write_atomic(
+            self.storage.as_ref(),
+            &self.dir.join(VOTE_FILE),
+            &encode(vote)?,
+        )?;
         *lock(&self.shared.vote) = Some(*vote);
         Ok(())
     }
@@ -239,9 +263,14 @@ impl RaftLogStorage<Tc> for LogStore {
     async fn save_committed(&mut self, committed: Option<RaftLogId>) -> Result<(), io::Error> {
         *lock(&self.committed) = committed;
         // A hint only (see the module docs): no fsync.
-        let tmp = self.dir.join(format!("{COMMITTED_FILE}.tmp"));
-        std::fs::write(&tmp, encode(&committed)?)?;
-        std::fs::rename(&tmp, self.dir.join(COMMITTED_FILE))
+        let path = self.dir.join(COMMITTED_FILE);
+        let tmp = tmp_path(&path);
+        let bytes = encode(&committed)?;
+        let f = self.storage.open(&tmp, true)?;
+        f.set_len(0)?;
+        f.write_all_at(&bytes, 0)?;
+        drop(f);
+        self.storage.rename(&tmp, &path)
     }
 
     async fn read_committed(&mut self) -> Result<Option<RaftLogId>, io::Error> {
