@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 
 use bytes::Bytes;
 use strata_proto::batch::{VerifiedBatch, verify_batch};
@@ -239,12 +241,12 @@ impl Broker {
         &self.config
     }
 
-    fn topics_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Topic>>> {
-        self.topics.write().unwrap_or_else(|e| e.into_inner())
+    fn topics_mut(&self) -> parking_lot::RwLockWriteGuard<'_, HashMap<String, Arc<Topic>>> {
+        self.topics.write()
     }
 
-    fn topics_read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Topic>>> {
-        self.topics.read().unwrap_or_else(|e| e.into_inner())
+    fn topics_read(&self) -> parking_lot::RwLockReadGuard<'_, HashMap<String, Arc<Topic>>> {
+        self.topics.read()
     }
 
     fn topic_dir(&self, name: &str) -> PathBuf {

@@ -11,7 +11,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use openraft::ServerState;
@@ -231,10 +233,7 @@ impl Cluster {
             Some(broker.meta_snapshot_entries),
         )
         .await?;
-        groups
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(META_GROUP.to_owned(), meta.clone());
+        groups.write().insert(META_GROUP.to_owned(), meta.clone());
         let cluster = Arc::new(Cluster {
             config,
             broker,
@@ -376,12 +375,7 @@ impl Cluster {
 
     /// The hosted partition, or why it cannot be served here.
     pub fn partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>, BrokerError> {
-        if let Some(h) = self
-            .hosted
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&(topic.to_owned(), partition))
-        {
+        if let Some(h) = self.hosted.read().get(&(topic.to_owned(), partition)) {
             return Ok(h.partition.clone());
         }
         let meta = self.meta_state();
@@ -410,7 +404,6 @@ impl Cluster {
     pub fn hosted(&self) -> Vec<Arc<Partition>> {
         self.hosted
             .read()
-            .unwrap_or_else(|e| e.into_inner())
             .values()
             .map(|h| h.partition.clone())
             .collect()
@@ -420,7 +413,7 @@ impl Cluster {
     /// by topic and number.
     pub fn status(&self) -> Vec<GroupStatus> {
         let mut out = vec![group_status(&self.meta, None)];
-        let hosted = self.hosted.read().unwrap_or_else(|e| e.into_inner());
+        let hosted = self.hosted.read();
         let mut keys: Vec<_> = hosted.keys().cloned().collect();
         keys.sort();
         for k in keys {
@@ -463,7 +456,10 @@ impl Cluster {
                 nodes.len()
             )));
         }
-        let start = (xxhash_start(name) % nodes.len() as u64) as usize;
+        // Where a topic's placement starts: spread over the nodes by name,
+        // the same on every node (the hash is stable across versions).
+        let start =
+            (twox_hash::XxHash64::oneshot(0, name.as_bytes()) % nodes.len() as u64) as usize;
         let t = TopicMeta {
             name: name.to_owned(),
             settings,
@@ -554,8 +550,7 @@ impl Cluster {
             });
         }
         let meta = self.meta_state();
-        meta.check_removable(id)
-            .map_err(BrokerError::InvalidRequest)?;
+        meta.check_removable(id)?;
         if !self.meta.voter_ids().any(|v| v == id) && !meta.nodes.contains_key(&id) {
             return Err(BrokerError::InvalidRequest(format!(
                 "node {id} is not in the cluster"
@@ -688,22 +683,12 @@ impl Cluster {
                 }
             }
         }
-        let open: Vec<(String, u32)> = self
-            .hosted
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .cloned()
-            .collect();
+        let open: Vec<(String, u32)> = self.hosted.read().keys().cloned().collect();
         for (t, p) in wanted {
             let key = (t.name.clone(), p);
             if open.contains(&key) {
                 let log_config = t.settings.to_log_config(&self.broker.log);
-                if let Some(h) = self
-                    .hosted
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&key)
+                if let Some(h) = self.hosted.read().get(&key)
                     && *h.partition.writer().read().config() != log_config
                     && let Err(e) = h.partition.set_config(log_config)
                 {
@@ -755,10 +740,7 @@ impl Cluster {
             None,
         )
         .await?;
-        self.groups
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name.clone(), raft.clone());
+        self.groups.write().insert(name.clone(), raft.clone());
         let initial = t.initial.get(p as usize).cloned().unwrap_or_default();
         if initial.contains(&self.config.node_id)
             && !raft.is_initialized().await.map_err(storage_err)?
@@ -833,35 +815,24 @@ impl Cluster {
                 }
             }
         }));
-        self.hosted
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                (t.name.clone(), p),
-                Hosted {
-                    partition,
-                    raft,
-                    dir,
-                    tasks,
-                },
-            );
+        self.hosted.write().insert(
+            (t.name.clone(), p),
+            Hosted {
+                partition,
+                raft,
+                dir,
+                tasks,
+            },
+        );
         tracing::info!(topic = %t.name, partition = p, "partition replica opened");
         Ok(())
     }
 
     async fn close_partition(&self, key: &(String, u32)) {
-        let Some(h) = self
-            .hosted
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key)
-        else {
+        let Some(h) = self.hosted.write().remove(key) else {
             return;
         };
-        self.groups
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&group_name(&key.0, key.1));
+        self.groups.write().remove(&group_name(&key.0, key.1));
         for t in &h.tasks {
             t.abort();
         }
@@ -876,12 +847,7 @@ impl Cluster {
 
     /// Stops every group (flushes nothing more: every ack was fsynced).
     pub async fn shutdown(&self) {
-        let hosted: Vec<_> = self
-            .hosted
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain()
-            .collect();
+        let hosted: Vec<_> = self.hosted.write().drain().collect();
         for (_, h) in hosted {
             for t in &h.tasks {
                 t.abort();
@@ -895,12 +861,6 @@ impl Cluster {
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
     }
-}
-
-fn xxhash_start(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    })
 }
 
 async fn reconcile_loop(weak: std::sync::Weak<Cluster>) {

@@ -12,6 +12,31 @@ use serde::{Deserialize, Serialize};
 
 use crate::settings::LogDefaults;
 
+/// A configuration the broker cannot run with.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The TOML file does not parse or has unknown keys.
+    #[error(transparent)]
+    Toml(#[from] toml::de::Error),
+    /// A `--peers` entry is malformed.
+    #[error("peer {entry:?}: {why}")]
+    Peer {
+        /// The entry as given.
+        entry: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// A node id appears twice in the peers.
+    #[error("peer id {0} is listed twice")]
+    DuplicatePeer(u64),
+    /// A setting is out of range or contradicts another.
+    #[error("{0}")]
+    Invalid(String),
+    /// The topic defaults do not make a usable log configuration.
+    #[error("log defaults: {0}")]
+    LogDefaults(#[from] crate::log::ConfigError),
+}
+
 /// Configuration of one broker.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -58,22 +83,28 @@ pub struct BrokerConfig {
 }
 
 /// Parses `id=host:port` peer entries.
-pub fn parse_peers(peers: &[String]) -> Result<std::collections::BTreeMap<u64, String>, String> {
+pub fn parse_peers(
+    peers: &[String],
+) -> Result<std::collections::BTreeMap<u64, String>, ConfigError> {
     let mut out = std::collections::BTreeMap::new();
     for p in peers {
-        let (id, addr) = p
-            .split_once('=')
-            .ok_or_else(|| format!("peer {p:?}: expected id=host:port"))?;
-        let id: u64 = id
-            .trim()
-            .parse()
-            .map_err(|_| format!("peer {p:?}: node id must be a number"))?;
+        let (id, addr) = p.split_once('=').ok_or_else(|| ConfigError::Peer {
+            entry: p.clone(),
+            why: "expected id=host:port",
+        })?;
+        let id: u64 = id.trim().parse().map_err(|_| ConfigError::Peer {
+            entry: p.clone(),
+            why: "node id must be a number",
+        })?;
         let addr = addr.trim();
         if addr.parse::<SocketAddr>().is_err() && !addr.contains(':') {
-            return Err(format!("peer {p:?}: address must be host:port"));
+            return Err(ConfigError::Peer {
+                entry: p.clone(),
+                why: "address must be host:port",
+            });
         }
         if out.insert(id, addr.to_owned()).is_some() {
-            return Err(format!("peer id {id} is listed twice"));
+            return Err(ConfigError::DuplicatePeer(id));
         }
     }
     Ok(out)
@@ -103,47 +134,52 @@ impl Default for BrokerConfig {
 
 impl BrokerConfig {
     /// Parses a TOML config file's text; unknown keys are errors.
-    pub fn from_toml(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        Ok(toml::from_str(text)?)
     }
 
     /// Checks the settings that cannot be checked by their types.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.retention_check_ms == 0 {
-            return Err("retention_check_ms must be positive".into());
+            return Err(ConfigError::Invalid(
+                "retention_check_ms must be positive".into(),
+            ));
         }
         if self.fetch_bytes_default == 0
             || self.http_records_max == 0
             || self.writer_queue_depth == 0
         {
-            return Err(
+            return Err(ConfigError::Invalid(
                 "fetch_bytes_default, http_records_max and writer_queue_depth must be positive"
                     .into(),
-            );
+            ));
         }
         let peers = parse_peers(&self.peers)?;
         if !peers.is_empty() && !peers.contains_key(&self.node_id) {
-            return Err(format!(
+            return Err(ConfigError::Invalid(format!(
                 "peers must include this node (node_id {})",
                 self.node_id
-            ));
+            )));
         }
         if !peers.is_empty() && self.raft_addr.is_none() {
-            return Err("peers need raft_addr (cluster mode)".into());
-        }
-        if self.partitions_max == 0 {
-            return Err("partitions_max must be positive".into());
-        }
-        if self.meta_snapshot_entries < 100 {
-            return Err(format!(
-                "meta_snapshot_entries must be at least 100, got {}",
-                self.meta_snapshot_entries
+            return Err(ConfigError::Invalid(
+                "peers need raft_addr (cluster mode)".into(),
             ));
         }
-        crate::settings::TopicSettings::default()
+        if self.partitions_max == 0 {
+            return Err(ConfigError::Invalid(
+                "partitions_max must be positive".into(),
+            ));
+        }
+        if self.meta_snapshot_entries < 100 {
+            return Err(ConfigError::Invalid(format!(
+                "meta_snapshot_entries must be at least 100, got {}",
+                self.meta_snapshot_entries
+            )));
+        }
+        Ok(crate::settings::TopicSettings::default()
             .to_log_config(&self.log)
-            .validate()
-            .map_err(|e| format!("log defaults: {e}"))
+            .validate()?)
     }
 }
 
@@ -153,7 +189,7 @@ mod tests {
 
     #[test]
     fn defaults_validate_and_toml_overrides_them() {
-        assert_eq!(BrokerConfig::default().validate(), Ok(()));
+        assert!(BrokerConfig::default().validate().is_ok());
         let c = BrokerConfig::from_toml("data_dir = \"/x\"\n[log]\nretention_ms = 1000\n").unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/x"));
         assert_eq!(c.log.retention_ms, 1000);
@@ -161,6 +197,7 @@ mod tests {
         assert!(
             BrokerConfig::from_toml("nonsense = 1")
                 .unwrap_err()
+                .to_string()
                 .contains("unknown field")
         );
     }

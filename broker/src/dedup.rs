@@ -301,7 +301,9 @@ mod tests {
     fn serialized_form_matches_the_snapshot_format() {
         let mut t = ProducerTable::default();
         t.remember(p(3, 10), 2, 42u64);
-        let old: BTreeMap<u64, (u16, u32, VecDeque<(u32, u32, u64)>)> =
+        // (epoch, last sequence, [(base sequence, record count, offset)]).
+        type OldProducer = (u16, u32, VecDeque<(u32, u32, u64)>);
+        let old: BTreeMap<u64, OldProducer> =
             BTreeMap::from([(7, (3, 11, VecDeque::from([(10, 2, 42)])))]);
         assert_eq!(postcard::to_stdvec(&t).ok(), postcard::to_stdvec(&old).ok());
     }

@@ -20,7 +20,7 @@ use crate::service::{grpc::GrpcService, http};
 pub enum NodeError {
     /// Bad configuration.
     #[error("invalid configuration: {0}")]
-    Config(String),
+    Config(#[from] crate::config::ConfigError),
     /// Opening the data failed.
     #[error(transparent)]
     Broker(#[from] crate::error::BrokerError),

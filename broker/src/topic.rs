@@ -11,7 +11,9 @@
 //! the group has applied), a batch is acknowledged once a quorum has it
 //! fsynced and it is applied, and the high watermark is the applied end.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use openraft::ReadPolicy;
 use openraft::impls::ProgressResponder;
@@ -165,10 +167,6 @@ pub struct Partition {
     limits: Mutex<BatchLimits>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Partition {
     /// Opens the partition's log and rebuilds its producer state from the
     /// newest segments.
@@ -256,12 +254,12 @@ impl Partition {
 
     /// Current limits for incoming batches.
     pub fn batch_limits(&self) -> BatchLimits {
-        *lock(&self.limits)
+        *self.limits.lock()
     }
 
     /// Applies new settings to the live log.
     pub fn set_config(&self, config: LogConfig) -> Result<(), BrokerError> {
-        *lock(&self.limits) = batch_limits(&config);
+        *self.limits.lock() = batch_limits(&config);
         self.writer.write().set_config(config)?;
         Ok(())
     }
@@ -327,7 +325,7 @@ impl Partition {
         seq: &Mutex<Sequencer>,
         batch: VerifiedBatch,
     ) -> Result<(watch::Receiver<Outcome>, bool), BrokerError> {
-        let mut seq = lock(seq);
+        let mut seq = seq.lock();
         let header = *batch.header();
         if let Some(dup) = check_sequence(&seq.producers, &batch)? {
             return Ok((dup, true));

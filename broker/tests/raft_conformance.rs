@@ -1,7 +1,9 @@
 //! openraft's storage conformance suite, run against the Raft log store on
 //! the segment log and the group state machine (on disk, in a temp dir).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use openraft::StorageError;
 use openraft::errors::ErrorSource;

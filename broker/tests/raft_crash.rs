@@ -8,7 +8,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use openraft::entry::RaftEntry as _;
 use openraft::storage::{RaftLogReader, RaftLogStorage, RaftStateMachine};

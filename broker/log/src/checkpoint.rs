@@ -8,6 +8,7 @@
 //! the last purged id to survive restarts.
 
 use super::entry::LogId;
+use super::error::FormatError;
 
 /// File name of the checkpoint inside the partition directory.
 pub const CHECKPOINT_FILE: &str = "log-start.checkpoint";
@@ -43,24 +44,27 @@ impl StartCheckpoint {
     }
 
     /// Decodes a checkpoint; `Err` says why it cannot be trusted.
-    pub fn decode(b: &[u8]) -> Result<Self, String> {
+    pub fn decode(b: &[u8]) -> Result<Self, FormatError> {
         if b.len() != CHECKPOINT_LEN {
-            return Err(format!("{} bytes, expected {CHECKPOINT_LEN}", b.len()));
+            return Err(FormatError::WrongLength {
+                len: b.len(),
+                expected: CHECKPOINT_LEN,
+            });
         }
         let crc = u32::from_le_bytes([b[40], b[41], b[42], b[43]]);
         if crc32fast::hash(&b[..40]) != crc {
-            return Err("CRC mismatch".into());
+            return Err(FormatError::Crc);
         }
         if &b[..4] != MAGIC {
-            return Err("bad magic".into());
+            return Err(FormatError::BadMagic("start checkpoint"));
         }
         let version = u16::from_le_bytes([b[4], b[5]]);
         if version != VERSION {
-            return Err(format!("unsupported version {version}"));
+            return Err(FormatError::Version(version));
         }
         let flags = u16::from_le_bytes([b[6], b[7]]);
         if flags > 1 {
-            return Err(format!("unknown flags {flags}"));
+            return Err(FormatError::Flags(flags));
         }
         let v = |i: usize| {
             let mut a = [0u8; 8];

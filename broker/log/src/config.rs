@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use super::entry::ENTRY_HEADER_LEN;
+use super::error::ConfigError;
 use super::segment::SEGMENT_HEADER_LEN;
 
 /// Largest segment the format allows: positions in the index are `u32`.
@@ -75,49 +76,51 @@ impl LogConfig {
     }
 
     /// Checks that the limits are usable together.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let min_segment = (SEGMENT_HEADER_LEN + self.entry_bytes_max()) as u64;
         if self.segment_bytes_max > SEGMENT_BYTES_LIMIT {
-            return Err(format!(
+            return Err(ConfigError(format!(
                 "segment_bytes_max {} exceeds the format's limit of {SEGMENT_BYTES_LIMIT}",
                 self.segment_bytes_max
-            ));
+            )));
         }
         if self.segment_bytes_max < min_segment {
-            return Err(format!(
+            return Err(ConfigError(format!(
                 "segment_bytes_max {} cannot hold one entry of the largest allowed size ({min_segment} bytes)",
                 self.segment_bytes_max
-            ));
+            )));
         }
         if self.segment_ms <= 0 {
-            return Err(format!(
+            return Err(ConfigError(format!(
                 "segment_ms must be positive, got {}",
                 self.segment_ms
-            ));
+            )));
         }
         if self.index_interval_bytes == 0 {
-            return Err("index_interval_bytes must be positive".into());
+            return Err(ConfigError("index_interval_bytes must be positive".into()));
         }
         if self.batch_bytes_max > BATCH_BYTES_LIMIT
             || self.other_entry_bytes_max > BATCH_BYTES_LIMIT
         {
-            return Err(format!(
+            return Err(ConfigError(format!(
                 "batch_bytes_max and other_entry_bytes_max may not exceed {BATCH_BYTES_LIMIT}"
-            ));
+            )));
         }
         if self.batch_bytes_max < strata_proto::batch::BATCH_HEADER_LEN as u32 {
-            return Err(format!(
+            return Err(ConfigError(format!(
                 "batch_bytes_max {} is smaller than a batch header",
                 self.batch_bytes_max
-            ));
+            )));
         }
         if self.fetch_bytes_max == 0 {
-            return Err("fetch_bytes_max must be positive".into());
+            return Err(ConfigError("fetch_bytes_max must be positive".into()));
         }
         if let Some(ms) = self.retention_ms
             && ms <= 0
         {
-            return Err(format!("retention_ms must be positive, got {ms}"));
+            return Err(ConfigError(format!(
+                "retention_ms must be positive, got {ms}"
+            )));
         }
         Ok(())
     }
@@ -182,7 +185,12 @@ mod tests {
             segment_bytes_max: 1000,
             ..LogConfig::default()
         };
-        assert!(c.validate().unwrap_err().contains("cannot hold one entry"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("cannot hold one entry")
+        );
         let c = LogConfig {
             segment_bytes_max: 1 << 32,
             ..LogConfig::default()
@@ -190,6 +198,7 @@ mod tests {
         assert!(
             c.validate()
                 .unwrap_err()
+                .to_string()
                 .contains("exceeds the format's limit")
         );
     }

@@ -63,7 +63,7 @@ pub enum LogError {
     Invalid(String),
     /// The configuration is unusable.
     #[error("invalid log configuration: {0}")]
-    Config(String),
+    Config(#[from] ConfigError),
     /// The partition's writer thread has stopped.
     #[error("the partition writer has stopped")]
     WriterStopped,
@@ -82,6 +82,52 @@ impl LogError {
         move |source| LogError::Io { op, path, source }
     }
 }
+
+/// Why a small file of the log (a segment header, an index, the start
+/// checkpoint) cannot be trusted. The caller adds the path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    /// Shorter than its fixed part.
+    #[error("{len} bytes is too short (at least {min})")]
+    TooShort {
+        /// Bytes present.
+        len: usize,
+        /// Bytes needed.
+        min: usize,
+    },
+    /// A fixed-size file of another size.
+    #[error("{len} bytes, expected {expected}")]
+    WrongLength {
+        /// Bytes present.
+        len: usize,
+        /// Its fixed size.
+        expected: usize,
+    },
+    /// The magic number is not this file kind's.
+    #[error("bad magic (not a {0} file)")]
+    BadMagic(&'static str),
+    /// A format version this build does not read.
+    #[error("unsupported format version {0}")]
+    Version(u16),
+    /// The checksum does not match the content.
+    #[error("CRC mismatch")]
+    Crc,
+    /// Flags this build does not know.
+    #[error("unknown flags {0:#x}")]
+    Flags(u16),
+    /// Index points out of order or past the segment's end.
+    #[error("{0} points are out of order or past the segment's end")]
+    Unordered(&'static str),
+    /// The body is not a whole number of fixed-size entries.
+    #[error("length is not a whole number of entries")]
+    PartialEntry,
+}
+
+/// A [`crate::LogConfig`] whose limits cannot work together; the message
+/// names the setting and the bound.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
 
 /// Result alias of the log.
 pub type Result<T, E = LogError> = std::result::Result<T, E>;

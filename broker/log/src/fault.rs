@@ -15,7 +15,9 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use super::storage::{Storage, StorageFile};
 
@@ -79,11 +81,6 @@ impl SplitMix {
     }
 }
 
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    // A panicking test thread must not hide the state from the checks after it.
-    state.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl State {
     fn tick(&mut self) -> io::Result<()> {
         self.ops += 1;
@@ -106,17 +103,17 @@ impl FaultStorage {
 
     /// Makes every operation after the next `n` fail with an I/O error.
     pub fn fail_after(&self, n: u64) {
-        lock(&self.state).ops_left = Some(n);
+        self.state.lock().ops_left = Some(n);
     }
 
     /// Stops injecting failures.
     pub fn heal(&self) {
-        lock(&self.state).ops_left = None;
+        self.state.lock().ops_left = None;
     }
 
     /// Operations performed so far.
     pub fn op_count(&self) -> u64 {
-        lock(&self.state).ops
+        self.state.lock().ops
     }
 
     /// Simulates losing power: every file reverts to its last synced bytes
@@ -125,7 +122,7 @@ impl FaultStorage {
     /// a random part of that prefix zeroed (pages whose data never landed).
     /// Open handles keep working on the new state, like a fresh mount.
     pub fn power_cut(&self, torn: Option<u64>) {
-        let mut st = lock(&self.state);
+        let mut st = self.state.lock();
         let mut rng = torn.map(SplitMix::new);
         st.names = st.durable_names.clone();
         for inode in st.inodes.values_mut() {
@@ -151,7 +148,7 @@ impl FaultStorage {
 
     /// Flips one bit of a file, durably (media corruption).
     pub fn flip_bit(&self, path: &Path, byte: u64, bit: u8) -> io::Result<()> {
-        let mut st = lock(&self.state);
+        let mut st = self.state.lock();
         let id = *st.names.get(path).ok_or_else(|| not_found(path))?;
         let inode = st.inodes.get_mut(&id).ok_or_else(|| not_found(path))?;
         let b = byte as usize;
@@ -170,7 +167,7 @@ impl FaultStorage {
 
     /// Truncates a file, durably.
     pub fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
-        let mut st = lock(&self.state);
+        let mut st = self.state.lock();
         let id = *st.names.get(path).ok_or_else(|| not_found(path))?;
         let inode = st.inodes.get_mut(&id).ok_or_else(|| not_found(path))?;
         inode.data.truncate(len as usize);
@@ -180,14 +177,14 @@ impl FaultStorage {
 
     /// Current length of a file, if it exists.
     pub fn file_len(&self, path: &Path) -> Option<u64> {
-        let st = lock(&self.state);
+        let st = self.state.lock();
         let id = st.names.get(path)?;
         st.inodes.get(id).map(|i| i.data.len() as u64)
     }
 
     /// Paths of every file, sorted.
     pub fn files(&self) -> Vec<PathBuf> {
-        lock(&self.state).names.keys().cloned().collect()
+        self.state.lock().names.keys().cloned().collect()
     }
 }
 
@@ -200,7 +197,7 @@ fn not_found(path: &Path) -> io::Error {
 
 impl StorageFile for FaultFile {
     fn read_exact_at(&self, buf: &mut [u8], position: u64) -> io::Result<()> {
-        let mut st = lock(&self.state);
+        let mut st = self.state.lock();
         st.tick()?;
         let inode = st.inodes.get(&self.inode).ok_or_else(injected)?;
         let p = position as usize;
@@ -216,7 +213,7 @@ impl StorageFile for FaultFile {
         Ok(())
     }
     fn write_all_at(&self, buf: &[u8], position: u64) -> io::Result<()> {
-        let mut st = lock(&self.state);
+        let mut st = self.state.lock();
         st.tick()?;
         let inode = st.inodes.get_mut(&self.inode).ok_or_else(injected)?;
         let p = position as usize;
@@ -227,21 +224,21 @@ impl StorageFile for FaultFile {
         Ok(())
     }
     fn sync_data(&self) -> io::Result<()> {
-        let mut st = lock(&self.state);
+        let mut st = self.state.lock();
         st.tick()?;
         let inode = st.inodes.get_mut(&self.inode).ok_or_else(injected)?;
         inode.durable = inode.data.clone();
         Ok(())
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
-        let mut st = lock(&self.state);
+        let mut st = self.state.lock();
         st.tick()?;
         let inode = st.inodes.get_mut(&self.inode).ok_or_else(injected)?;
         inode.data.resize(len as usize, 0);
         Ok(())
     }
     fn len(&self) -> io::Result<u64> {
-        let st = lock(&self.state);
+        let st = self.state.lock();
         let inode = st.inodes.get(&self.inode).ok_or_else(injected)?;
         Ok(inode.data.len() as u64)
     }
@@ -249,7 +246,7 @@ impl StorageFile for FaultFile {
 
 impl Storage for FaultStorage {
     fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn StorageFile>> {
-        let mut st = lock(&self.state);
+        let mut st = self.state.lock();
         st.tick()?;
         let id = match st.names.get(path) {
             Some(id) => *id,
@@ -272,7 +269,7 @@ impl Storage for FaultStorage {
         }))
     }
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        let mut st = lock(&self.state);
+        let mut st = self.state.lock();
         st.tick()?;
         // Directories are modelled as always durable: the log creates its
         // directory once, before anything that matters is written.
@@ -286,7 +283,7 @@ impl Storage for FaultStorage {
         Ok(())
     }
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
-        let mut st = lock(&self.state);
+        let mut st = self.state.lock();
         st.tick()?;
         if !st.dirs.iter().any(|d| d == dir) {
             return Err(not_found(dir));
@@ -294,25 +291,26 @@ impl Storage for FaultStorage {
         Ok(st
             .names
             .keys()
+            .chain(st.dirs.iter())
             .filter(|p| p.parent() == Some(dir))
             .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .collect())
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
-        let mut st = lock(&self.state);
+        let mut st = self.state.lock();
         st.tick()?;
         st.names.remove(path);
         Ok(())
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        let mut st = lock(&self.state);
+        let mut st = self.state.lock();
         st.tick()?;
         let id = st.names.remove(from).ok_or_else(|| not_found(from))?;
         st.names.insert(to.to_path_buf(), id);
         Ok(())
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        let mut st = lock(&self.state);
+        let mut st = self.state.lock();
         st.tick()?;
         let in_dir = |p: &PathBuf| p.parent() == Some(dir);
         let mut durable: BTreeMap<PathBuf, u64> = st
@@ -328,8 +326,11 @@ impl Storage for FaultStorage {
         Ok(())
     }
     fn exists(&self, path: &Path) -> io::Result<bool> {
-        let st = lock(&self.state);
+        let st = self.state.lock();
         Ok(st.names.contains_key(path) || st.dirs.iter().any(|d| d == path))
+    }
+    fn is_dir(&self, path: &Path) -> io::Result<bool> {
+        Ok(self.state.lock().dirs.iter().any(|d| d == path))
     }
 }
 

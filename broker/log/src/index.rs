@@ -8,6 +8,7 @@
 //! small index files and never rescans a sealed segment.
 
 use super::entry::LogId;
+use super::error::FormatError;
 
 /// One offset-index point: the entry at `position` has Raft index
 /// `base_index + rel_index` and base offset `base_offset + rel_offset`.
@@ -141,25 +142,28 @@ fn checked_body<'a>(
     magic: &[u8; 4],
     fixed: usize,
     unit: usize,
-) -> Result<&'a [u8], String> {
+) -> Result<&'a [u8], FormatError> {
     if bytes.len() < FILE_HEADER_LEN + fixed + CRC_LEN {
-        return Err(format!("{} bytes is too short", bytes.len()));
+        return Err(FormatError::TooShort {
+            len: bytes.len(),
+            min: FILE_HEADER_LEN + fixed + CRC_LEN,
+        });
     }
     if &bytes[..4] != magic {
-        return Err("bad magic".into());
+        return Err(FormatError::BadMagic("index"));
     }
     let version = u16::from_le_bytes([bytes[4], bytes[5]]);
     if version != INDEX_VERSION {
-        return Err(format!("unsupported version {version}"));
+        return Err(FormatError::Version(version));
     }
     let (body, crc) = bytes.split_at(bytes.len() - CRC_LEN);
     let stored = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
     if crc32fast::hash(body) != stored {
-        return Err("CRC mismatch".into());
+        return Err(FormatError::Crc);
     }
     let body = &body[FILE_HEADER_LEN..];
     if !(body.len() - fixed).is_multiple_of(unit) {
-        return Err("length is not a whole number of entries".into());
+        return Err(FormatError::PartialEntry);
     }
     Ok(body)
 }
@@ -175,7 +179,7 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 }
 
 /// Decodes an offset index file; `Err` says why it cannot be trusted.
-pub fn decode_index(bytes: &[u8]) -> Result<(SegmentSummary, Vec<IndexEntry>), String> {
+pub fn decode_index(bytes: &[u8]) -> Result<(SegmentSummary, Vec<IndexEntry>), FormatError> {
     let body = checked_body(bytes, INDEX_MAGIC, SUMMARY_LEN, INDEX_ENTRY_LEN)?;
     let s = |i: usize| u64_at(body, i * 8);
     let summary = SegmentSummary {
@@ -204,13 +208,13 @@ pub fn decode_index(bytes: &[u8]) -> Result<(SegmentSummary, Vec<IndexEntry>), S
             .last()
             .is_some_and(|e| u64::from(e.position) >= summary.log_len)
     {
-        return Err("index points are out of order or past the segment's end".into());
+        return Err(FormatError::Unordered("index"));
     }
     Ok((summary, entries))
 }
 
 /// Decodes a time index file; `Err` says why it cannot be trusted.
-pub fn decode_time_index(bytes: &[u8]) -> Result<Vec<TimeEntry>, String> {
+pub fn decode_time_index(bytes: &[u8]) -> Result<Vec<TimeEntry>, FormatError> {
     let body = checked_body(bytes, TIME_INDEX_MAGIC, 0, TIME_ENTRY_LEN)?;
     let entries: Vec<TimeEntry> = body
         .chunks_exact(TIME_ENTRY_LEN)
@@ -226,7 +230,7 @@ pub fn decode_time_index(bytes: &[u8]) -> Result<Vec<TimeEntry>, String> {
             && w[0].position < w[1].position
     });
     if !ordered {
-        return Err("time index points are out of order".into());
+        return Err(FormatError::Unordered("time index"));
     }
     Ok(entries)
 }

@@ -46,33 +46,32 @@ pub struct SegmentReport {
 /// Partition directories under `dir`: `dir` itself if it holds segments,
 /// else `dir/topics/*/*` (a data directory) or `dir/*` (a topic directory).
 pub fn partition_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
-    let io = |e| LogError::Io {
-        op: "list directory",
-        path: dir.to_path_buf(),
-        source: e,
-    };
+    partition_dirs_in(&FileStorage, dir)
+}
+
+/// [`partition_dirs`] through any storage.
+pub fn partition_dirs_in(st: &dyn Storage, dir: &Path) -> Result<Vec<PathBuf>> {
     let has_segments = |d: &Path| -> bool {
-        std::fs::read_dir(d)
-            .map(|rd| {
-                rd.flatten()
-                    .any(|e| e.file_name().to_string_lossy().ends_with(".log"))
-            })
+        st.list(d)
+            .map(|names| names.iter().any(|n| n.ends_with(".log")))
             .unwrap_or(false)
     };
     if has_segments(dir) {
         return Ok(vec![dir.to_path_buf()]);
     }
-    let base = if dir.join("topics").is_dir() {
-        dir.join("topics")
+    let topics = dir.join("topics");
+    let is_dir = |p: &Path| st.is_dir(p).map_err(LogError::io("stat", p));
+    let base = if is_dir(&topics)? {
+        topics
     } else {
         dir.to_path_buf()
     };
     let mut out = Vec::new();
     let mut stack = vec![base];
     while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).map_err(io)? {
-            let p = e.map_err(io)?.path();
-            if p.is_dir() {
+        for name in st.list(&d).map_err(LogError::io("list directory", &d))? {
+            let p = d.join(name);
+            if is_dir(&p)? {
                 if has_segments(&p) {
                     out.push(p);
                 } else {
@@ -89,9 +88,17 @@ pub fn partition_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
 /// verified entry with its payload (for `dump`).
 pub fn inspect_partition(
     dir: &Path,
+    visit: impl FnMut(&Path, &EntryMeta, &[u8]),
+) -> Result<Vec<SegmentReport>> {
+    inspect_partition_in(&FileStorage, dir, visit)
+}
+
+/// [`inspect_partition`] through any storage.
+pub fn inspect_partition_in(
+    st: &dyn Storage,
+    dir: &Path,
     mut visit: impl FnMut(&Path, &EntryMeta, &[u8]),
 ) -> Result<Vec<SegmentReport>> {
-    let st = FileStorage;
     let names = st.list(dir).map_err(LogError::io("list directory", dir))?;
     let mut bases: Vec<u64> = names
         .iter()
@@ -112,10 +119,9 @@ pub fn inspect_partition(
         let mut data = vec![0u8; size as usize];
         file.read_exact_at(&mut data, 0)
             .map_err(LogError::io("read segment", &path))?;
-        let sealed = dir.join(super::segment::index_file_name(base)).exists()
-            && dir
-                .join(super::segment::time_index_file_name(base))
-                .exists();
+        let exists = |p: PathBuf| st.exists(&p).map_err(LogError::io("stat", p));
+        let sealed = exists(dir.join(super::segment::index_file_name(base)))?
+            && exists(dir.join(super::segment::time_index_file_name(base)))?;
         let mut r = SegmentReport {
             path: path.clone(),
             size_bytes: size,

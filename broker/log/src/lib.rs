@@ -26,7 +26,7 @@ pub mod writer;
 
 pub use config::{Clock, LogConfig, ManualClock, SystemClock};
 pub use entry::{Entry, EntryKind, LogId, NewEntry, Payload};
-pub use error::{LogError, Result};
+pub use error::{ConfigError, FormatError, LogError, Result};
 pub use partition::{
     Appended, PartitionLog, RecoveryReport, RetentionReport, SegmentInfo, StoredBatch,
 };

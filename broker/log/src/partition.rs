@@ -230,7 +230,7 @@ impl PartitionLog {
                     path: ckpt_path.clone(),
                     position: 0,
                     offset: 0,
-                    reason,
+                    reason: reason.to_string(),
                 })?,
                 None => StartCheckpoint::default(),
             };

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::entry::{self, ENTRY_HEADER_LEN, EntryError, EntryMeta, LogId, Payload};
-use super::error::{LogError, Result};
+use super::error::{FormatError, LogError, Result};
 use super::index::{self, IndexEntry, SegmentSummary, TimeEntry};
 use super::storage::{Storage, StorageFile, read_all, write_atomic};
 
@@ -49,9 +49,12 @@ impl SegmentHeader {
         b
     }
 
-    fn decode(b: &[u8]) -> Result<Self, String> {
+    fn decode(b: &[u8]) -> Result<Self, FormatError> {
         if b.len() < SEGMENT_HEADER_LEN {
-            return Err(format!("segment header is truncated ({} bytes)", b.len()));
+            return Err(FormatError::TooShort {
+                len: b.len(),
+                min: SEGMENT_HEADER_LEN,
+            });
         }
         let u64_at = |at: usize| {
             let mut a = [0u8; 8];
@@ -60,14 +63,14 @@ impl SegmentHeader {
         };
         let crc = u32::from_le_bytes([b[32], b[33], b[34], b[35]]);
         if crc32fast::hash(&b[..32]) != crc {
-            return Err("segment header CRC mismatch".into());
+            return Err(FormatError::Crc);
         }
         if &b[..4] != SEGMENT_MAGIC {
-            return Err("not a segment file (bad magic)".into());
+            return Err(FormatError::BadMagic("segment"));
         }
         let version = u16::from_le_bytes([b[4], b[5]]);
         if version != SEGMENT_VERSION {
-            return Err(format!("unsupported segment format version {version}"));
+            return Err(FormatError::Version(version));
         }
         Ok(SegmentHeader {
             base_offset: u64_at(8),
@@ -212,7 +215,8 @@ impl Segment {
         let mut hb = vec![0u8; SEGMENT_HEADER_LEN.min(len as usize)];
         file.read_exact_at(&mut hb, 0)
             .map_err(|e| fail(e.to_string()))?;
-        let header = SegmentHeader::decode(&hb).map_err(fail)?;
+        let header =
+            SegmentHeader::decode(&hb).map_err(|e| fail(format!("segment header: {e}")))?;
         if header.base_offset != base_offset {
             return Err(fail(format!(
                 "header says base offset {} but the file is named for {base_offset}",

@@ -38,7 +38,8 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn StorageFile>>;
     /// Creates a directory and its parents.
     fn create_dir_all(&self, path: &Path) -> io::Result<()>;
-    /// Names (not paths) of the entries of a directory, in no order.
+    /// Names (not paths) of the entries of a directory, files and
+    /// subdirectories, in no order.
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
     /// Removes a file; a missing file is not an error.
     fn remove(&self, path: &Path) -> io::Result<()>;
@@ -48,6 +49,8 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Whether a file exists.
     fn exists(&self, path: &Path) -> io::Result<bool>;
+    /// Whether `path` is a directory (false if it does not exist).
+    fn is_dir(&self, path: &Path) -> io::Result<bool>;
 }
 
 /// The real file system.
@@ -109,6 +112,13 @@ impl Storage for FileStorage {
     }
     fn exists(&self, path: &Path) -> io::Result<bool> {
         path.try_exists()
+    }
+    fn is_dir(&self, path: &Path) -> io::Result<bool> {
+        match fs::metadata(path) {
+            Ok(m) => Ok(m.is_dir()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -14,8 +14,10 @@
 //! order, as openraft's storage task does. The writer knows nothing about
 //! Raft or the network.
 
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 
 use super::entry::NewEntry;
@@ -74,11 +76,11 @@ pub struct PartitionWriter {
 fn read_lock(log: &RwLock<PartitionLog>) -> RwLockReadGuard<'_, PartitionLog> {
     // A panic while holding the lock is a broken invariant; the data on disk
     // is still what recovery would see, so keep serving.
-    log.read().unwrap_or_else(|e| e.into_inner())
+    log.read()
 }
 
 fn write_lock(log: &RwLock<PartitionLog>) -> RwLockWriteGuard<'_, PartitionLog> {
-    log.write().unwrap_or_else(|e| e.into_inner())
+    log.write()
 }
 
 impl PartitionWriter {
@@ -184,7 +186,7 @@ impl PartitionWriter {
 
     /// The writer's counters.
     pub fn stats(&self) -> WriterStats {
-        *self.stats.read().unwrap_or_else(|e| e.into_inner())
+        *self.stats.read()
     }
 
     /// Completes every queued request and stops the thread.
@@ -259,7 +261,7 @@ fn run(
             Err(e) => Err(e),
         };
         {
-            let mut s = stats.write().unwrap_or_else(|e| e.into_inner());
+            let mut s = stats.write();
             s.syncs += 1;
             s.requests += group.len() as u64;
         }

@@ -136,16 +136,16 @@ pub struct MetaState {
 
 impl MetaState {
     /// Why node `id` cannot leave the cluster: it still hosts a replica.
-    pub fn check_removable(&self, id: u64) -> Result<(), String> {
+    pub fn check_removable(&self, id: u64) -> Result<(), Refusal> {
         match self.topics.values().find_map(|t| {
             t.placement
                 .iter()
                 .position(|r| r.contains(&id))
                 .map(|p| (t.name.as_str(), p))
         }) {
-            Some((t, p)) => Err(format!(
+            Some((t, p)) => Err(Refusal::Invalid(format!(
                 "node {id} still hosts {t}/{p}; reassign its replicas first"
-            )),
+            ))),
             None => Ok(()),
         }
     }
@@ -157,8 +157,8 @@ impl MetaState {
                 self.nodes.insert(*id, info.clone());
             }
             MetaCmd::RemoveNode { id } => {
-                if let Err(why) = self.check_removable(*id) {
-                    return Reply::Refused(Refusal::Invalid(why));
+                if let Err(refusal) = self.check_removable(*id) {
+                    return Reply::Refused(refusal);
                 }
                 self.nodes.remove(id);
             }

@@ -11,7 +11,9 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
 use std::time::Duration;
 
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
@@ -52,7 +54,7 @@ impl Channels {
     /// Records the outcome of a call to `addr`; logs when a peer becomes
     /// unreachable and when it is back.
     fn observe(&self, addr: &str, error: Option<&Status>) {
-        let mut down = self.down.lock().unwrap_or_else(|e| e.into_inner());
+        let mut down = self.down.lock();
         match error {
             Some(s) if s.code() == tonic::Code::Unavailable => {
                 if down.insert(addr.to_owned()) {
@@ -70,7 +72,7 @@ impl Channels {
 
     /// The channel to `addr`, created (lazily connecting) on first use.
     pub fn get(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
-        let mut m = self.by_addr.lock().unwrap_or_else(|e| e.into_inner());
+        let mut m = self.by_addr.lock();
         if let Some(c) = m.get(addr) {
             return Ok(c.clone());
         }
@@ -278,7 +280,6 @@ impl PeerService {
     fn group(&self, name: &str) -> Result<Raft, Status> {
         self.groups
             .read()
-            .unwrap_or_else(|e| e.into_inner())
             .get(name)
             .cloned()
             .ok_or_else(|| Status::not_found(format!("this node hosts no Raft group {name:?}")))

@@ -24,7 +24,9 @@
 
 use std::io;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 
 use futures::TryStreamExt;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
@@ -134,7 +136,7 @@ pub struct SmShared {
 impl SmShared {
     /// Locks the state.
     pub fn state(&self) -> MutexGuard<'_, SmState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock()
     }
 }
 
@@ -148,10 +150,6 @@ pub struct GroupSm {
 #[derive(Debug)]
 pub struct Builder {
     shared: Arc<SmShared>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl GroupSm {
@@ -407,7 +405,7 @@ impl RaftStateMachine<Tc> for GroupSm {
         if let Machine::Partition(p) = &machine
             && let Some(l) = meta.last_log_id
         {
-            lock(&self.shared.hint).at = Some((l.index, p.next_offset));
+            self.shared.hint.lock().at = Some((l.index, p.next_offset));
         }
         self.save(meta, &snapshot)?;
         let mut st = self.shared.state();

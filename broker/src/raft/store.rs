@@ -19,7 +19,9 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use openraft::entry::RaftEntry as _;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -64,10 +66,6 @@ pub struct LogStore {
 #[derive(Debug, Clone)]
 pub struct LogReader {
     shared: Arc<Shared>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn io_err(e: LogError) -> io::Error {
@@ -206,7 +204,7 @@ impl RaftLogReader<Tc> for LogReader {
     }
 
     async fn read_vote(&mut self) -> Result<Option<RaftVote>, io::Error> {
-        Ok(*lock(&self.shared.vote))
+        Ok(*self.shared.vote.lock())
     }
 
     /// Replication reads through here: capped by bytes, never empty when
@@ -229,7 +227,7 @@ impl RaftLogReader<Tc> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<RaftVote>, io::Error> {
-        Ok(*lock(&self.shared.vote))
+        Ok(*self.shared.vote.lock())
     }
 }
 
@@ -256,12 +254,12 @@ impl RaftLogStorage<Tc> for LogStore {
             &self.dir.join(VOTE_FILE),
             &encode(vote)?,
         )?;
-        *lock(&self.shared.vote) = Some(*vote);
+        *self.shared.vote.lock() = Some(*vote);
         Ok(())
     }
 
     async fn save_committed(&mut self, committed: Option<RaftLogId>) -> Result<(), io::Error> {
-        *lock(&self.committed) = committed;
+        *self.committed.lock() = committed;
         // A hint only (see the module docs): no fsync.
         let path = self.dir.join(COMMITTED_FILE);
         let tmp = tmp_path(&path);
@@ -274,7 +272,7 @@ impl RaftLogStorage<Tc> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<RaftLogId>, io::Error> {
-        Ok(*lock(&self.committed))
+        Ok(*self.committed.lock())
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<Tc>) -> Result<(), io::Error>
@@ -304,7 +302,9 @@ impl RaftLogStorage<Tc> for LogStore {
     }
 
     async fn purge(&mut self, upto: RaftLogId) -> Result<(), io::Error> {
-        let hint = lock(&self.hint)
+        let hint = self
+            .hint
+            .lock()
             .at
             .filter(|(index, _)| *index == upto.index)
             .map(|(_, next_offset)| next_offset);

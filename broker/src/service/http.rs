@@ -293,14 +293,13 @@ fn redirect_to_leader(
 }
 
 /// Topic names are `[A-Za-z0-9._-]`: nothing to escape, but keep the path
-/// safe if that ever changes.
+/// safe if that ever changes (everything but unreserved characters).
 fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    const PATH: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'-');
+    percent_encoding::utf8_percent_encode(s, PATH).to_string()
 }
 
 /// Produces `batch` on the partition's leader at gRPC address `leader`;
@@ -465,4 +464,15 @@ async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         st.broker.metrics().render(st.broker.as_ref()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirect_paths_escape_everything_but_unreserved_characters() {
+        assert_eq!(urlencode("orders.v1_eu-west"), "orders.v1_eu-west");
+        assert_eq!(urlencode("a b/ü?"), "a%20b%2F%C3%BC%3F");
+    }
 }
