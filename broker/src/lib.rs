@@ -1,8 +1,18 @@
-//! Strata's broker: the storage engine ([`log`]), the broker core over it
-//! ([`broker`], [`topic`], [`meta`]), the gRPC and HTTP services
-//! ([`service`]), metrics, configuration, and [`node::run`], which wires
-//! them together for the `strata-broker` binary. Replication arrives with
-//! its issue.
+//! Strata's broker, in layers from the ground up, each importing only what
+//! is below it (ARCHITECTURE.md draws them):
+//!
+//! 1. the storage engine, the `strata-log` crate (re-exported as [`log`]);
+//! 2. partition state and rules that are pure data: [`settings`] (topic
+//!    settings and names), [`dedup`] (the idempotent-producer table),
+//!    [`config`], [`meta`] (the local sled store), [`metrics`] (which reads
+//!    the core only through [`metrics::PartitionSource`]), and [`error`];
+//! 3. replication, [`raft`]: the Raft log store on the partition log, the
+//!    state machine, the network and the metadata image;
+//! 4. the broker core: [`topic`] (a partition on the local or the Raft
+//!    engine), [`cluster`] (a node's groups and the cluster operations) and
+//!    [`broker`] (every operation the services expose, in domain types);
+//! 5. the gRPC and HTTP [`service`]s;
+//! 6. [`node::run`], which wires it all for the `strata-broker` binary.
 
 /// The storage engine, re-exported so that `crate::log` reads as the layer
 /// below the broker core.
