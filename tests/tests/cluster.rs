@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use strata_log::{LogConfig, PartitionLog};
 use strata_client::{Admin, Producer, ProducerConfig, Record, TopicConfig};
+use strata_log::{LogConfig, PartitionLog};
 use strata_tests::{leader, poll_until_async, start_cluster, wait_for_brokers};
 
 fn rec(value: String) -> Record {

@@ -8,8 +8,8 @@
 
 use std::time::Duration;
 
-use strata_log::{LogConfig, PartitionLog};
 use strata_client::{Admin, Producer, ProducerConfig, Record, ReplicaLag, TopicConfig};
+use strata_log::{LogConfig, PartitionLog};
 use strata_tests::{
     BrokerProcess, cli, free_addrs, init_test_logging, poll_until_async, start_cluster_with,
     wait_caught_up, wait_for_brokers,

@@ -9,8 +9,8 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use strata_log::{LogConfig, PartitionLog};
 use strata_client::{Admin, Producer, ProducerConfig, Record, TopicConfig};
+use strata_log::{LogConfig, PartitionLog};
 use strata_proto::batch::{Compression, encode_batch};
 use strata_proto::pb;
 use strata_tests::{

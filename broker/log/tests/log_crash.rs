@@ -17,9 +17,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use strata_log::fault::{FaultStorage, SplitMix};
-use strata_log::{
-    EntryKind, LogError, LogId, ManualClock, NewEntry, PartitionLog, Payload,
-};
+use strata_log::{EntryKind, LogError, LogId, ManualClock, NewEntry, PartitionLog, Payload};
 
 #[derive(Clone, Debug, PartialEq)]
 struct MEntry {
