@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod consumer;
 pub mod error;
 pub mod producer;
+mod retry;
 
 pub use admin::{Admin, OffsetSpec, PartitionOffsets, TopicConfig};
 pub use cluster::{ClusterStatus, NodeView, PartitionView, ReplicaLag};
