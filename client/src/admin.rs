@@ -1,8 +1,11 @@
 //! `Admin`: topics, offsets, groups and metadata, over one gRPC connection.
 //! Also the connection helper every client type uses.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use strata_proto::pb::{self, strata_client::StrataClient};
 use tonic::transport::{Channel, Endpoint};
@@ -20,23 +23,23 @@ pub const MESSAGE_BYTES_MAX: usize = 64 << 20;
 #[derive(Debug, Clone)]
 pub struct Router {
     bootstrap: String,
-    clients: Arc<std::sync::Mutex<std::collections::BTreeMap<String, StrataClient<Channel>>>>,
+    clients: Arc<Mutex<BTreeMap<String, StrataClient<Channel>>>>,
 }
 
 impl Router {
     /// A router seeded with the broker at `addr` (already connected).
     pub fn new(addr: &str, client: StrataClient<Channel>) -> Self {
-        let mut m = std::collections::BTreeMap::new();
+        let mut m = BTreeMap::new();
         m.insert(addr.to_owned(), client);
         Router {
             bootstrap: addr.to_owned(),
-            clients: Arc::new(std::sync::Mutex::new(m)),
+            clients: Arc::new(Mutex::new(m)),
         }
     }
 
     /// The client of `addr` (connecting lazily).
     pub fn client(&self, addr: &str) -> Result<StrataClient<Channel>> {
-        let mut m = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let mut m = self.clients.lock();
         if let Some(c) = m.get(addr) {
             return Ok(c.clone());
         }
@@ -73,7 +76,7 @@ impl Router {
         if !err.is_retriable() {
             return None;
         }
-        let m = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let m = self.clients.lock();
         let addrs: Vec<&String> = m.keys().collect();
         let i = addrs
             .iter()

@@ -7,7 +7,7 @@
 //! the version (and offsets) of the checkpoint it came from.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -16,6 +16,7 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use strata_client::{Admin, ClientError, OffsetSpec, Producer, ProducerConfig, Record};
@@ -38,10 +39,6 @@ pub struct Registry {
     store: Store,
     broker: String,
     models: Arc<Mutex<HashMap<String, Served>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Registry {
@@ -162,7 +159,8 @@ async fn create(State(r): State<Registry>, body: Bytes) -> Result<impl IntoRespo
         return Err(bad(format!("{algo:?} needs a label field")));
     }
     let start = parse_start(req.from.as_deref().unwrap_or("earliest")).map_err(bad)?;
-    if lock(&r.models)
+    if r.models
+        .lock()
         .get(&req.name)
         .is_some_and(|m| m.state == "running")
     {
@@ -219,7 +217,7 @@ async fn create(State(r): State<Registry>, body: Bytes) -> Result<impl IntoRespo
 pub fn spawn_job(r: &Registry, cfg: JobConfig) {
     let name = cfg.model.clone();
     {
-        let mut models = lock(&r.models);
+        let mut models = r.models.lock();
         match models.get_mut(&name) {
             Some(m) => m.state = "running".into(),
             None => {
@@ -252,13 +250,13 @@ pub fn spawn_job(r: &Registry, cfg: JobConfig) {
     tokio::spawn(async move {
         let models = r.models.clone();
         let result = trainer::run(&r.store, &cfg, |cp| {
-            let mut m = lock(&models);
+            let mut m = models.lock();
             if let Some(s) = m.get_mut(&cp.model) {
                 s.checkpoint = cp.clone();
             }
         })
         .await;
-        let mut m = lock(&models);
+        let mut m = models.lock();
         if let Some(s) = m.get_mut(&name) {
             s.state = match result {
                 Ok(_) => "finished".into(),
@@ -291,7 +289,7 @@ fn model_json(name: &str, s: &Served) -> Value {
 }
 
 async fn list(State(r): State<Registry>) -> impl IntoResponse {
-    let models = lock(&r.models);
+    let models = r.models.lock();
     let mut names: Vec<&String> = models.keys().collect();
     names.sort();
     axum::Json(
@@ -304,7 +302,7 @@ async fn status(
     Path(name): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (mut v, topic, offsets) = {
-        let models = lock(&r.models);
+        let models = r.models.lock();
         let s = models.get(&name).ok_or_else(|| unknown_model(&name))?;
         (
             model_json(&name, s),
@@ -377,7 +375,7 @@ async fn predict(
     if instances.is_empty() {
         return Err(bad("instances is empty"));
     }
-    let mut models = lock(&r.models);
+    let mut models = r.models.lock();
     let s = models.get_mut(&name).ok_or_else(|| unknown_model(&name))?;
     let cp = &mut s.checkpoint;
     let examples = instances
@@ -408,7 +406,7 @@ async fn process(State(r): State<Registry>, body: Bytes) -> Result<impl IntoResp
     let req: ProcessRequest =
         serde_json::from_slice(&body).map_err(|e| bad(format!("invalid JSON body: {e}")))?;
     let (spec, mut learner, version) = {
-        let models = lock(&r.models);
+        let models = r.models.lock();
         let s = models
             .get(&req.model)
             .ok_or_else(|| unknown_model(&req.model))?;
