@@ -23,7 +23,7 @@ use strata_client::{Admin, ClientError, OffsetSpec, Producer, ProducerConfig, Re
 
 use crate::checkpoint::{Checkpoint, Store};
 use crate::features::{FeatureSpec, Format, extract};
-use crate::learners::{Algo, Hyper, Prediction};
+use crate::learners::{Algo, Hyper, Prediction, UnknownAlgo};
 use crate::trainer::{self, JobConfig, Start, validate_model_name};
 
 /// A model as served.
@@ -129,23 +129,33 @@ struct CreateModel {
     seed: Option<u64>,
 }
 
+/// Why a start position did not parse.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StartError {
+    /// `offset:` followed by something that is not an offset.
+    #[error("bad offset in {0:?}")]
+    Offset(String),
+    /// `timestamp:` followed by something that is not a timestamp in ms.
+    #[error("bad timestamp in {0:?}")]
+    Timestamp(String),
+    /// None of the forms.
+    #[error("start must be earliest, latest, offset:N or timestamp:MS, not {0:?}")]
+    Unknown(String),
+}
+
 /// Parses `earliest`, `latest`, `offset:N` or `timestamp:MS`.
-pub fn parse_start(s: &str) -> Result<Start, String> {
+pub fn parse_start(s: &str) -> Result<Start, StartError> {
     Ok(match s {
         "earliest" => Start::Earliest,
         "latest" => Start::Latest,
         t => match t.split_once(':') {
             Some(("offset", n)) => {
-                Start::Offset(n.parse().map_err(|_| format!("bad offset in {s:?}"))?)
+                Start::Offset(n.parse().map_err(|_| StartError::Offset(s.to_owned()))?)
             }
             Some(("timestamp", n)) => {
-                Start::Timestamp(n.parse().map_err(|_| format!("bad timestamp in {s:?}"))?)
+                Start::Timestamp(n.parse().map_err(|_| StartError::Timestamp(s.to_owned()))?)
             }
-            _ => {
-                return Err(format!(
-                    "start must be earliest, latest, offset:N or timestamp:MS, not {s:?}"
-                ));
-            }
+            _ => return Err(StartError::Unknown(s.to_owned())),
         },
     })
 }
@@ -154,11 +164,15 @@ async fn create(State(r): State<Registry>, body: Bytes) -> Result<impl IntoRespo
     let req: CreateModel =
         serde_json::from_slice(&body).map_err(|e| bad(format!("invalid JSON body: {e}")))?;
     validate_model_name(&req.name).map_err(|e| bad(e.to_string()))?;
-    let algo: Algo = req.algo.parse().map_err(bad)?;
+    let algo: Algo = req
+        .algo
+        .parse()
+        .map_err(|e: UnknownAlgo| bad(e.to_string()))?;
     if algo.supervised() && req.label.is_none() {
         return Err(bad(format!("{algo:?} needs a label field")));
     }
-    let start = parse_start(req.from.as_deref().unwrap_or("earliest")).map_err(bad)?;
+    let start =
+        parse_start(req.from.as_deref().unwrap_or("earliest")).map_err(|e| bad(e.to_string()))?;
     if r.models
         .lock()
         .get(&req.name)
@@ -417,7 +431,8 @@ async fn process(State(r): State<Registry>, body: Bytes) -> Result<impl IntoResp
         )
     };
     learner.rebuild();
-    let start = parse_start(req.from.as_deref().unwrap_or("earliest")).map_err(bad)?;
+    let start =
+        parse_start(req.from.as_deref().unwrap_or("earliest")).map_err(|e| bad(e.to_string()))?;
     let admin = Admin::connect(&r.broker).await.map_err(client_error)?;
     let input = admin
         .describe_topic(&req.input_topic)
