@@ -1,6 +1,6 @@
 //! Strata's client library: [`Producer`], [`Consumer`] and [`Admin`] over
 //! the broker's gRPC API, with typed errors ([`ClientError`]). The `strata`
-//! CLI is a thin binary over it.
+//! CLI (crate `strata-cli`) is a thin binary over it.
 
 pub mod admin;
 pub mod cluster;

@@ -31,7 +31,7 @@ pub fn bin(name: &str) -> PathBuf {
             "-p",
             "strata-broker",
             "-p",
-            "strata-client",
+            "strata-cli",
             "-p",
             "strata-ml",
             "--bins",
