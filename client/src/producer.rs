@@ -1,9 +1,9 @@
 //! `Producer`: batches records per partition by size and linger time,
 //! compresses (LZ4) and checksums each batch, keeps a bounded number of
 //! bytes in flight (sending waits when the budget is used up), and retries
-//! with jittered exponential backoff without ever duplicating: every batch
-//! carries an idempotent-producer id, epoch and sequence, and the broker
-//! answers a retried batch with the original offsets.
+//! with jittered exponential backoff without ever duplicating: every batch carries
+//! an idempotent-producer id, epoch and sequence, and the broker answers a
+//! retried batch with the original offsets.
 //!
 //! Each partition has one worker task that owns its batches: it sends them
 //! in sequence order on one ordered produce stream, several in flight (see
@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use crate::admin::{Router, connect};
+use crate::convert;
 use crate::error::{ClientError, Result};
 use crate::retry::Backoff;
 
@@ -428,11 +429,7 @@ impl Worker {
                         topic: self.topic.clone(),
                         partition: self.partition,
                         batch: bytes,
-                        acks: match self.config.acks {
-                            Acks::All => pb::Acks::All,
-                            Acks::Leader => pb::Acks::Leader,
-                            Acks::None => pb::Acks::None,
-                        } as i32,
+                        acks: convert::acks_to_pb(self.config.acks) as i32,
                     };
                     let Some(s) = session.as_ref() else {
                         unreachable!("opened above")

@@ -202,12 +202,7 @@ async fn consume(
     records: Option<u64>,
 ) -> anyhow::Result<()> {
     let admin = Admin::connect(broker).await?;
-    let d = admin.describe_topic(topic).await?;
-    let available: u64 = d
-        .partition_info
-        .iter()
-        .map(|p| p.high_watermark - p.log_start_offset)
-        .sum();
+    let available = admin.describe_topic(topic).await?.records();
     let target = records.unwrap_or(available).min(available);
     if target == 0 {
         bail!("topic {topic} has no records to replay");

@@ -52,8 +52,7 @@ pub async fn run(broker: &str, json: bool, cmd: GroupCmd) -> anyhow::Result<()> 
                 if group.as_ref().is_some_and(|want| *want != g.group) {
                     continue;
                 }
-                for o in &g.offsets {
-                    let (partition, committed) = (o.partition, o.offset);
+                for &(partition, committed) in &g.offsets {
                     let high_watermark = admin
                         .list_offsets(&g.topic, partition, OffsetSpec::Latest)
                         .await

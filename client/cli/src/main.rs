@@ -20,8 +20,7 @@ mod topic;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use strata_client::ClientError;
-use strata_proto::pb::ErrorCode;
+use strata_client::{ClientError, ErrorCode};
 
 /// Strata operator CLI: topics, producing, consuming, consumer groups,
 /// offline log inspection and benchmarks.

@@ -12,10 +12,9 @@ use std::io::Write;
 use base64::Engine as _;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
-use strata_client::{ClusterStatus, ConsumerRecord, ReplicaLag};
+use strata_client::{ClusterStatus, ConsumerRecord, ReplicaLag, TopicDescription};
 use strata_log::entry::EntryMeta;
 use strata_log::inspect::SegmentReport;
-use strata_proto::pb::TopicDescription;
 use strata_proto::{BatchError, Record};
 
 /// Prints `v` as pretty JSON.
@@ -26,9 +25,15 @@ pub fn print_json(v: &Value) {
     );
 }
 
+/// The wire and the JSON output mark "no leader known" with node id 0;
+/// the output keeps that so scripts keep working.
+fn leader_or_zero(leader: Option<u64>) -> u64 {
+    leader.unwrap_or(0)
+}
+
 /// A topic as JSON (`topic create|list|describe|alter --json`).
 pub fn describe_json(d: &TopicDescription) -> Value {
-    let c = d.config.unwrap_or_default();
+    let c = &d.config;
     json!({
         "name": d.name,
         "partitions": d.partitions,
@@ -37,7 +42,7 @@ pub fn describe_json(d: &TopicDescription) -> Value {
             "segment_bytes": c.segment_bytes, "segment_ms": c.segment_ms, "max_batch_bytes": c.max_batch_bytes,
         },
         "partition_info": d.partition_info.iter().map(|p| json!({
-            "partition": p.partition, "leader": p.leader, "replicas": p.replicas,
+            "partition": p.partition, "leader": leader_or_zero(p.leader), "replicas": p.replicas,
             "log_start_offset": p.log_start_offset, "high_watermark": p.high_watermark,
             "size_bytes": p.size_bytes, "segments": p.segments,
         })).collect::<Vec<_>>(),
@@ -50,7 +55,7 @@ pub fn print_topic(d: &TopicDescription, json: bool) {
         print_json(&describe_json(d));
         return;
     }
-    let c = d.config.unwrap_or_default();
+    let c = &d.config;
     let show = |v: Option<String>| v.unwrap_or_else(|| "default".into());
     println!("topic {}  partitions {}", d.name, d.partitions);
     println!(
@@ -68,7 +73,12 @@ pub fn print_topic(d: &TopicDescription, json: bool) {
     for p in &d.partition_info {
         println!(
             "  {:>9} {:>6} {:>16} {:>16} {:>14} {:>8}",
-            p.partition, p.leader, p.log_start_offset, p.high_watermark, p.size_bytes, p.segments
+            p.partition,
+            leader_or_zero(p.leader),
+            p.log_start_offset,
+            p.high_watermark,
+            p.size_bytes,
+            p.segments
         );
     }
 }
@@ -77,12 +87,7 @@ pub fn print_topic(d: &TopicDescription, json: bool) {
 pub fn print_topic_list(topics: &[TopicDescription]) {
     println!("{:<40} {:>10} {:>16}", "TOPIC", "PARTITIONS", "RECORDS");
     for t in topics {
-        let records: u64 = t
-            .partition_info
-            .iter()
-            .map(|p| p.high_watermark - p.log_start_offset)
-            .sum();
-        println!("{:<40} {:>10} {:>16}", t.name, t.partitions, records);
+        println!("{:<40} {:>10} {:>16}", t.name, t.partitions, t.records());
     }
 }
 
