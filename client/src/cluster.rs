@@ -1,6 +1,8 @@
 //! Cluster administration: node status joined into a cluster-wide view
 //! (every partition's leader, replicas and their lag), forming a cluster,
-//! adding and removing nodes, moving leadership and replicas.
+//! adding and removing nodes, moving leadership and replicas; and the
+//! domain types of that view ([`ClusterStatus`], [`NodeStatus`],
+//! [`ReplicaStatus`], …), built from the wire's messages in `convert.rs`.
 //!
 //! Operations that only a group's leader can perform follow `NOT_LEADER`
 //! hints (and wait out an election) for up to [`LEADER_WAIT`].
@@ -19,9 +21,9 @@ use crate::retry::Backoff;
 
 /// How long a leader-only operation follows hints and waits for a leader.
 pub const LEADER_WAIT: Duration = Duration::from_secs(15);
-/// Between asks while a group has no leader: up to 200 ms, then up to
-/// 400 ms (200 ms on average, the fixed poll it replaces; an election takes
-/// 300-600 ms).
+/// Between asks while a group has no leader: below 200 ms, then below
+/// 400 ms (200 ms on average from the second wait on, the fixed poll it
+/// replaces; an election takes 300-600 ms).
 const ELECTION_BACKOFF: Backoff =
     Backoff::new(Duration::from_millis(200), Duration::from_millis(400));
 /// How long `status` waits for each node.
