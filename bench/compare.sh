@@ -22,7 +22,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 # Debian's package may start its own service; ours run on their own ports.
 
-cargo build --release --quiet -p strata-broker -p strata-client -p strata-bench --bins
+cargo build --release --quiet -p strata-broker -p strata-cli -p strata-bench --bins
 work=$(mktemp -d -p "${BENCH_DIR:-$PWD/target}")
 pids=()
 cleanup() {

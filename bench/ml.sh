@@ -15,7 +15,7 @@ RECORDS=${RECORDS:-1000000}
 RIVER_RECORDS=${RIVER_RECORDS:-200000}
 LOAD_SECONDS=${LOAD_SECONDS:-10}
 
-cargo build --release --quiet -p strata-broker -p strata-client -p strata-ml --bins
+cargo build --release --quiet -p strata-broker -p strata-cli -p strata-ml --bins
 bin=target/release
 work=$(mktemp -d)
 pids=()

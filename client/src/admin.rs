@@ -1,12 +1,20 @@
-//! `Admin`: topics, offsets, groups and metadata, over one gRPC connection.
-//! Also the connection helper every client type uses.
+//! `Admin`: topics, offsets, groups and metadata, over one gRPC connection,
+//! and the domain types it answers with ([`TopicDescription`],
+//! [`Metadata`], [`GroupOffsets`], …). Also the connection helper and the
+//! `Router` every client type uses (crate-private: callers see no gRPC
+//! client). The translation from and to the wire's messages is in
+//! `convert.rs`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use strata_proto::pb::{self, strata_client::StrataClient};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::convert;
 use crate::error::{ClientError, Result};
 
 /// Largest gRPC message the client sends or accepts.
@@ -18,25 +26,25 @@ pub const MESSAGE_BYTES_MAX: usize = 64 << 20;
 /// elected yet) it tries the next known broker, which answers with a hint
 /// or serves itself.
 #[derive(Debug, Clone)]
-pub struct Router {
+pub(crate) struct Router {
     bootstrap: String,
-    clients: Arc<std::sync::Mutex<std::collections::BTreeMap<String, StrataClient<Channel>>>>,
+    clients: Arc<Mutex<BTreeMap<String, StrataClient<Channel>>>>,
 }
 
 impl Router {
     /// A router seeded with the broker at `addr` (already connected).
-    pub fn new(addr: &str, client: StrataClient<Channel>) -> Self {
-        let mut m = std::collections::BTreeMap::new();
+    pub(crate) fn new(addr: &str, client: StrataClient<Channel>) -> Self {
+        let mut m = BTreeMap::new();
         m.insert(addr.to_owned(), client);
         Router {
             bootstrap: addr.to_owned(),
-            clients: Arc::new(std::sync::Mutex::new(m)),
+            clients: Arc::new(Mutex::new(m)),
         }
     }
 
     /// The client of `addr` (connecting lazily).
-    pub fn client(&self, addr: &str) -> Result<StrataClient<Channel>> {
-        let mut m = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+    pub(crate) fn client(&self, addr: &str) -> Result<StrataClient<Channel>> {
+        let mut m = self.clients.lock();
         if let Some(c) = m.get(addr) {
             return Ok(c.clone());
         }
@@ -48,7 +56,7 @@ impl Router {
     }
 
     /// Learns the cluster's brokers from the metadata (best effort).
-    pub async fn refresh(&self) {
+    pub(crate) async fn refresh(&self) {
         let Ok(c) = self.client(&self.bootstrap) else {
             return;
         };
@@ -63,7 +71,7 @@ impl Router {
 
     /// Where to go after `err` from the broker at `current`: the hinted
     /// leader, else the next known broker.
-    pub fn next(&self, current: &str, err: &ClientError) -> Option<String> {
+    pub(crate) fn next(&self, current: &str, err: &ClientError) -> Option<String> {
         if let ClientError::NotLeader {
             leader: Some(l), ..
         } = err
@@ -73,7 +81,7 @@ impl Router {
         if !err.is_retriable() {
             return None;
         }
-        let m = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let m = self.clients.lock();
         let addrs: Vec<&String> = m.keys().collect();
         let i = addrs
             .iter()
@@ -83,7 +91,7 @@ impl Router {
     }
 
     /// The address the router was seeded with.
-    pub fn bootstrap(&self) -> &str {
+    pub(crate) fn bootstrap(&self) -> &str {
         &self.bootstrap
     }
 }
@@ -107,7 +115,7 @@ fn endpoint(addr: &str) -> Result<Endpoint> {
 
 /// Connects to a broker's gRPC address (`host:port`), with HTTP/2
 /// keep-alive so a dead connection is noticed.
-pub async fn connect(addr: &str) -> Result<StrataClient<Channel>> {
+pub(crate) async fn connect(addr: &str) -> Result<StrataClient<Channel>> {
     let channel = endpoint(addr)?
         .connect()
         .await
@@ -146,16 +154,78 @@ pub struct TopicConfig {
     pub max_batch_bytes: Option<u32>,
 }
 
-impl From<TopicConfig> for pb::TopicConfig {
-    fn from(c: TopicConfig) -> Self {
-        pb::TopicConfig {
-            retention_ms: c.retention_ms,
-            retention_bytes: c.retention_bytes,
-            segment_bytes: c.segment_bytes,
-            segment_ms: c.segment_ms,
-            max_batch_bytes: c.max_batch_bytes,
-        }
+/// A topic: its settings and, per partition, placement and offsets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicDescription {
+    /// Name.
+    pub name: String,
+    /// Number of partitions.
+    pub partitions: u32,
+    /// Settings; `None` fields follow the broker's defaults.
+    pub config: TopicConfig,
+    /// Every partition, in partition order.
+    pub partition_info: Vec<PartitionInfo>,
+}
+
+impl TopicDescription {
+    /// Records readable now, summed over the partitions.
+    pub fn records(&self) -> u64 {
+        self.partition_info
+            .iter()
+            .map(|p| p.high_watermark.saturating_sub(p.log_start_offset))
+            .sum()
     }
+}
+
+/// One partition of a topic as the broker describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionInfo {
+    /// Partition.
+    pub partition: u32,
+    /// Node leading it (`None`: no leader known, or a single node that
+    /// does not report one).
+    pub leader: Option<u64>,
+    /// Nodes holding a replica.
+    pub replicas: Vec<u64>,
+    /// First readable offset.
+    pub log_start_offset: u64,
+    /// End of the committed prefix (the next offset to be written).
+    pub high_watermark: u64,
+    /// Bytes on disk.
+    pub size_bytes: u64,
+    /// Segment files.
+    pub segments: u32,
+}
+
+/// A broker of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerInfo {
+    /// Node id.
+    pub node_id: u64,
+    /// Client (gRPC) address.
+    pub grpc_addr: String,
+    /// HTTP address.
+    pub http_addr: String,
+}
+
+/// Cluster metadata: brokers and topics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Metadata {
+    /// Every registered broker.
+    pub brokers: Vec<BrokerInfo>,
+    /// The topics asked for (all of them when none were named).
+    pub topics: Vec<TopicDescription>,
+}
+
+/// A group's committed offsets on one topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupOffsets {
+    /// Group.
+    pub group: String,
+    /// Topic.
+    pub topic: String,
+    /// `(partition, offset)`: the next offset the group will consume.
+    pub offsets: Vec<(u32, u64)>,
 }
 
 /// Where to read from.
@@ -206,7 +276,7 @@ impl Admin {
         partitions: u32,
         replication_factor: u32,
         config: TopicConfig,
-    ) -> Result<pb::TopicDescription> {
+    ) -> Result<TopicDescription> {
         let r = self
             .client
             .clone()
@@ -214,52 +284,54 @@ impl Admin {
                 name: name.to_owned(),
                 partitions,
                 replication_factor,
-                config: Some(config.into()),
+                config: Some(convert::topic_config_to_pb(config)),
             })
             .await?;
         r.into_inner()
             .topic
+            .map(convert::topic_description)
             .ok_or_else(|| ClientError::Invalid("broker returned no topic".into()))
     }
 
     /// Every topic.
-    pub async fn list_topics(&self) -> Result<Vec<pb::TopicDescription>> {
-        Ok(self
+    pub async fn list_topics(&self) -> Result<Vec<TopicDescription>> {
+        let r = self
             .client
             .clone()
             .list_topics(pb::ListTopicsRequest {})
             .await?
-            .into_inner()
-            .topics)
+            .into_inner();
+        Ok(r.topics
+            .into_iter()
+            .map(convert::topic_description)
+            .collect())
     }
 
     /// One topic, with partition figures.
-    pub async fn describe_topic(&self, name: &str) -> Result<pb::TopicDescription> {
-        Ok(self
+    pub async fn describe_topic(&self, name: &str) -> Result<TopicDescription> {
+        let r = self
             .client
             .clone()
             .describe_topic(pb::DescribeTopicRequest {
                 name: name.to_owned(),
             })
             .await?
-            .into_inner())
+            .into_inner();
+        Ok(convert::topic_description(r))
     }
 
     /// Changes the settings given in `config`.
-    pub async fn alter_topic(
-        &self,
-        name: &str,
-        config: TopicConfig,
-    ) -> Result<pb::TopicDescription> {
-        Ok(self
+    pub async fn alter_topic(&self, name: &str, config: TopicConfig) -> Result<TopicDescription> {
+        let r = self
             .client
             .clone()
             .alter_topic_config(pb::AlterTopicConfigRequest {
                 name: name.to_owned(),
-                config: Some(config.into()),
+                config: Some(convert::topic_config_to_pb(config)),
             })
             .await?
-            .into_inner())
+            .into_inner();
+        Ok(convert::topic_description(r))
     }
 
     /// Deletes a topic and its data.
@@ -280,39 +352,30 @@ impl Admin {
         partition: u32,
         spec: OffsetSpec,
     ) -> Result<PartitionOffsets> {
-        use pb::list_offsets_request::Spec;
-        let spec = match spec {
-            OffsetSpec::Earliest => Spec::Position(pb::Position::Earliest as i32),
-            OffsetSpec::Latest => Spec::Position(pb::Position::Latest as i32),
-            OffsetSpec::Timestamp(t) => Spec::TimestampMs(t),
-        };
         let r = self
             .client
             .clone()
             .list_offsets(pb::ListOffsetsRequest {
                 topic: topic.to_owned(),
                 partition,
-                spec: Some(spec),
+                spec: Some(convert::offset_spec_to_pb(spec)),
             })
             .await?
             .into_inner();
-        Ok(PartitionOffsets {
-            offset: r.offset,
-            log_start_offset: r.log_start_offset,
-            high_watermark: r.high_watermark,
-        })
+        Ok(convert::partition_offsets(r))
     }
 
     /// Cluster metadata (brokers, topics, partitions).
-    pub async fn metadata(&self, topics: &[String]) -> Result<pb::MetadataResponse> {
-        Ok(self
+    pub async fn metadata(&self, topics: &[String]) -> Result<Metadata> {
+        let r = self
             .client
             .clone()
             .metadata(pb::MetadataRequest {
                 topics: topics.to_vec(),
             })
             .await?
-            .into_inner())
+            .into_inner();
+        Ok(convert::metadata(r))
     }
 
     /// Commits offsets (the next offset to consume) of a group.
@@ -322,13 +385,7 @@ impl Admin {
             .commit_offsets(pb::CommitOffsetsRequest {
                 group: group.to_owned(),
                 topic: topic.to_owned(),
-                offsets: offsets
-                    .iter()
-                    .map(|(partition, offset)| pb::PartitionOffset {
-                        partition: *partition,
-                        offset: *offset,
-                    })
-                    .collect(),
+                offsets: convert::partition_offsets_to_pb(offsets),
             })
             .await?;
         Ok(())
@@ -345,20 +402,17 @@ impl Admin {
             })
             .await?
             .into_inner();
-        Ok(r.offsets
-            .into_iter()
-            .map(|o| (o.partition, o.offset))
-            .collect())
+        Ok(convert::partition_offsets_from_pb(r.offsets))
     }
 
-    /// Every group's committed offsets.
-    pub async fn list_groups(&self) -> Result<Vec<pb::GroupTopic>> {
-        Ok(self
+    /// Every group's committed offsets, per topic.
+    pub async fn list_groups(&self) -> Result<Vec<GroupOffsets>> {
+        let r = self
             .client
             .clone()
             .list_groups(pb::ListGroupsRequest {})
             .await?
-            .into_inner()
-            .groups)
+            .into_inner();
+        Ok(r.groups.into_iter().map(convert::group_offsets).collect())
     }
 }

@@ -1,6 +1,8 @@
 //! Cluster administration: node status joined into a cluster-wide view
 //! (every partition's leader, replicas and their lag), forming a cluster,
-//! adding and removing nodes, moving leadership and replicas.
+//! adding and removing nodes, moving leadership and replicas; and the
+//! domain types of that view ([`ClusterStatus`], [`NodeStatus`],
+//! [`ReplicaStatus`], …), built from the wire's messages in `convert.rs`.
 //!
 //! Operations that only a group's leader can perform follow `NOT_LEADER`
 //! hints (and wait out an election) for up to [`LEADER_WAIT`].
@@ -13,12 +15,107 @@ use strata_proto::pb::{self, strata_client::StrataClient};
 use tonic::transport::Channel;
 
 use crate::admin::{Admin, connect};
+use crate::convert;
 use crate::error::{ClientError, Result};
+use crate::retry::Backoff;
 
 /// How long a leader-only operation follows hints and waits for a leader.
 pub const LEADER_WAIT: Duration = Duration::from_secs(15);
+/// Between asks while a group has no leader: below 200 ms, then below
+/// 400 ms (200 ms on average from the second wait on, the fixed poll it
+/// replaces; an election takes 300-600 ms).
+const ELECTION_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(200), Duration::from_millis(400));
 /// How long `status` waits for each node.
-const NODE_STATUS_TIMEOUT: Duration = Duration::from_secs(3);
+pub const NODE_STATUS_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What a node reports about itself and the Raft groups it hosts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// Node id.
+    pub node_id: u64,
+    /// Raft (broker-to-broker) address.
+    pub raft_addr: String,
+    /// Whether the node runs in cluster mode.
+    pub clustered: bool,
+    /// Every Raft group the node hosts a replica of.
+    pub replicas: Vec<ReplicaStatus>,
+    /// Time since the node started, in ms.
+    pub uptime_ms: u64,
+}
+
+/// A replica's part in its Raft group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplicaRole {
+    /// Leads the group.
+    Leader,
+    /// Follows the leader.
+    Follower,
+    /// Standing for election.
+    Candidate,
+    /// Catching up; not yet a voter.
+    Learner,
+    /// The group hit a storage error on this node (its log says which).
+    Stopped,
+    /// A role this client does not know (a newer broker).
+    Other(String),
+}
+
+/// One replica of a Raft group (a partition, or the metadata group) on a
+/// node. Log positions are Raft log indexes + 1 (0: empty).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    /// Topic; empty for the metadata group.
+    pub topic: String,
+    /// Partition (0 for the metadata group).
+    pub partition: u32,
+    /// Role in the group.
+    pub role: ReplicaRole,
+    /// Raft term.
+    pub term: u64,
+    /// The group's leader as this replica knows it.
+    pub leader: Option<u64>,
+    /// Voters of the group.
+    pub voters: Vec<u64>,
+    /// Learners of the group.
+    pub learners: Vec<u64>,
+    /// End of the replica's Raft log.
+    pub log_end: u64,
+    /// End of what the replica has applied.
+    pub applied_end: u64,
+    /// Partitions: the applied next offset (the high watermark).
+    pub high_watermark: u64,
+    /// Partitions: the first readable offset.
+    pub log_start_offset: u64,
+    /// On the leader: each replica's matched log end.
+    pub matched_end: BTreeMap<u64, u64>,
+    /// End of the last snapshot.
+    pub snapshot_end: u64,
+    /// End of the Raft log deleted behind the snapshot: a replica that must
+    /// start below it is sent the snapshot.
+    pub purged_end: u64,
+}
+
+impl ReplicaStatus {
+    /// Whether this is the metadata group's replica (not a partition's).
+    pub fn is_metadata(&self) -> bool {
+        self.topic.is_empty()
+    }
+}
+
+/// Why a node gave no status.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum NodeUnreachable {
+    /// No connection within [`NODE_STATUS_TIMEOUT`].
+    #[error("connect timed out")]
+    ConnectTimedOut,
+    /// No answer within [`NODE_STATUS_TIMEOUT`].
+    #[error("status timed out")]
+    StatusTimedOut,
+    /// Connecting or asking failed.
+    #[error(transparent)]
+    Failed(#[from] ClientError),
+}
 
 /// One node, as the metadata lists it, with its own report (or why there
 /// is none: it is down or unreachable).
@@ -28,8 +125,8 @@ pub struct NodeView {
     pub node_id: u64,
     /// Client (gRPC) address.
     pub grpc_addr: String,
-    /// The node's report, or the error reaching it.
-    pub status: std::result::Result<pb::NodeStatusResponse, String>,
+    /// The node's report, or why it has none.
+    pub status: std::result::Result<NodeStatus, NodeUnreachable>,
 }
 
 /// A replica's position relative to its partition's leader.
@@ -75,12 +172,13 @@ pub struct ClusterStatus {
 
 impl Admin {
     /// This broker's view of the groups it hosts.
-    pub async fn node_status(&self) -> Result<pb::NodeStatusResponse> {
-        Ok(self
+    pub async fn node_status(&self) -> Result<NodeStatus> {
+        let r = self
             .grpc()
             .node_status(pb::NodeStatusRequest {})
             .await?
-            .into_inner())
+            .into_inner();
+        Ok(convert::node_status(r))
     }
 
     /// Asks every node of the cluster for its status and joins the
@@ -92,12 +190,11 @@ impl Admin {
             let status = async {
                 let a = tokio::time::timeout(NODE_STATUS_TIMEOUT, Admin::connect(&b.grpc_addr))
                     .await
-                    .map_err(|_| "connect timed out".to_owned())?
-                    .map_err(|e| e.to_string())?;
-                tokio::time::timeout(NODE_STATUS_TIMEOUT, a.node_status())
+                    .map_err(|_| NodeUnreachable::ConnectTimedOut)??;
+                let status = tokio::time::timeout(NODE_STATUS_TIMEOUT, a.node_status())
                     .await
-                    .map_err(|_| "status timed out".to_owned())?
-                    .map_err(|e| e.to_string())
+                    .map_err(|_| NodeUnreachable::StatusTimedOut)??;
+                Ok::<_, NodeUnreachable>(status)
             }
             .await;
             nodes.push(NodeView {
@@ -107,16 +204,15 @@ impl Admin {
             });
         }
         // Each reachable node's replica of (topic, partition).
-        let mut replicas: BTreeMap<(String, u32), BTreeMap<u64, pb::ReplicaStatus>> =
-            BTreeMap::new();
+        let mut replicas: BTreeMap<(String, u32), BTreeMap<u64, ReplicaStatus>> = BTreeMap::new();
         let (mut metadata_leader, mut metadata_voters, mut best_term) = (None, Vec::new(), 0);
         for n in &nodes {
             let Ok(s) = &n.status else { continue };
             for r in &s.replicas {
-                if r.topic.is_empty() {
+                if r.is_metadata() {
                     if r.term >= best_term {
                         best_term = r.term;
-                        metadata_leader = (r.leader != 0).then_some(r.leader);
+                        metadata_leader = r.leader;
                         metadata_voters = r.voters.clone();
                     }
                 } else {
@@ -136,7 +232,7 @@ impl Admin {
                 // highest term.
                 let leader = here
                     .iter()
-                    .filter(|(_, r)| r.role == "leader")
+                    .filter(|(_, r)| r.role == ReplicaRole::Leader)
                     .max_by_key(|(_, r)| r.term)
                     .map(|(id, _)| *id);
                 let hw = leader.and_then(|l| here.get(&l)).map(|r| r.high_watermark);
@@ -253,6 +349,7 @@ impl Admin {
     {
         let deadline = Instant::now() + LEADER_WAIT;
         let mut client = self.grpc();
+        let mut waits = 0;
         loop {
             let e = match call(client.clone()).await {
                 Ok(r) => return Ok(r.into_inner()),
@@ -266,7 +363,10 @@ impl Admin {
             }
             match leader {
                 Some(l) => client = connect(l).await?,
-                None => tokio::time::sleep(Duration::from_millis(200)).await,
+                None => {
+                    tokio::time::sleep(ELECTION_BACKOFF.delay(waits)).await;
+                    waits += 1;
+                }
             }
         }
     }

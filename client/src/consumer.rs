@@ -21,6 +21,11 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{Admin, OffsetSpec, Router, connect};
 use crate::error::{ClientError, Result};
+use crate::retry::Backoff;
+
+/// Between reconnections of a fetch stream: 50 ms doubling up to 2 s,
+/// jittered, and back to 50 ms once a message arrives.
+const FETCH_BACKOFF: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
 
 /// What to do when a group has no committed offset for a partition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -378,7 +383,8 @@ async fn fetch_loop(
     gen_: u64,
     tx: mpsc::Sender<Delivered>,
 ) {
-    let mut backoff = Duration::from_millis(50);
+    // Failures since the last message, for the backoff.
+    let mut failures = 0;
     let mut hops = 0;
     let mut addr = router.bootstrap().to_owned();
     loop {
@@ -403,7 +409,7 @@ async fn fetch_loop(
                 loop {
                     match stream.message().await {
                         Ok(Some(resp)) => {
-                            backoff = Duration::from_millis(50);
+                            failures = 0;
                             if let Some(last) = resp.batches.last() {
                                 let n = decode_count(&last.batch);
                                 offset = last.base_offset + n;
@@ -435,8 +441,8 @@ async fn fetch_loop(
             continue;
         }
         hops = 0;
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        tokio::time::sleep(FETCH_BACKOFF.delay(failures)).await;
+        failures = failures.saturating_add(1);
     }
 }
 

@@ -7,7 +7,7 @@ use prost::Message;
 use strata_proto::pb::{ErrorCode, ErrorDetail};
 
 /// What went wrong talking to Strata.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ClientError {
     /// Could not connect.
     #[error("cannot connect to {addr}: {reason}")]

@@ -1,16 +1,32 @@
 //! Strata's client library: [`Producer`], [`Consumer`] and [`Admin`] over
-//! the broker's gRPC API, with typed errors ([`ClientError`]). The `strata`
-//! CLI is a thin binary over it.
+//! the broker's gRPC API, with typed errors ([`ClientError`]).
+//!
+//! Its API speaks domain types ([`TopicDescription`], [`ClusterStatus`],
+//! [`Record`], …), never the generated protobuf messages: those stay
+//! behind `convert.rs`, so the wire can change without breaking callers.
+//! The one wire enum in the API is [`ErrorCode`], the broker's stable error
+//! codes, a plain fieldless enum. The `strata` CLI (crate `strata-cli`) and
+//! `strata-ml` are built on this API alone.
 
 pub mod admin;
 pub mod cluster;
 pub mod consumer;
+mod convert;
 pub mod error;
 pub mod producer;
+mod retry;
 
-pub use admin::{Admin, OffsetSpec, PartitionOffsets, TopicConfig};
-pub use cluster::{ClusterStatus, NodeView, PartitionView, ReplicaLag};
+pub use admin::{
+    Admin, BrokerInfo, GroupOffsets, Metadata, OffsetSpec, PartitionInfo, PartitionOffsets,
+    TopicConfig, TopicDescription,
+};
+pub use cluster::{
+    ClusterStatus, NodeStatus, NodeUnreachable, NodeView, PartitionView, ReplicaLag, ReplicaRole,
+    ReplicaStatus,
+};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, ResetPolicy, Seek};
 pub use error::{ClientError, Result};
 pub use producer::{Acks, Delivery, Producer, ProducerConfig, RecordMetadata};
 pub use strata_proto::batch::{Compression, Header, Record};
+/// The broker's stable error codes, as [`ClientError::code`] reports them.
+pub use strata_proto::pb::ErrorCode;

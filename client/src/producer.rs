@@ -1,7 +1,7 @@
 //! `Producer`: batches records per partition by size and linger time,
 //! compresses (LZ4) and checksums each batch, keeps a bounded number of
 //! bytes in flight (sending waits when the budget is used up), and retries
-//! with exponential backoff without ever duplicating: every batch carries
+//! with jittered exponential backoff without ever duplicating: every batch carries
 //! an idempotent-producer id, epoch and sequence, and the broker answers a
 //! retried batch with the original offsets.
 //!
@@ -27,7 +27,9 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use crate::admin::{Router, connect};
+use crate::convert;
 use crate::error::{ClientError, Result};
+use crate::retry::Backoff;
 
 /// Batches in flight per partition. They travel on one ordered
 /// `ProduceStream`, which the broker appends and answers in order (separate
@@ -64,9 +66,11 @@ pub struct ProducerConfig {
     pub buffer_bytes_max: usize,
     /// Attempts per batch before its records fail. Default 10.
     pub attempts_max: u32,
-    /// First retry backoff; doubles up to `retry_backoff_max`. Default 50 ms.
+    /// Base of the retry backoff: the delay before a batch's n-th retry is
+    /// drawn uniformly from `[0, retry_backoff · 2^n]`, the bound capped at
+    /// `retry_backoff_max`. Default 50 ms.
     pub retry_backoff: Duration,
-    /// Largest retry backoff. Default 2 s.
+    /// Largest bound of a retry delay. Default 2 s.
     pub retry_backoff_max: Duration,
 }
 
@@ -425,11 +429,7 @@ impl Worker {
                         topic: self.topic.clone(),
                         partition: self.partition,
                         batch: bytes,
-                        acks: match self.config.acks {
-                            Acks::All => pb::Acks::All,
-                            Acks::Leader => pb::Acks::Leader,
-                            Acks::None => pb::Acks::None,
-                        } as i32,
+                        acks: convert::acks_to_pb(self.config.acks) as i32,
                     };
                     let Some(s) = session.as_ref() else {
                         unreachable!("opened above")
@@ -524,11 +524,7 @@ impl Worker {
     }
 
     fn backoff(&self, attempts: u32) -> Duration {
-        let exp = self
-            .config
-            .retry_backoff
-            .saturating_mul(1 << attempts.min(16));
-        exp.min(self.config.retry_backoff_max)
+        Backoff::new(self.config.retry_backoff, self.config.retry_backoff_max).delay(attempts)
     }
 
     /// Encodes the batch with its producer id and sequence (assigned on the

@@ -235,9 +235,16 @@ impl Algo {
     }
 }
 
+/// An algorithm name [`Algo`] does not know.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown algorithm {0:?}: use logistic-regression, linear-regression, softmax-regression, ftrl, gaussian-nb, multinomial-nb, kmeans or half-space-trees"
+)]
+pub struct UnknownAlgo(pub String);
+
 impl std::str::FromStr for Algo {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownAlgo;
+    fn from_str(s: &str) -> Result<Self, UnknownAlgo> {
         Ok(match s {
             "logistic-regression" | "logreg" => Algo::LogisticRegression,
             "linear-regression" | "linreg" => Algo::LinearRegression,
@@ -247,11 +254,7 @@ impl std::str::FromStr for Algo {
             "multinomial-nb" => Algo::MultinomialNb,
             "kmeans" => Algo::KMeans,
             "half-space-trees" | "hst" => Algo::HalfSpaceTrees,
-            other => {
-                return Err(format!(
-                    "unknown algorithm {other:?}: use logistic-regression, linear-regression, softmax-regression, ftrl, gaussian-nb, multinomial-nb, kmeans or half-space-trees"
-                ));
-            }
+            other => return Err(UnknownAlgo(other.to_owned())),
         })
     }
 }

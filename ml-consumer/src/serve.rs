@@ -7,7 +7,7 @@
 //! the version (and offsets) of the checkpoint it came from.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -16,13 +16,14 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use strata_client::{Admin, ClientError, OffsetSpec, Producer, ProducerConfig, Record};
 
 use crate::checkpoint::{Checkpoint, Store};
 use crate::features::{FeatureSpec, Format, extract};
-use crate::learners::{Algo, Hyper, Prediction};
+use crate::learners::{Algo, Hyper, Prediction, UnknownAlgo};
 use crate::trainer::{self, JobConfig, Start, validate_model_name};
 
 /// A model as served.
@@ -38,10 +39,6 @@ pub struct Registry {
     store: Store,
     broker: String,
     models: Arc<Mutex<HashMap<String, Served>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Registry {
@@ -132,23 +129,33 @@ struct CreateModel {
     seed: Option<u64>,
 }
 
+/// Why a start position did not parse.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StartError {
+    /// `offset:` followed by something that is not an offset.
+    #[error("bad offset in {0:?}")]
+    Offset(String),
+    /// `timestamp:` followed by something that is not a timestamp in ms.
+    #[error("bad timestamp in {0:?}")]
+    Timestamp(String),
+    /// None of the forms.
+    #[error("start must be earliest, latest, offset:N or timestamp:MS, not {0:?}")]
+    Unknown(String),
+}
+
 /// Parses `earliest`, `latest`, `offset:N` or `timestamp:MS`.
-pub fn parse_start(s: &str) -> Result<Start, String> {
+pub fn parse_start(s: &str) -> Result<Start, StartError> {
     Ok(match s {
         "earliest" => Start::Earliest,
         "latest" => Start::Latest,
         t => match t.split_once(':') {
             Some(("offset", n)) => {
-                Start::Offset(n.parse().map_err(|_| format!("bad offset in {s:?}"))?)
+                Start::Offset(n.parse().map_err(|_| StartError::Offset(s.to_owned()))?)
             }
             Some(("timestamp", n)) => {
-                Start::Timestamp(n.parse().map_err(|_| format!("bad timestamp in {s:?}"))?)
+                Start::Timestamp(n.parse().map_err(|_| StartError::Timestamp(s.to_owned()))?)
             }
-            _ => {
-                return Err(format!(
-                    "start must be earliest, latest, offset:N or timestamp:MS, not {s:?}"
-                ));
-            }
+            _ => return Err(StartError::Unknown(s.to_owned())),
         },
     })
 }
@@ -157,12 +164,17 @@ async fn create(State(r): State<Registry>, body: Bytes) -> Result<impl IntoRespo
     let req: CreateModel =
         serde_json::from_slice(&body).map_err(|e| bad(format!("invalid JSON body: {e}")))?;
     validate_model_name(&req.name).map_err(|e| bad(e.to_string()))?;
-    let algo: Algo = req.algo.parse().map_err(bad)?;
+    let algo: Algo = req
+        .algo
+        .parse()
+        .map_err(|e: UnknownAlgo| bad(e.to_string()))?;
     if algo.supervised() && req.label.is_none() {
         return Err(bad(format!("{algo:?} needs a label field")));
     }
-    let start = parse_start(req.from.as_deref().unwrap_or("earliest")).map_err(bad)?;
-    if lock(&r.models)
+    let start =
+        parse_start(req.from.as_deref().unwrap_or("earliest")).map_err(|e| bad(e.to_string()))?;
+    if r.models
+        .lock()
         .get(&req.name)
         .is_some_and(|m| m.state == "running")
     {
@@ -219,7 +231,7 @@ async fn create(State(r): State<Registry>, body: Bytes) -> Result<impl IntoRespo
 pub fn spawn_job(r: &Registry, cfg: JobConfig) {
     let name = cfg.model.clone();
     {
-        let mut models = lock(&r.models);
+        let mut models = r.models.lock();
         match models.get_mut(&name) {
             Some(m) => m.state = "running".into(),
             None => {
@@ -252,13 +264,13 @@ pub fn spawn_job(r: &Registry, cfg: JobConfig) {
     tokio::spawn(async move {
         let models = r.models.clone();
         let result = trainer::run(&r.store, &cfg, |cp| {
-            let mut m = lock(&models);
+            let mut m = models.lock();
             if let Some(s) = m.get_mut(&cp.model) {
                 s.checkpoint = cp.clone();
             }
         })
         .await;
-        let mut m = lock(&models);
+        let mut m = models.lock();
         if let Some(s) = m.get_mut(&name) {
             s.state = match result {
                 Ok(_) => "finished".into(),
@@ -291,7 +303,7 @@ fn model_json(name: &str, s: &Served) -> Value {
 }
 
 async fn list(State(r): State<Registry>) -> impl IntoResponse {
-    let models = lock(&r.models);
+    let models = r.models.lock();
     let mut names: Vec<&String> = models.keys().collect();
     names.sort();
     axum::Json(
@@ -304,7 +316,7 @@ async fn status(
     Path(name): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (mut v, topic, offsets) = {
-        let models = lock(&r.models);
+        let models = r.models.lock();
         let s = models.get(&name).ok_or_else(|| unknown_model(&name))?;
         (
             model_json(&name, s),
@@ -377,7 +389,7 @@ async fn predict(
     if instances.is_empty() {
         return Err(bad("instances is empty"));
     }
-    let mut models = lock(&r.models);
+    let mut models = r.models.lock();
     let s = models.get_mut(&name).ok_or_else(|| unknown_model(&name))?;
     let cp = &mut s.checkpoint;
     let examples = instances
@@ -408,7 +420,7 @@ async fn process(State(r): State<Registry>, body: Bytes) -> Result<impl IntoResp
     let req: ProcessRequest =
         serde_json::from_slice(&body).map_err(|e| bad(format!("invalid JSON body: {e}")))?;
     let (spec, mut learner, version) = {
-        let models = lock(&r.models);
+        let models = r.models.lock();
         let s = models
             .get(&req.model)
             .ok_or_else(|| unknown_model(&req.model))?;
@@ -419,7 +431,8 @@ async fn process(State(r): State<Registry>, body: Bytes) -> Result<impl IntoResp
         )
     };
     learner.rebuild();
-    let start = parse_start(req.from.as_deref().unwrap_or("earliest")).map_err(bad)?;
+    let start =
+        parse_start(req.from.as_deref().unwrap_or("earliest")).map_err(|e| bad(e.to_string()))?;
     let admin = Admin::connect(&r.broker).await.map_err(client_error)?;
     let input = admin
         .describe_topic(&req.input_topic)

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use strata_client::{Admin, ClientError, Consumer, ConsumerConfig, OffsetSpec, ResetPolicy, Seek};
+use strata_proto::now_ms;
 
 use crate::checkpoint::{Checkpoint, CheckpointError, Skipped, Store};
 use crate::features::{FeatureSpec, extract};
@@ -88,13 +89,6 @@ pub fn validate_model_name(name: &str) -> Result<(), TrainError> {
         )));
     }
     Ok(())
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Runs (or resumes) a job until every partition reaches its end (or, with

@@ -1,18 +1,21 @@
 //! Strata's wire formats, shared by every side so that the client never
 //! depends on the broker crate.
 //!
-//! For now this crate owns the record-batch codec ([`batch`]): the producer
+//! This crate owns the record-batch codec ([`batch`]): the producer
 //! encodes a batch, the broker verifies it (without decompressing) and stores
-//! it verbatim, and the consumer decodes it. The gRPC definitions join this
-//! crate with the single-node broker.
+//! it verbatim, and the consumer decodes it; the key partitioner; the
+//! wall-clock millisecond timestamp ([`time::now_ms`]); and the gRPC
+//! definitions ([`pb`], [`raft_pb`]).
 
 pub mod batch;
 pub mod partitioner;
+pub mod time;
 
 pub use batch::{
     BatchError, BatchHeader, BatchLimits, Compression, EncodeError, Header, ProducerInfo, Record,
     VerifiedBatch, decode_records, encode_batch, parse_header, verify_batch, verify_slice,
 };
+pub use time::now_ms;
 
 /// Generated protobuf messages and gRPC stubs of `proto/strata.proto`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

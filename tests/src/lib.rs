@@ -31,7 +31,7 @@ pub fn bin(name: &str) -> PathBuf {
             "-p",
             "strata-broker",
             "-p",
-            "strata-client",
+            "strata-cli",
             "-p",
             "strata-ml",
             "--bins",
@@ -464,11 +464,10 @@ pub async fn leader(nodes: &mut [BrokerProcess], topic: &str) -> Option<u64> {
         let Ok(admin) = strata_client::Admin::connect(&n.grpc).await else {
             continue;
         };
-        if let Ok(d) = admin.describe_topic(topic).await {
-            let l = d.partition_info.first().map_or(0, |p| p.leader);
-            if l != 0 {
-                return Some(l);
-            }
+        if let Ok(d) = admin.describe_topic(topic).await
+            && let Some(l) = d.partition_info.first().and_then(|p| p.leader)
+        {
+            return Some(l);
         }
     }
     None

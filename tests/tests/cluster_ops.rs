@@ -248,7 +248,7 @@ async fn init_add_node_past_retention_reassign_transfer_and_remove() {
     poll_until_async("node 4 leads r/0", Duration::from_secs(20), || async move {
         a.describe_topic("r")
             .await
-            .is_ok_and(|d| d.partition_info[0].leader == 4)
+            .is_ok_and(|d| d.partition_info[0].leader == Some(4))
     })
     .await;
     produce(&first, "r", produced, produced + 1_000).await;
@@ -336,7 +336,7 @@ async fn metadata_log_is_compacted_and_a_lagging_node_installs_its_snapshot() {
         .await
         .unwrap();
     // Node 3 misses what follows.
-    let meta_of = |s: &strata_proto::pb::NodeStatusResponse| {
+    let meta_of = |s: &strata_client::NodeStatus| {
         s.replicas
             .iter()
             .find(|r| r.topic.is_empty())
@@ -461,7 +461,9 @@ async fn restarted_replica_resumes_from_its_state_checkpoint() {
     }
     // A follower: every replica has applied everything by then.
     wait_caught_up(&admin, None, Duration::from_secs(30)).await;
-    let leader = admin.describe_topic("c").await.unwrap().partition_info[0].leader as usize;
+    let leader = admin.describe_topic("c").await.unwrap().partition_info[0]
+        .leader
+        .unwrap() as usize;
     let f = (1..=3).find(|i| *i != leader).unwrap();
     nodes[f - 1].kill9();
     nodes[f - 1].restart();
@@ -487,7 +489,9 @@ async fn restarted_replica_resumes_from_its_state_checkpoint() {
 
     // HTTP on a node that does not lead: ingest is forwarded to the
     // leader; a read answers 307 to the same read on the leader.
-    let leader = admin.describe_topic("c").await.unwrap().partition_info[0].leader as usize;
+    let leader = admin.describe_topic("c").await.unwrap().partition_info[0]
+        .leader
+        .unwrap() as usize;
     let other = &nodes[(1..=3).find(|i| *i != leader).unwrap() - 1].http;
     let (code, body) = strata_tests::http(
         other,

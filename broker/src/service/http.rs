@@ -128,13 +128,6 @@ fn decode(s: &str, enc: Encoding, what: &str, i: usize) -> Result<bytes::Bytes, 
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 async fn ingest(
     State(st): State<AppState>,
     Path(topic): Path<String>,
@@ -164,7 +157,7 @@ async fn ingest_inner(
     }
     let partitions = st.broker.partition_count(topic)?;
     // Validate and place every record before anything is written.
-    let now = now_ms();
+    let now = strata_proto::now_ms();
     let mut by_partition: BTreeMap<u32, Vec<(usize, Record)>> = BTreeMap::new();
     for (i, r) in body.records.iter().enumerate() {
         let key = r

@@ -6,6 +6,8 @@
 //! on the checkpoint store directly (the store admits one process at a
 //! time, so use the HTTP API while `serve` runs).
 
+mod bench;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -123,7 +125,7 @@ enum Command {
         /// Version.
         version: u64,
     },
-    /// Measure training throughput on a topic: end to end (broker → features
+    /// Measure training throughput on a topic (see `bench.rs`): end to end (broker → features
     /// → learn, one job, no intermediate checkpoints) and the same learner on
     /// the same records held in memory. Uses a scratch store.
     Bench {
@@ -214,7 +216,7 @@ fn real_main() -> anyhow::Result<()> {
                         hash_bits,
                         hash_seed,
                     },
-                    start: parse_start(&from).map_err(anyhow::Error::msg)?,
+                    start: parse_start(&from)?,
                     checkpoint_every,
                     checkpoint_interval: Duration::from_millis(checkpoint_ms),
                     block,
@@ -264,55 +266,8 @@ fn real_main() -> anyhow::Result<()> {
                 println!("model {model} now at version {} (offsets {:?})", cp.version, cp.offsets);
             }
             Command::Bench { topic, label, lr } => {
-                let scratch = std::env::temp_dir().join(format!("strata-ml-bench-{}", std::process::id()));
-                let store = open_store(&scratch)?;
-                let spec = FeatureSpec { label: Some(label), ..FeatureSpec::default() };
-                let cfg = JobConfig {
-                    broker: cli.broker.clone(),
-                    topic: topic.clone(),
-                    model: "bench".into(),
-                    algo: Algo::LogisticRegression,
-                    hyper: Hyper { lr, ..Hyper::default() },
-                    spec: spec.clone(),
-                    start: parse_start("earliest").map_err(anyhow::Error::msg)?,
-                    checkpoint_every: u64::MAX,
-                    checkpoint_interval: Duration::from_secs(3600),
-                    block: 1000,
-                    follow: false,
-                };
-                let t = std::time::Instant::now();
-                let cp = run(&store, &cfg, |_| {}).await?;
-                let e2e = t.elapsed().as_secs_f64();
-                let n = cp.learned;
-                // The same records, in memory.
-                let consumer_cfg = strata_client::ConsumerConfig { reset: strata_client::ResetPolicy::Earliest, max_poll_records: 100_000, ..Default::default() };
-                let mut c = strata_client::Consumer::connect(&cli.broker, &topic, None, consumer_cfg).await?;
-                let mut values = Vec::with_capacity(n as usize);
-                while (values.len() as u64) < n + cp.skipped {
-                    let rs = c.poll(Duration::from_secs(5)).await?;
-                    if rs.is_empty() {
-                        bail!("topic {topic} ended after {} records", values.len());
-                    }
-                    values.extend(rs.into_iter().map(|r| r.value));
-                }
-                let mut learner = strata_ml::learners::Learner::new(Algo::LogisticRegression, Hyper { lr, ..Hyper::default() });
-                let mut metrics = strata_ml::metrics::Prequential::default();
-                let t = std::time::Instant::now();
-                for v in &values {
-                    let Ok(ex) = extract(&spec, v) else { continue };
-                    let Some(label) = ex.label else { continue };
-                    let p = learner.predict(&ex.features);
-                    metrics.update(&p, Some(&label));
-                    learner.learn(&ex.features, Some(&label))?;
-                }
-                let mem = t.elapsed().as_secs_f64();
-                let _ = std::fs::remove_dir_all(&scratch);
-                println!("{}", serde_json::json!({
-                    "records": n,
-                    "end_to_end_samples_per_s": n as f64 / e2e,
-                    "in_memory_samples_per_s": values.len() as f64 / mem,
-                    "accuracy": metrics.report(strata_ml::learners::Task::Classification).accuracy,
-                }));
+                let report = bench::training_throughput(&cli.broker, &topic, label, lr).await?;
+                println!("{report}");
             }
             Command::Serve { http_addr } => {
                 let store = open_store(&cli.store)?;
