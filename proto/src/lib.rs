@@ -5,7 +5,8 @@
 //! encodes a batch, the broker verifies it (without decompressing) and stores
 //! it verbatim, and the consumer decodes it; the key partitioner; the
 //! wall-clock millisecond timestamp ([`time::now_ms`]); and the gRPC
-//! definitions ([`pb`], [`raft_pb`]).
+//! definitions (`pb`, `raft_pb`, with the `grpc` feature, on by default;
+//! the storage engine turns it off).
 
 pub mod batch;
 pub mod partitioner;
@@ -18,6 +19,7 @@ pub use batch::{
 pub use time::now_ms;
 
 /// Generated protobuf messages and gRPC stubs of `proto/strata.proto`.
+#[cfg(feature = "grpc")]
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod pb {
     tonic::include_proto!("strata.v1");
@@ -25,6 +27,7 @@ pub mod pb {
 
 /// Generated messages and the tonic client and server of the internal Raft
 /// service between brokers (`proto/raft.proto`).
+#[cfg(feature = "grpc")]
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod raft_pb {
     tonic::include_proto!("strata.raft.v1");
