@@ -14,6 +14,7 @@ use crate::admin::{
     TopicDescription,
 };
 use crate::cluster::{NodeStatus, ReplicaRole, ReplicaStatus};
+use crate::error::ErrorCode;
 use crate::producer::Acks;
 
 /// The wire marks "no leader known" with node id 0 (node ids start at 1).
@@ -168,6 +169,20 @@ pub(crate) fn acks_to_pb(acks: Acks) -> pb::Acks {
 mod tests {
     use super::*;
 
+    /// Every wire code maps to the variant of the same name (the CLI prints
+    /// the name, so the mapping must not shift).
+    #[test]
+    fn error_codes_map_by_name() {
+        let mut known = 0;
+        for n in 0..64 {
+            if let Ok(wire) = pb::ErrorCode::try_from(n) {
+                known += 1;
+                assert_eq!(format!("{wire:?}"), format!("{:?}", ErrorCode::from(wire)));
+            }
+        }
+        assert_eq!(known, 16, "a code was added to the proto: map it");
+    }
+
     #[test]
     fn leader_zero_means_none_known() {
         let d = topic_description(pb::TopicDescription {
@@ -211,5 +226,29 @@ mod tests {
             max_batch_bytes: None,
         };
         assert_eq!(topic_config(topic_config_to_pb(c.clone())), c);
+    }
+}
+
+impl From<pb::ErrorCode> for ErrorCode {
+    fn from(c: pb::ErrorCode) -> Self {
+        use pb::ErrorCode as P;
+        match c {
+            P::Unspecified => ErrorCode::Unspecified,
+            P::UnknownTopic => ErrorCode::UnknownTopic,
+            P::UnknownPartition => ErrorCode::UnknownPartition,
+            P::InvalidTopicName => ErrorCode::InvalidTopicName,
+            P::TopicAlreadyExists => ErrorCode::TopicAlreadyExists,
+            P::InvalidConfig => ErrorCode::InvalidConfig,
+            P::CorruptBatch => ErrorCode::CorruptBatch,
+            P::BatchTooLarge => ErrorCode::BatchTooLarge,
+            P::OffsetOutOfRange => ErrorCode::OffsetOutOfRange,
+            P::NotLeader => ErrorCode::NotLeader,
+            P::OutOfOrderSequence => ErrorCode::OutOfOrderSequence,
+            P::ProducerFenced => ErrorCode::ProducerFenced,
+            P::StorageError => ErrorCode::StorageError,
+            P::InvalidRequest => ErrorCode::InvalidRequest,
+            P::UnknownProducer => ErrorCode::UnknownProducer,
+            P::ShuttingDown => ErrorCode::ShuttingDown,
+        }
     }
 }

@@ -4,7 +4,46 @@
 //! rather than on strings.
 
 use prost::Message;
-use strata_proto::pb::{ErrorCode, ErrorDetail};
+use strata_proto::pb::{self, ErrorDetail};
+
+/// The broker's stable error codes (`ErrorCode` in `proto/strata.proto`;
+/// a retired code is never reused), as [`ClientError::code`] reports them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// No code, or one this client does not know (a newer broker).
+    Unspecified,
+    /// No such topic.
+    UnknownTopic,
+    /// No such partition.
+    UnknownPartition,
+    /// The topic name breaks the naming rules.
+    InvalidTopicName,
+    /// The topic exists.
+    TopicAlreadyExists,
+    /// A setting is out of range.
+    InvalidConfig,
+    /// The batch failed verification.
+    CorruptBatch,
+    /// The batch exceeds the topic's limit.
+    BatchTooLarge,
+    /// The offset is outside the readable range.
+    OffsetOutOfRange,
+    /// The node does not lead the partition.
+    NotLeader,
+    /// An idempotent producer's sequence does not follow.
+    OutOfOrderSequence,
+    /// A newer epoch of the producer exists.
+    ProducerFenced,
+    /// The broker's storage failed.
+    StorageError,
+    /// The request is malformed.
+    InvalidRequest,
+    /// The producer id was not issued or has expired.
+    UnknownProducer,
+    /// The broker is stopping.
+    ShuttingDown,
+}
 
 /// What went wrong talking to Strata.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -117,7 +156,9 @@ impl From<tonic::Status> for ClientError {
                 },
             };
         };
-        let code = ErrorCode::try_from(d.code).unwrap_or(ErrorCode::Unspecified);
+        let code = pb::ErrorCode::try_from(d.code)
+            .map(ErrorCode::from)
+            .unwrap_or(ErrorCode::Unspecified);
         match code {
             ErrorCode::OffsetOutOfRange => ClientError::OffsetOutOfRange {
                 offset: parse_offset(&d.message).unwrap_or(0),

@@ -4,8 +4,7 @@
 //! Its API speaks domain types ([`TopicDescription`], [`ClusterStatus`],
 //! [`Record`], …), never the generated protobuf messages: those stay
 //! behind `convert.rs`, so the wire can change without breaking callers.
-//! The one wire enum in the API is [`ErrorCode`], the broker's stable error
-//! codes, a plain fieldless enum. The `strata` CLI (crate `strata-cli`) and
+//! [`ErrorCode`] mirrors the broker's stable error codes. The `strata` CLI (crate `strata-cli`) and
 //! `strata-ml` are built on this API alone.
 
 pub mod admin;
@@ -25,8 +24,7 @@ pub use cluster::{
     ReplicaStatus,
 };
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, ResetPolicy, Seek};
+pub use error::ErrorCode;
 pub use error::{ClientError, Result};
 pub use producer::{Acks, Delivery, Producer, ProducerConfig, RecordMetadata};
 pub use strata_proto::batch::{Compression, Header, Record};
-/// The broker's stable error codes, as [`ClientError::code`] reports them.
-pub use strata_proto::pb::ErrorCode;

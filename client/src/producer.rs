@@ -17,10 +17,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use crate::error::ErrorCode;
 use bytes::Bytes;
 use strata_proto::batch::{Compression, ProducerInfo, Record, encode_batch};
 use strata_proto::partitioner::partition_for_key;
-use strata_proto::pb::{self, ErrorCode, strata_client::StrataClient};
+use strata_proto::pb::{self, strata_client::StrataClient};
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;

@@ -535,13 +535,20 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         .create_topic("bad/name", 1, 1, TopicConfig::default())
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Some(ErrorCode::InvalidTopicName), "{err}");
+    assert_eq!(
+        err.code(),
+        Some(strata_client::ErrorCode::InvalidTopicName),
+        "{err}"
+    );
     assert!(err.to_string().contains("'/' is not allowed"), "{err}");
     let err = admin
         .create_topic("b", 1, 1, TopicConfig::default())
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Some(ErrorCode::TopicAlreadyExists));
+    assert_eq!(
+        err.code(),
+        Some(strata_client::ErrorCode::TopicAlreadyExists)
+    );
     let err = admin
         .create_topic(
             "z",
@@ -554,7 +561,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         )
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Some(ErrorCode::InvalidConfig));
+    assert_eq!(err.code(), Some(strata_client::ErrorCode::InvalidConfig));
 
     let mut raw = raw_client(&broker.grpc).await;
     let produce = |batch: Vec<u8>| pb::ProduceRequest {
