@@ -165,6 +165,30 @@ pub(crate) fn acks_to_pb(acks: Acks) -> pb::Acks {
     }
 }
 
+impl From<pb::ErrorCode> for ErrorCode {
+    fn from(c: pb::ErrorCode) -> Self {
+        use pb::ErrorCode as P;
+        match c {
+            P::Unspecified => ErrorCode::Unspecified,
+            P::UnknownTopic => ErrorCode::UnknownTopic,
+            P::UnknownPartition => ErrorCode::UnknownPartition,
+            P::InvalidTopicName => ErrorCode::InvalidTopicName,
+            P::TopicAlreadyExists => ErrorCode::TopicAlreadyExists,
+            P::InvalidConfig => ErrorCode::InvalidConfig,
+            P::CorruptBatch => ErrorCode::CorruptBatch,
+            P::BatchTooLarge => ErrorCode::BatchTooLarge,
+            P::OffsetOutOfRange => ErrorCode::OffsetOutOfRange,
+            P::NotLeader => ErrorCode::NotLeader,
+            P::OutOfOrderSequence => ErrorCode::OutOfOrderSequence,
+            P::ProducerFenced => ErrorCode::ProducerFenced,
+            P::StorageError => ErrorCode::StorageError,
+            P::InvalidRequest => ErrorCode::InvalidRequest,
+            P::UnknownProducer => ErrorCode::UnknownProducer,
+            P::ShuttingDown => ErrorCode::ShuttingDown,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,29 +250,5 @@ mod tests {
             max_batch_bytes: None,
         };
         assert_eq!(topic_config(topic_config_to_pb(c.clone())), c);
-    }
-}
-
-impl From<pb::ErrorCode> for ErrorCode {
-    fn from(c: pb::ErrorCode) -> Self {
-        use pb::ErrorCode as P;
-        match c {
-            P::Unspecified => ErrorCode::Unspecified,
-            P::UnknownTopic => ErrorCode::UnknownTopic,
-            P::UnknownPartition => ErrorCode::UnknownPartition,
-            P::InvalidTopicName => ErrorCode::InvalidTopicName,
-            P::TopicAlreadyExists => ErrorCode::TopicAlreadyExists,
-            P::InvalidConfig => ErrorCode::InvalidConfig,
-            P::CorruptBatch => ErrorCode::CorruptBatch,
-            P::BatchTooLarge => ErrorCode::BatchTooLarge,
-            P::OffsetOutOfRange => ErrorCode::OffsetOutOfRange,
-            P::NotLeader => ErrorCode::NotLeader,
-            P::OutOfOrderSequence => ErrorCode::OutOfOrderSequence,
-            P::ProducerFenced => ErrorCode::ProducerFenced,
-            P::StorageError => ErrorCode::StorageError,
-            P::InvalidRequest => ErrorCode::InvalidRequest,
-            P::UnknownProducer => ErrorCode::UnknownProducer,
-            P::ShuttingDown => ErrorCode::ShuttingDown,
-        }
     }
 }
