@@ -16,6 +16,10 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::convert;
 use crate::error::{ClientError, Result};
+pub use crate::types::{
+    BrokerInfo, GroupOffsets, Metadata, OffsetSpec, PartitionInfo, PartitionOffsets, TopicConfig,
+    TopicDescription,
+};
 
 /// Largest gRPC message the client sends or accepts.
 pub const MESSAGE_BYTES_MAX: usize = 64 << 20;
@@ -136,118 +140,6 @@ fn source_chain(e: &dyn std::error::Error) -> String {
         cur = s.source();
     }
     out.join(": ")
-}
-
-/// Per-topic settings; `None` leaves the broker's default (or, in
-/// `alter`, the current value).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TopicConfig {
-    /// Time retention in ms; -1 keeps forever.
-    pub retention_ms: Option<i64>,
-    /// Size retention per partition in bytes; -1 means no limit.
-    pub retention_bytes: Option<i64>,
-    /// Segment size in bytes.
-    pub segment_bytes: Option<u64>,
-    /// Segment age in ms before it rolls.
-    pub segment_ms: Option<i64>,
-    /// Largest batch accepted, in bytes.
-    pub max_batch_bytes: Option<u32>,
-}
-
-/// A topic: its settings and, per partition, placement and offsets.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TopicDescription {
-    /// Name.
-    pub name: String,
-    /// Number of partitions.
-    pub partitions: u32,
-    /// Settings; `None` fields follow the broker's defaults.
-    pub config: TopicConfig,
-    /// Every partition, in partition order.
-    pub partition_info: Vec<PartitionInfo>,
-}
-
-impl TopicDescription {
-    /// Records readable now, summed over the partitions.
-    pub fn records(&self) -> u64 {
-        self.partition_info
-            .iter()
-            .map(|p| p.high_watermark.saturating_sub(p.log_start_offset))
-            .sum()
-    }
-}
-
-/// One partition of a topic as the broker describes it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PartitionInfo {
-    /// Partition.
-    pub partition: u32,
-    /// Node leading it (`None`: no leader known, or a single node that
-    /// does not report one).
-    pub leader: Option<u64>,
-    /// Nodes holding a replica.
-    pub replicas: Vec<u64>,
-    /// First readable offset.
-    pub log_start_offset: u64,
-    /// End of the committed prefix (the next offset to be written).
-    pub high_watermark: u64,
-    /// Bytes on disk.
-    pub size_bytes: u64,
-    /// Segment files.
-    pub segments: u32,
-}
-
-/// A broker of the cluster.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BrokerInfo {
-    /// Node id.
-    pub node_id: u64,
-    /// Client (gRPC) address.
-    pub grpc_addr: String,
-    /// HTTP address.
-    pub http_addr: String,
-}
-
-/// Cluster metadata: brokers and topics.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Metadata {
-    /// Every registered broker.
-    pub brokers: Vec<BrokerInfo>,
-    /// The topics asked for (all of them when none were named).
-    pub topics: Vec<TopicDescription>,
-}
-
-/// A group's committed offsets on one topic.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GroupOffsets {
-    /// Group.
-    pub group: String,
-    /// Topic.
-    pub topic: String,
-    /// `(partition, offset)`: the next offset the group will consume.
-    pub offsets: Vec<(u32, u64)>,
-}
-
-/// Where to read from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OffsetSpec {
-    /// The log start offset.
-    Earliest,
-    /// The high watermark (the next offset to be written).
-    Latest,
-    /// The first offset whose timestamp is at or after this (ms).
-    Timestamp(i64),
-}
-
-/// Offsets of a partition.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PartitionOffsets {
-    /// The offset asked for.
-    pub offset: u64,
-    /// First readable offset.
-    pub log_start_offset: u64,
-    /// End of the committed prefix.
-    pub high_watermark: u64,
 }
 
 /// Administrative operations.

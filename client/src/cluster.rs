@@ -18,6 +18,7 @@ use crate::admin::{Admin, connect};
 use crate::convert;
 use crate::error::{ClientError, Result};
 use crate::retry::Backoff;
+pub use crate::types::{NodeStatus, ReplicaRole, ReplicaStatus};
 
 /// How long a leader-only operation follows hints and waits for a leader.
 pub const LEADER_WAIT: Duration = Duration::from_secs(15);
@@ -28,80 +29,6 @@ const ELECTION_BACKOFF: Backoff =
     Backoff::new(Duration::from_millis(200), Duration::from_millis(400));
 /// How long `status` waits for each node.
 pub const NODE_STATUS_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// What a node reports about itself and the Raft groups it hosts.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NodeStatus {
-    /// Node id.
-    pub node_id: u64,
-    /// Raft (broker-to-broker) address.
-    pub raft_addr: String,
-    /// Whether the node runs in cluster mode.
-    pub clustered: bool,
-    /// Every Raft group the node hosts a replica of.
-    pub replicas: Vec<ReplicaStatus>,
-    /// Time since the node started, in ms.
-    pub uptime_ms: u64,
-}
-
-/// A replica's part in its Raft group.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ReplicaRole {
-    /// Leads the group.
-    Leader,
-    /// Follows the leader.
-    Follower,
-    /// Standing for election.
-    Candidate,
-    /// Catching up; not yet a voter.
-    Learner,
-    /// The group hit a storage error on this node (its log says which).
-    Stopped,
-    /// A role this client does not know (a newer broker).
-    Other(String),
-}
-
-/// One replica of a Raft group (a partition, or the metadata group) on a
-/// node. Log positions are Raft log indexes + 1 (0: empty).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReplicaStatus {
-    /// Topic; empty for the metadata group.
-    pub topic: String,
-    /// Partition (0 for the metadata group).
-    pub partition: u32,
-    /// Role in the group.
-    pub role: ReplicaRole,
-    /// Raft term.
-    pub term: u64,
-    /// The group's leader as this replica knows it.
-    pub leader: Option<u64>,
-    /// Voters of the group.
-    pub voters: Vec<u64>,
-    /// Learners of the group.
-    pub learners: Vec<u64>,
-    /// End of the replica's Raft log.
-    pub log_end: u64,
-    /// End of what the replica has applied.
-    pub applied_end: u64,
-    /// Partitions: the applied next offset (the high watermark).
-    pub high_watermark: u64,
-    /// Partitions: the first readable offset.
-    pub log_start_offset: u64,
-    /// On the leader: each replica's matched log end.
-    pub matched_end: BTreeMap<u64, u64>,
-    /// End of the last snapshot.
-    pub snapshot_end: u64,
-    /// End of the Raft log deleted behind the snapshot: a replica that must
-    /// start below it is sent the snapshot.
-    pub purged_end: u64,
-}
-
-impl ReplicaStatus {
-    /// Whether this is the metadata group's replica (not a partition's).
-    pub fn is_metadata(&self) -> bool {
-        self.topic.is_empty()
-    }
-}
 
 /// Why a node gave no status.
 #[derive(Clone, Debug, thiserror::Error)]

@@ -9,13 +9,11 @@
 
 use strata_proto::pb;
 
-use crate::admin::{
-    BrokerInfo, GroupOffsets, Metadata, OffsetSpec, PartitionInfo, PartitionOffsets, TopicConfig,
-    TopicDescription,
-};
-use crate::cluster::{NodeStatus, ReplicaRole, ReplicaStatus};
 use crate::error::ErrorCode;
-use crate::producer::Acks;
+use crate::types::{
+    Acks, BrokerInfo, GroupOffsets, Metadata, NodeStatus, OffsetSpec, PartitionInfo,
+    PartitionOffsets, ReplicaRole, ReplicaStatus, TopicConfig, TopicDescription,
+};
 
 /// The wire marks "no leader known" with node id 0 (node ids start at 1).
 fn leader(id: u64) -> Option<u64> {

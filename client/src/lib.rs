@@ -14,6 +14,7 @@ mod convert;
 pub mod error;
 pub mod producer;
 mod retry;
+pub mod types;
 
 pub use admin::{
     Admin, BrokerInfo, GroupOffsets, Metadata, OffsetSpec, PartitionInfo, PartitionOffsets,

@@ -31,6 +31,7 @@ use crate::admin::{Router, connect};
 use crate::convert;
 use crate::error::{ClientError, Result};
 use crate::retry::Backoff;
+pub use crate::types::Acks;
 
 /// Batches in flight per partition. They travel on one ordered
 /// `ProduceStream`, which the broker appends and answers in order (separate
@@ -39,18 +40,6 @@ use crate::retry::Backoff;
 /// broker's deduplication window (16 batches per producer): a resent batch
 /// older than the window could not be recognised as a duplicate.
 const MAX_IN_FLIGHT_PER_PARTITION: usize = 8;
-
-/// When the broker acknowledges a batch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Acks {
-    /// Once durable on a quorum (the default).
-    #[default]
-    All,
-    /// Once durable on the leader.
-    Leader,
-    /// Fire and forget: no offsets are returned.
-    None,
-}
 
 /// Producer settings; the defaults suit throughput with bounded latency.
 #[derive(Clone, Debug)]
