@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 
 use openraft::entry::RaftEntry as _;
 use openraft::storage::{RaftLogReader, RaftLogStorage, RaftStateMachine};
+use openraft::type_config::TypeConfigExt;
 use strata_broker::log::fault::FaultStorage;
 use strata_broker::log::{
     LogConfig, LogId, PartitionLog, PartitionWriter, Storage, SystemClock, WriterConfig,
@@ -21,7 +22,7 @@ use strata_broker::log::{
 use strata_broker::raft::sm::{GroupSm, Machine, PartitionState};
 use strata_broker::raft::store::{InstallHint, LogStore};
 use strata_broker::raft::{
-    RaftEntry, RaftLogId, RaftVote, SnapshotMeta, StoredMembership, encode, from_log_id,
+    RaftEntry, RaftLogId, RaftVote, SnapshotMeta, StoredMembership, Tc, encode, from_log_id,
 };
 
 fn dir() -> PathBuf {
@@ -125,6 +126,34 @@ async fn torn_committed_hint_is_ignored_not_fatal() {
     drop(store);
     let mut store = open_store(&fs).expect("an unreadable hint must not stop the group");
     assert_eq!(store.read_committed().await.unwrap(), None);
+}
+
+/// Regression: the committed hint was trusted without checking that the
+/// log holds the entry it names; a hint that survived a power cut while the
+/// log's unsynced tail did not pointed openraft past the end of the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_hint_beyond_the_log_is_ignored() {
+    let fs = FaultStorage::new();
+    let mut store = open_store(&fs).unwrap();
+    let entries: Vec<RaftEntry> = (1..=3).map(|i| RaftEntry::new_blank(log_id(i))).collect();
+    let (tx, rx) = <Tc as TypeConfigExt>::oneshot();
+    store
+        .append(entries, openraft::storage::IOFlushed::signal(tx))
+        .await
+        .unwrap();
+    rx.await.unwrap().expect("the entries are durable");
+    // A hint for an entry the log holds is kept…
+    store.save_committed(Some(log_id(2))).await.unwrap();
+    drop(store);
+    let mut store = open_store(&fs).unwrap();
+    assert_eq!(store.read_committed().await.unwrap(), Some(log_id(2)));
+    // …one past its end, or with another term at that index, is not.
+    for bad in [log_id(9), from_log_id(LogId::new(7, 1, 3))] {
+        store.save_committed(Some(bad)).await.unwrap();
+        drop(store);
+        store = open_store(&fs).unwrap();
+        assert_eq!(store.read_committed().await.unwrap(), None, "{bad}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,8 @@
 //! `save_vote` returns) and `raft-committed` (written without fsync: it is
 //! only a hint that lets a restarted node apply its committed prefix
 //! before it hears from a leader; losing it costs nothing but time, and an
-//! unreadable one after a power cut is ignored). Both go through the log's
+//! unreadable one after a power cut, or one naming an entry the log does
+//! not hold, is ignored). Both go through the log's
 //! storage seam, so the fault-injecting crash tests cover them
 //! (`tests/raft_crash.rs`).
 
@@ -107,6 +108,19 @@ impl LogStore {
                 }
                 Err(e) => return Err(e),
             };
+        let committed = committed.filter(|c| {
+            let log = writer.read();
+            let held = in_log(&log, c);
+            if !held {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    committed = %c,
+                    last = ?log.last_log_id(),
+                    "committed hint names an entry this log does not hold; ignored"
+                );
+            }
+            held
+        });
         Ok(LogStore {
             shared: Arc::new(Shared {
                 writer,
@@ -123,6 +137,19 @@ impl LogStore {
     pub fn writer(&self) -> &Arc<PartitionWriter> {
         &self.shared.writer
     }
+}
+
+/// Whether `log` holds the entry `id` names (the same log id at its
+/// index), or has purged it behind a snapshot. The committed hint is
+/// trusted only then: it is written without fsync, so after a power cut it
+/// may name an entry whose bytes were lost with the log's unsynced tail.
+fn in_log(log: &crate::log::PartitionLog, id: &RaftLogId) -> bool {
+    if log.last_purged().is_some_and(|p| p.index >= id.index) {
+        return true;
+    }
+    let want = to_log_id(id);
+    log.entries(id.index..id.index + 1, usize::MAX)
+        .is_ok_and(|e| e.first().is_some_and(|e| e.log_id == want))
 }
 
 /// Converts an openraft entry into a log entry.
