@@ -196,12 +196,23 @@ async fn init_add_node_past_retention_reassign_transfer_and_remove() {
             && p.high_watermark == Some(produced)
     })
     .await;
-    let s4 = Admin::connect(&n4.grpc)
-        .await
-        .unwrap()
-        .node_status()
-        .await
-        .unwrap();
+    // The leader sees node 4's log matched; node 4 applies it a moment
+    // later (its own high watermark is its applied end).
+    let admin4 = Admin::connect(&n4.grpc).await.unwrap();
+    let a4 = &admin4;
+    poll_until_async(
+        "node 4 applied up to the leader's high watermark",
+        Duration::from_secs(30),
+        || async move {
+            a4.node_status().await.is_ok_and(|s| {
+                s.replicas
+                    .iter()
+                    .any(|r| r.topic == "r" && r.high_watermark == produced)
+            })
+        },
+    )
+    .await;
+    let s4 = admin4.node_status().await.unwrap();
     let r4 = s4.replicas.iter().find(|r| r.topic == "r").unwrap();
     let admin2 = Admin::connect(&nodes[1].grpc).await.unwrap();
     let d = admin2.describe_topic("r").await.unwrap();
@@ -212,7 +223,7 @@ async fn init_add_node_past_retention_reassign_transfer_and_remove() {
     assert_eq!(d1.partition_info[0].high_watermark, produced);
     assert_eq!(d1.partition_info[0].replicas, vec![2, 3, 4]);
     assert!(start > 0);
-    assert_eq!(r4.high_watermark, produced);
+    assert_eq!(r4.high_watermark, produced, "{s4:?}");
     assert!(r4.snapshot_end > 0, "node 4 installed no snapshot: {r4:?}");
     assert!(
         r4.log_start_offset >= start,
