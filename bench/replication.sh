@@ -20,7 +20,7 @@ LOW_RATE=${LOW_RATE:-50000}
 LINGER_MS=${LINGER_MS:-1}   # producer linger for the latency runs
 PRODUCERS=${PRODUCERS:-1}
 
-cargo build --release --quiet -p strata-broker -p strata-client --bins
+cargo build --release --quiet -p strata-broker -p strata-cli --bins
 work=$(mktemp -d)
 cleanup() {
   deploy/local-cluster.sh stop "$work" >/dev/null 2>&1 || true
