@@ -12,12 +12,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
-
-use parking_lot::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc;
 
 use crate::config::BrokerConfig;
@@ -184,13 +183,7 @@ async fn open_group(
     let hint = Arc::new(Mutex::new(InstallHint::default()));
     let store = LogStore::open(writer.clone(), hint.clone()).map_err(storage_err)?;
     let (trim_tx, trim_rx) = mpsc::unbounded_channel();
-    let in_log = |id: &crate::raft::RaftLogId| {
-        let want = crate::raft::to_log_id(id);
-        writer
-            .read()
-            .entries(id.index..id.index + 1, usize::MAX)
-            .is_ok_and(|e| e.first().is_some_and(|e| e.log_id == want))
-    };
+    let in_log = |id: &crate::raft::RaftLogId| writer.read().holds(crate::raft::to_log_id(id));
     let storage = writer.read().storage().clone();
     let sm = GroupSm::open(storage, dir, machine, hint, trim_tx, in_log).map_err(storage_err)?;
     let config = Arc::new(raft_config(name, snapshot_every).map_err(storage_err)?);

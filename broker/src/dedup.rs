@@ -79,6 +79,15 @@ pub struct ProducerTable<T> {
     producers: BTreeMap<u64, ProducerState<T>>,
 }
 
+impl<T> ProducerState<T> {
+    /// The remembered batch with this first sequence and record count.
+    fn recent_batch(&self, base_sequence: u32, record_count: u32) -> Option<&RecentBatch<T>> {
+        self.recent
+            .iter()
+            .find(|r| r.base_sequence == base_sequence && r.record_count == record_count)
+    }
+}
+
 impl<T> Default for ProducerTable<T> {
     fn default() -> Self {
         ProducerTable {
@@ -88,16 +97,6 @@ impl<T> Default for ProducerTable<T> {
 }
 
 impl<T> ProducerTable<T> {
-    /// Number of producers known.
-    pub fn len(&self) -> usize {
-        self.producers.len()
-    }
-
-    /// Whether no producer is known.
-    pub fn is_empty(&self) -> bool {
-        self.producers.is_empty()
-    }
-
     /// One producer's state.
     pub fn get(&self, producer_id: u64) -> Option<&ProducerState<T>> {
         self.producers.get(&producer_id)
@@ -161,11 +160,7 @@ impl<T> ProducerTable<T> {
                 }),
             };
         }
-        if let Some(r) = state
-            .recent
-            .iter()
-            .find(|r| r.base_sequence == p.base_sequence && r.record_count == record_count)
-        {
+        if let Some(r) = state.recent_batch(p.base_sequence, record_count) {
             return Ok(Some(&r.outcome));
         }
         let expected = state.last_sequence.wrapping_add(1);
@@ -201,11 +196,7 @@ impl<T> ProducerTable<T> {
         if p.producer_epoch > state.epoch {
             state.epoch = p.producer_epoch;
             state.recent.clear();
-        } else if state
-            .recent
-            .iter()
-            .any(|r| r.base_sequence == p.base_sequence && r.record_count == record_count)
-        {
+        } else if state.recent_batch(p.base_sequence, record_count).is_some() {
             return;
         }
         state.last_sequence = p.base_sequence.wrapping_add(record_count - 1);

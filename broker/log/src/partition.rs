@@ -425,6 +425,13 @@ impl PartitionLog {
         self.durable
     }
 
+    /// Whether the log holds the entry `id` names: an entry at its index
+    /// with the same log id (a lost or overwritten tail does not count).
+    pub fn holds(&self, id: LogId) -> bool {
+        self.entries(id.index..id.index + 1, usize::MAX)
+            .is_ok_and(|e| e.first().is_some_and(|e| e.log_id == id))
+    }
+
     /// The last purged log id, if anything was purged.
     pub fn last_purged(&self) -> Option<LogId> {
         self.start.last_purged

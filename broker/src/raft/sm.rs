@@ -19,8 +19,9 @@
 //! **The metadata group** snapshots its whole image at the applied point.
 //!
 //! The current snapshot is kept in `raft-snapshot` beside the log (written
-//! atomically, through the log's storage seam like `raft-applied`); on restart the state starts from it and openraft re-applies
-//! the committed entries after it.
+//! atomically, through the log's storage seam like `raft-applied`); on
+//! restart the state starts from it and openraft re-applies the committed
+//! entries after it.
 
 use std::io;
 use std::path::PathBuf;

@@ -12,9 +12,8 @@
 //! only a hint that lets a restarted node apply its committed prefix
 //! before it hears from a leader; losing it costs nothing but time, and an
 //! unreadable one after a power cut, or one naming an entry the log does
-//! not hold, is ignored). Both go through the log's
-//! storage seam, so the fault-injecting crash tests cover them
-//! (`tests/raft_crash.rs`).
+//! not hold, is ignored). Both go through the log's storage seam, so the
+//! fault-injecting crash tests cover them (`tests/raft_crash.rs`).
 
 use std::fmt::Debug;
 use std::io;
@@ -144,12 +143,7 @@ impl LogStore {
 /// trusted only then: it is written without fsync, so after a power cut it
 /// may name an entry whose bytes were lost with the log's unsynced tail.
 fn in_log(log: &crate::log::PartitionLog, id: &RaftLogId) -> bool {
-    if log.last_purged().is_some_and(|p| p.index >= id.index) {
-        return true;
-    }
-    let want = to_log_id(id);
-    log.entries(id.index..id.index + 1, usize::MAX)
-        .is_ok_and(|e| e.first().is_some_and(|e| e.log_id == want))
+    log.last_purged().is_some_and(|p| p.index >= id.index) || log.holds(to_log_id(id))
 }
 
 /// Converts an openraft entry into a log entry.
