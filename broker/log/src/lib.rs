@@ -31,4 +31,6 @@ pub use partition::{
     Appended, PartitionLog, RecoveryReport, RetentionReport, SegmentInfo, StoredBatch,
 };
 pub use storage::{FileStorage, Storage, StorageFile};
-pub use writer::{Completion, PartitionWriter, SyncObserver, WriterConfig, WriterStats};
+pub use writer::{
+    Completion, PartitionWriter, SyncObserver, WriterConfig, WriterPool, WriterStats,
+};

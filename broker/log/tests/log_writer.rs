@@ -16,7 +16,7 @@ use common::{batch, entry, small_config};
 use strata_log::fault::FaultStorage;
 use strata_log::{
     Appended, LogConfig, LogError, ManualClock, PartitionLog, PartitionWriter, Payload, Result,
-    Storage, StorageFile, WriterConfig,
+    Storage, StorageFile, WriterConfig, WriterPool,
 };
 
 /// A storage whose file fsyncs wait at a gate the test opens, and can be
@@ -124,13 +124,17 @@ fn poll_until(what: &str, mut cond: impl FnMut() -> bool) {
 
 /// Segments large enough that no test here rolls one (a roll fsyncs too).
 fn open(storage: &Gated) -> PartitionLog {
+    open_at(storage, "/w/p0")
+}
+
+fn open_at(storage: &Gated, dir: &str) -> PartitionLog {
     let config = LogConfig {
         segment_bytes_max: 1 << 20,
         ..small_config()
     };
     PartitionLog::open(
         Arc::new(storage.clone()),
-        Path::new("/w/p0"),
+        Path::new(dir),
         config,
         Arc::new(ManualClock::new(0)),
     )
@@ -297,4 +301,82 @@ fn concurrent_producers_get_dense_offsets_and_durable_acks() {
         next,
         "every acknowledged record survives a power cut"
     );
+}
+
+#[test]
+fn many_partitions_share_a_fixed_pool_whose_threads_fsync_concurrently() {
+    let storage = Gated::new();
+    let pool = WriterPool::new(2).unwrap();
+    let writers: Vec<PartitionWriter> = (0..40)
+        .map(|p| {
+            PartitionWriter::spawn_in(
+                &pool,
+                open_at(&storage, &format!("/w/p{p}")),
+                WriterConfig::default(),
+                None,
+            )
+        })
+        .collect();
+    let (tx, rx) = channel();
+    storage.set_closed(true);
+    for (p, w) in writers.iter().enumerate() {
+        submit(w, 0, batch(1, 10, 0, p as u64, false), &tx);
+    }
+    poll_until("both pool threads to be in an fsync", || {
+        storage.state.waiting.load(Ordering::SeqCst) == 2
+    });
+    // Give a third fsync every chance to start: it must not, the pool has
+    // two threads whatever the number of partitions.
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(storage.state.waiting.load(Ordering::SeqCst), 2);
+    assert!(rx.try_recv().is_err(), "nothing completes before its fsync");
+    storage.set_closed(false);
+    let done: Vec<Done> = (0..40)
+        .map(|_| {
+            rx.recv_timeout(Duration::from_secs(10))
+                .expect("completion")
+        })
+        .collect();
+    assert!(done.iter().all(|(_, r)| r.is_ok()));
+    for w in &writers {
+        assert_eq!(w.stats().syncs, 1);
+        assert_eq!(w.read().durable_next_offset(), 1);
+    }
+}
+
+#[test]
+fn a_writer_dropped_from_its_own_completion_does_not_stall_the_pool() {
+    let storage = Gated::new();
+    let pool = WriterPool::new(1).unwrap();
+    let doomed = Arc::new(Mutex::new(Some(PartitionWriter::spawn_in(
+        &pool,
+        open_at(&storage, "/w/a"),
+        WriterConfig::default(),
+        None,
+    ))));
+    let (tx, rx) = channel();
+    {
+        let guard = doomed.lock().unwrap();
+        let w = guard.as_ref().unwrap();
+        let d = doomed.clone();
+        w.append(
+            vec![entry(1, 0, batch(1, 10, 0, 0, false))],
+            Box::new(move |r| {
+                // The last handle goes away on the pool's only thread.
+                drop(d.lock().unwrap().take());
+                tx.send(r.is_ok()).unwrap();
+            }),
+        )
+        .unwrap();
+    }
+    assert!(rx.recv_timeout(Duration::from_secs(10)).unwrap());
+    let other = PartitionWriter::spawn_in(
+        &pool,
+        open_at(&storage, "/w/b"),
+        WriterConfig::default(),
+        None,
+    );
+    other
+        .append_and_wait(vec![entry(1, 0, batch(1, 10, 0, 1, false))])
+        .expect("the pool still serves other partitions");
 }
