@@ -14,7 +14,7 @@ use strata_proto::batch::{VerifiedBatch, verify_batch};
 use crate::cluster::Cluster;
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
-use crate::log::{PartitionLog, SyncObserver, WriterConfig};
+use crate::log::{PartitionLog, SyncObserver, WriterConfig, WriterPool};
 use crate::meta::{MetaStore, TopicRecord};
 use crate::metrics::{Metrics, PartitionFigures, PartitionSource};
 use crate::raft::MetaCmd;
@@ -49,6 +49,8 @@ pub struct PartitionStatus {
 #[derive(Debug)]
 pub struct Broker {
     config: BrokerConfig,
+    /// The threads that append and fsync for every partition here.
+    writer_pool: WriterPool,
     meta: MetaStore,
     metrics: Metrics,
     topics: RwLock<HashMap<String, Arc<Topic>>>,
@@ -91,8 +93,14 @@ impl Broker {
             ))
         })?;
         let meta = MetaStore::open(&config.data_dir.join("meta"))?;
+        let writer_pool = WriterPool::new(config.writer_threads).map_err(|e| {
+            BrokerError::Storage(crate::log::LogError::Invalid(format!(
+                "cannot start the writer threads: {e}"
+            )))
+        })?;
         let broker = Broker {
             config,
+            writer_pool,
             meta,
             metrics,
             topics: RwLock::new(HashMap::new()),
@@ -105,6 +113,11 @@ impl Broker {
                 .insert(topic.record.name.clone(), Arc::new(topic));
         }
         Ok(broker)
+    }
+
+    /// The writer threads every partition of this node shares.
+    pub fn writer_pool(&self) -> &WriterPool {
+        &self.writer_pool
     }
 
     /// Makes this broker a cluster node: topics, offsets and producer ids
@@ -123,10 +136,7 @@ impl Broker {
     pub fn partition_count(&self, topic: &str) -> Result<u32, BrokerError> {
         match &self.cluster {
             Some(c) => c
-                .meta_state()
-                .topics
-                .get(topic)
-                .map(|t| t.placement.len() as u32)
+                .with_meta(|m| m.topics.get(topic).map(|t| t.placement.len() as u32))
                 .ok_or_else(|| BrokerError::UnknownTopic(topic.to_owned())),
             None => Ok(self.topic(topic)?.record.partitions),
         }
@@ -259,26 +269,59 @@ impl Broker {
             queue_depth: self.config.writer_queue_depth,
             ..WriterConfig::default()
         };
-        let partitions = (0..record.partitions)
-            .map(|p| {
-                let log = PartitionLog::open_dir(
-                    self.topic_dir(&record.name).join(p.to_string()),
-                    log_config.clone(),
-                )?;
-                let fsync = self
-                    .metrics
-                    .fsync
-                    .with_label_values(&[record.name.as_str()]);
-                let observer: SyncObserver = Arc::new(move |d| fsync.observe(d.as_secs_f64()));
-                Ok(Arc::new(Partition::open(
-                    &record.name,
-                    p,
-                    self.config.node_id,
-                    log,
-                    writer,
-                    Some(observer),
-                )?))
-            })
+        let open = |p: u32| -> Result<Arc<Partition>, BrokerError> {
+            let log = PartitionLog::open_dir(
+                self.topic_dir(&record.name).join(p.to_string()),
+                log_config.clone(),
+            )?;
+            let fsync = self
+                .metrics
+                .fsync
+                .with_label_values(&[record.name.as_str()]);
+            let observer: SyncObserver = Arc::new(move |d| fsync.observe(d.as_secs_f64()));
+            Ok(Arc::new(Partition::open(
+                &record.name,
+                p,
+                self.config.node_id,
+                log,
+                &self.writer_pool,
+                writer,
+                Some(observer),
+            )?))
+        };
+        // Opening (recovery, or creating the first segment) is mostly
+        // waiting for fsyncs: several partitions at once.
+        let threads = (record.partitions as usize).clamp(1, OPEN_THREADS);
+        let mut opened: Vec<(u32, Result<Arc<Partition>, BrokerError>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads as u32)
+                .map(|k| {
+                    let open = &open;
+                    let n = record.partitions;
+                    s.spawn(move || {
+                        (k..n)
+                            .step_by(threads)
+                            .map(|p| (p, open(p)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
+        });
+        if opened.len() != record.partitions as usize {
+            return Err(BrokerError::Storage(crate::log::LogError::Invalid(
+                format!(
+                    "opening topic {}: a partition's opening thread panicked",
+                    record.name
+                ),
+            )));
+        }
+        opened.sort_by_key(|(p, _)| *p);
+        let partitions = opened
+            .into_iter()
+            .map(|(_, r)| r)
             .collect::<Result<Vec<_>, BrokerError>>()?;
         Ok(Topic { record, partitions })
     }
@@ -629,6 +672,9 @@ impl Broker {
         }
     }
 }
+/// Threads that open one topic's partitions.
+const OPEN_THREADS: usize = 16;
+
 impl PartitionSource for Broker {
     fn partition_figures(&self) -> Vec<PartitionFigures> {
         let mut out = Vec::new();
@@ -645,5 +691,9 @@ impl PartitionSource for Broker {
             }
         }
         out
+    }
+
+    fn raft_figures(&self) -> Option<crate::metrics::RaftFigures> {
+        self.cluster.as_ref().map(|c| c.raft_figures())
     }
 }

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
 use parking_lot::{Mutex, RwLock};
@@ -21,8 +22,11 @@ use tokio::sync::mpsc;
 
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
-use crate::log::{LogConfig, PartitionLog, PartitionWriter, SyncObserver, WriterConfig};
+use crate::log::{
+    LogConfig, PartitionLog, PartitionWriter, SyncObserver, WriterConfig, WriterPool,
+};
 use crate::metrics::Metrics;
+use crate::raft::hibernate::Hibernation;
 use crate::raft::meta::{LeaderRecord, TopicMeta, place};
 use crate::raft::network::{Channels, Groups, NetworkFactory, forward_meta_write};
 use crate::raft::sm::{GroupSm, Machine, PartitionState, SmShared};
@@ -136,6 +140,10 @@ pub struct Cluster {
     metrics: Metrics,
     groups: Groups,
     channels: Channels,
+    /// The writer threads of every partition here.
+    pool: WriterPool,
+    /// Puts idle partition groups to sleep; tracks which peers are alive.
+    hibernation: Arc<Hibernation>,
     meta: Raft,
     meta_sm: Arc<SmShared>,
     hosted: RwLock<HashMap<(String, u32), Hosted>>,
@@ -151,6 +159,9 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
+/// Partition replicas opened concurrently by one reconciliation.
+const OPEN_CONCURRENCY: usize = 32;
+
 fn storage_err(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Storage(crate::log::LogError::Invalid(e.to_string()))
 }
@@ -164,9 +175,11 @@ async fn open_group(
     log_config: LogConfig,
     machine: Machine,
     channels: &Channels,
+    pool: &WriterPool,
     writer_config: WriterConfig,
     observer: Option<SyncObserver>,
     snapshot_every: Option<u64>,
+    tick: bool,
 ) -> Result<
     (
         Raft,
@@ -176,17 +189,30 @@ async fn open_group(
     ),
     BrokerError,
 > {
-    let log = PartitionLog::open_dir(&dir, log_config)?;
-    let writer = Arc::new(
-        PartitionWriter::spawn_observed(log, writer_config, observer).map_err(storage_err)?,
-    );
-    let hint = Arc::new(Mutex::new(InstallHint::default()));
-    let store = LogStore::open(writer.clone(), hint.clone()).map_err(storage_err)?;
-    let (trim_tx, trim_rx) = mpsc::unbounded_channel();
-    let in_log = |id: &crate::raft::RaftLogId| writer.read().holds(crate::raft::to_log_id(id));
-    let storage = writer.read().storage().clone();
-    let sm = GroupSm::open(storage, dir, machine, hint, trim_tx, in_log).map_err(storage_err)?;
-    let config = Arc::new(raft_config(name, snapshot_every).map_err(storage_err)?);
+    // Recovery reads and fsyncs: off the async workers, so that many
+    // groups open at once (see `reconcile`).
+    let pool = pool.clone();
+    let opened = tokio::task::spawn_blocking(move || {
+        let log = PartitionLog::open_dir(&dir, log_config)?;
+        let writer = Arc::new(PartitionWriter::spawn_in(
+            &pool,
+            log,
+            writer_config,
+            observer,
+        ));
+        let hint = Arc::new(Mutex::new(InstallHint::default()));
+        let store = LogStore::open(writer.clone(), hint.clone()).map_err(storage_err)?;
+        let (trim_tx, trim_rx) = mpsc::unbounded_channel();
+        let in_log = |id: &crate::raft::RaftLogId| writer.read().holds(crate::raft::to_log_id(id));
+        let storage = writer.read().storage().clone();
+        let sm =
+            GroupSm::open(storage, dir, machine, hint, trim_tx, in_log).map_err(storage_err)?;
+        Ok::<_, BrokerError>((writer, store, sm, trim_rx))
+    })
+    .await
+    .map_err(storage_err)?;
+    let (writer, store, sm, trim_rx) = opened?;
+    let config = Arc::new(raft_config(name, snapshot_every, tick).map_err(storage_err)?);
     let raft = Raft::new(
         node_id,
         config,
@@ -206,6 +232,7 @@ impl Cluster {
         config: ClusterConfig,
         broker: BrokerConfig,
         metrics: Metrics,
+        pool: WriterPool,
     ) -> Result<Arc<Cluster>, BrokerError> {
         let channels = Channels::default();
         let groups: Groups = Arc::default();
@@ -221,18 +248,23 @@ impl Cluster {
             },
             Machine::Meta(MetaState::default()),
             &channels,
+            &pool,
             WriterConfig::default(),
             None,
             Some(broker.meta_snapshot_entries),
+            true,
         )
         .await?;
         groups.write().insert(META_GROUP.to_owned(), meta.clone());
+        let hibernation = Hibernation::new(config.node_id, channels.clone(), broker.raft_hibernate);
         let cluster = Arc::new(Cluster {
+            hibernation,
             config,
             broker,
             metrics,
             groups,
             channels,
+            pool,
             meta,
             meta_sm: sm.shared().clone(),
             hosted: RwLock::default(),
@@ -243,6 +275,13 @@ impl Cluster {
             cluster.init(cluster.config.peers.clone()).await?;
         }
         tokio::spawn(reconcile_loop(Arc::downgrade(&cluster)));
+        let weak = Arc::downgrade(&cluster);
+        tokio::spawn(
+            cluster
+                .hibernation
+                .clone()
+                .run(move || weak.upgrade().map(|c| c.peer_addrs()).unwrap_or_default()),
+        );
         tokio::spawn(register_loop(Arc::downgrade(&cluster)));
         Ok(cluster)
     }
@@ -250,6 +289,39 @@ impl Cluster {
     /// The Raft groups hosted here (for the peer service).
     pub fn groups(&self) -> Groups {
         self.groups.clone()
+    }
+
+    /// The hibernation service (for the peer service).
+    pub fn hibernation(&self) -> Arc<Hibernation> {
+        self.hibernation.clone()
+    }
+
+    /// Gauges of this node's partition groups.
+    pub fn raft_figures(&self) -> crate::metrics::RaftFigures {
+        let h = self.hibernation.stats();
+        let leading = self
+            .hosted
+            .read()
+            .values()
+            .filter(|h| h.partition.check_leader().is_ok())
+            .count();
+        crate::metrics::RaftFigures {
+            groups: h.groups as u64,
+            leading: leading as u64,
+            asleep: h.asleep as u64,
+            peers_down: h.peers_down as u64,
+        }
+    }
+
+    /// Every registered node's Raft address, without cloning the rest of
+    /// the metadata.
+    fn peer_addrs(&self) -> BTreeMap<u64, String> {
+        self.with_meta(|m| {
+            m.nodes
+                .iter()
+                .map(|(id, n)| (*id, n.raft_addr.clone()))
+                .collect()
+        })
     }
 
     /// This node's id.
@@ -294,6 +366,16 @@ impl Cluster {
     /// A copy of the applied metadata.
     pub fn meta_state(&self) -> MetaState {
         self.meta_sm.state().meta().cloned().unwrap_or_default()
+    }
+
+    /// Reads the applied metadata in place, without cloning it (the state
+    /// machine is locked meanwhile: keep `f` short).
+    pub fn with_meta<R>(&self, f: impl FnOnce(&MetaState) -> R) -> R {
+        let st = self.meta_sm.state();
+        match st.meta() {
+            Some(m) => f(m),
+            None => f(&MetaState::default()),
+        }
     }
 
     /// The metadata group's Raft.
@@ -371,23 +453,24 @@ impl Cluster {
         if let Some(h) = self.hosted.read().get(&(topic.to_owned(), partition)) {
             return Ok(h.partition.clone());
         }
-        let meta = self.meta_state();
-        let t = meta
-            .topics
-            .get(topic)
-            .ok_or_else(|| BrokerError::UnknownTopic(topic.to_owned()))?;
-        if partition as usize >= t.placement.len() {
-            return Err(BrokerError::UnknownPartition {
-                topic: topic.to_owned(),
-                partition,
-                partitions: t.placement.len() as u32,
-            });
-        }
-        let leader = meta
-            .leaders
-            .get(&(topic.to_owned(), partition))
-            .map(|l| l.node)
-            .or_else(|| t.placement[partition as usize].first().copied());
+        let leader = self.with_meta(|meta| {
+            let t = meta
+                .topics
+                .get(topic)
+                .ok_or_else(|| BrokerError::UnknownTopic(topic.to_owned()))?;
+            if partition as usize >= t.placement.len() {
+                return Err(BrokerError::UnknownPartition {
+                    topic: topic.to_owned(),
+                    partition,
+                    partitions: t.placement.len() as u32,
+                });
+            }
+            Ok(meta
+                .leaders
+                .get(&(topic.to_owned(), partition))
+                .map(|l| l.node)
+                .or_else(|| t.placement[partition as usize].first().copied()))
+        })?;
         Err(BrokerError::NotLeader {
             leader: leader.and_then(|n| self.grpc_addr_of(n)),
         })
@@ -578,6 +661,7 @@ impl Cluster {
     ) -> Result<(), BrokerError> {
         let p = self.partition(topic, partition)?;
         p.check_leader()?;
+        p.wake().await?;
         let Some(raft) = p.raft().cloned() else {
             unreachable!("cluster partitions are replicated")
         };
@@ -636,6 +720,7 @@ impl Cluster {
             Some((t, p)) => {
                 let part = self.partition(t, p)?;
                 part.check_leader()?;
+                part.wake().await?;
                 part.raft()
                     .cloned()
                     .ok_or(BrokerError::NotLeader { leader: None })?
@@ -676,7 +761,9 @@ impl Cluster {
                 }
             }
         }
-        let open: Vec<(String, u32)> = self.hosted.read().keys().cloned().collect();
+        let open: std::collections::HashSet<(String, u32)> =
+            self.hosted.read().keys().cloned().collect();
+        let mut to_open = Vec::new();
         for (t, p) in wanted {
             let key = (t.name.clone(), p);
             if open.contains(&key) {
@@ -689,10 +776,18 @@ impl Cluster {
                 }
                 continue;
             }
-            if let Err(e) = self.open_partition(&meta, &t, p).await {
-                tracing::error!(topic = %t.name, partition = p, error = %e, "cannot open partition");
-            }
+            to_open.push((t, p));
         }
+        // Opening a replica is mostly waiting for fsyncs: open several at
+        // once, so a topic of hundreds of partitions is ready in seconds.
+        let meta_ref = &meta;
+        futures::stream::iter(to_open)
+            .for_each_concurrent(OPEN_CONCURRENCY, |(t, p)| async move {
+                if let Err(e) = self.open_partition(meta_ref, &t, p).await {
+                    tracing::error!(topic = %t.name, partition = p, error = %e, "cannot open partition");
+                }
+            })
+            .await;
         for key in open {
             let placed = meta
                 .replicas(&key.0, key.1)
@@ -725,12 +820,14 @@ impl Cluster {
             t.settings.to_log_config(&self.broker.log),
             Machine::Partition(PartitionState::default()),
             &self.channels,
+            &self.pool,
             WriterConfig {
                 queue_depth: self.broker.writer_queue_depth,
                 ..WriterConfig::default()
             },
             Some(observer),
             None,
+            !self.broker.raft_hibernate,
         )
         .await?;
         self.groups.write().insert(name.clone(), raft.clone());
@@ -756,6 +853,8 @@ impl Cluster {
             raft.clone(),
             sm.shared().clone(),
             self.hints(),
+            self.hibernation
+                .register(&name, raft.clone(), initial.first().copied()),
         ));
         let mut tasks = Vec::new();
         // Trim points: build the pinned snapshot, then purge up to it.
@@ -780,14 +879,22 @@ impl Cluster {
         // Report leadership to the metadata group.
         let weak = Arc::downgrade(self);
         let (topic, r) = (t.name.clone(), raft.clone());
+        let term_changes = self.metrics.raft_term_changes.clone();
         tasks.push(tokio::spawn(async move {
-            let mut m = r.metrics();
+            // Server metrics change only with state, term or leader (the
+            // full metrics change on every tick).
+            let mut m = r.server_metrics();
             let mut reported = 0u64;
+            let mut seen_term = None;
             loop {
                 let (leading, term) = {
                     let m = m.borrow_watched();
-                    (m.state == ServerState::Leader, m.current_term)
+                    (m.state == ServerState::Leader, m.vote.leader_id().term)
                 };
+                if seen_term.is_some_and(|t| t != term) {
+                    term_changes.inc();
+                }
+                seen_term = Some(term);
                 if leading && term > reported {
                     let Some(c) = weak.upgrade() else { return };
                     let cmd = MetaCmd::SetLeader {
@@ -826,6 +933,7 @@ impl Cluster {
             return;
         };
         self.groups.write().remove(&group_name(&key.0, key.1));
+        self.hibernation.unregister(&group_name(&key.0, key.1));
         for t in &h.tasks {
             t.abort();
         }
@@ -884,7 +992,7 @@ async fn register_loop(weak: std::sync::Weak<Cluster>) {
             let id = c.config.node_id;
             let m = c.meta.metrics().borrow_watched().clone();
             let member = m.membership_config.membership().get_node(&id).is_some();
-            let registered = c.meta_state().nodes.get(&id) == Some(&c.config.node);
+            let registered = c.with_meta(|m| m.nodes.get(&id) == Some(&c.config.node));
             if member && m.current_leader.is_some() && !registered {
                 let cmd = MetaCmd::RegisterNode {
                     id,

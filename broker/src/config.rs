@@ -62,6 +62,15 @@ pub struct BrokerConfig {
     pub http_records_max: u32,
     /// Requests queued per partition writer before producers wait. Default 4096.
     pub writer_queue_depth: usize,
+    /// Threads that append and fsync for every partition of the node (a
+    /// fixed pool: the node's thread count does not grow with its
+    /// partitions; partitions waiting on the disk fsync concurrently on
+    /// different threads). Default 8.
+    pub writer_threads: usize,
+    /// Idle partition groups stop ticking and heartbeating (a node-level
+    /// probe between peers replaces their heartbeats). Default true; false
+    /// keeps every group's timers running.
+    pub raft_hibernate: bool,
     /// Partitions a topic may have. Default 1024.
     pub partitions_max: u32,
     /// Raft peer listen address. Set: this broker is a cluster node
@@ -123,6 +132,8 @@ impl Default for BrokerConfig {
             grpc_message_bytes_max: 16 << 20,
             http_records_max: 10_000,
             writer_queue_depth: 4096,
+            writer_threads: 8,
+            raft_hibernate: true,
             partitions_max: 1024,
             raft_addr: None,
             peers: Vec::new(),
@@ -148,9 +159,10 @@ impl BrokerConfig {
         if self.fetch_bytes_default == 0
             || self.http_records_max == 0
             || self.writer_queue_depth == 0
+            || self.writer_threads == 0
         {
             return Err(ConfigError::Invalid(
-                "fetch_bytes_default, http_records_max and writer_queue_depth must be positive"
+                "fetch_bytes_default, http_records_max, writer_queue_depth and writer_threads must be positive"
                     .into(),
             ));
         }

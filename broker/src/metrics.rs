@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// One partition's gauges at scrape time.
@@ -27,10 +28,27 @@ pub struct PartitionFigures {
     pub log_start_offset: u64,
 }
 
+/// A cluster node's Raft groups at scrape time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RaftFigures {
+    /// Partition groups hosted here.
+    pub groups: u64,
+    /// Of which this node leads.
+    pub leading: u64,
+    /// Of which asleep (hibernating: no ticks, no heartbeats).
+    pub asleep: u64,
+    /// Peers that do not answer the node probe.
+    pub peers_down: u64,
+}
+
 /// What a scrape reads partition gauges from (the broker core).
 pub trait PartitionSource {
     /// The figures of every partition this node serves.
     fn partition_figures(&self) -> Vec<PartitionFigures>;
+    /// The Raft figures, on a cluster node.
+    fn raft_figures(&self) -> Option<RaftFigures> {
+        None
+    }
 }
 
 /// The broker's metrics.
@@ -51,7 +69,11 @@ pub struct Metrics {
     pub fetched_bytes: IntCounterVec,
     /// Group fsync latency.
     pub fsync: HistogramVec,
+    /// Term changes seen by the partition replicas of this node (each
+    /// election a replica takes part in counts once).
+    pub raft_term_changes: IntCounter,
     partition: IntGaugeVec,
+    raft: IntGaugeVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -121,7 +143,22 @@ impl Metrics {
             &["topic", "partition", "figure"],
         ));
         must(registry.register(Box::new(partition.clone())));
+        let raft = must(IntGaugeVec::new(
+            Opts::new(
+                "strata_raft_groups",
+                "Partition Raft groups on this node: hosted, leading, asleep; and peers_down.",
+            ),
+            &["figure"],
+        ));
+        must(registry.register(Box::new(raft.clone())));
+        let raft_term_changes = must(IntCounter::new(
+            "strata_raft_term_changes_total",
+            "Term changes seen by this node's partition replicas (elections).",
+        ));
+        must(registry.register(Box::new(raft_term_changes.clone())));
         Metrics {
+            raft,
+            raft_term_changes,
             registry,
             requests,
             latency,
@@ -155,6 +192,18 @@ impl Metrics {
             ] {
                 self.partition
                     .with_label_values(&[s.topic.as_str(), p.as_str(), figure])
+                    .set(i64::try_from(v).unwrap_or(i64::MAX));
+            }
+        }
+        if let Some(r) = source.raft_figures() {
+            for (figure, v) in [
+                ("hosted", r.groups),
+                ("leading", r.leading),
+                ("asleep", r.asleep),
+                ("peers_down", r.peers_down),
+            ] {
+                self.raft
+                    .with_label_values(&[figure])
                     .set(i64::try_from(v).unwrap_or(i64::MAX));
             }
         }

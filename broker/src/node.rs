@@ -37,6 +37,10 @@ pub enum NodeError {
     Serve(String),
 }
 
+/// Reset streams the Raft listener tolerates per connection before it
+/// closes it (see `http2_max_pending_accept_reset_streams`).
+const RAFT_RESET_STREAMS_MAX: usize = 100_000;
+
 /// Runs the broker until `shutdown` completes (e.g. a signal).
 pub async fn run(
     config: BrokerConfig,
@@ -99,6 +103,7 @@ pub async fn run(
                 },
                 config.clone(),
                 b.metrics().clone(),
+                b.writer_pool().clone(),
             )
             .await?;
             let incoming = tokio_stream::StreamExt::map(
@@ -109,13 +114,19 @@ pub async fn run(
                     })
                 },
             );
-            let svc = PeerService::new(cluster.groups());
+            let svc = PeerService::new(cluster.groups(), cluster.hibernation());
             raft_server = Some(tokio::spawn(
                 tonic::transport::Server::builder()
                     .http2_keepalive_interval(Some(Duration::from_secs(1)))
                     .http2_keepalive_timeout(Some(Duration::from_secs(2)))
                     .initial_stream_window_size(Some(8 << 20))
                     .initial_connection_window_size(Some(32 << 20))
+                    // One connection per peer carries every group's RPCs;
+                    // when a loaded peer lets many of them time out, the
+                    // client resets those streams. h2's default (20 reset
+                    // streams pending) then tears down the connection and
+                    // with it every group's traffic.
+                    .http2_max_pending_accept_reset_streams(Some(RAFT_RESET_STREAMS_MAX))
                     .add_service(svc)
                     .serve_with_incoming(incoming),
             ));

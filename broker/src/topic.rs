@@ -25,10 +25,15 @@ use crate::dedup::ProducerTable;
 use crate::error::BrokerError;
 use crate::log::{
     LogConfig, LogError, LogId, NewEntry, PartitionLog, PartitionWriter, Payload, RetentionReport,
-    StoredBatch, SyncObserver, WriterConfig,
+    StoredBatch, SyncObserver, WriterConfig, WriterPool,
 };
+use crate::raft::hibernate::Sleeper;
 use crate::raft::sm::SmShared;
 use crate::raft::{Cmd, Raft, RaftLogId, Reply};
+
+/// How long a write waits for a sleeping group's quorum to answer after
+/// waking it, before it fails as NOT_LEADER (retriable).
+const WAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Why a queued batch failed.
 #[derive(Debug, Clone)]
@@ -133,6 +138,8 @@ pub struct RaftEngine {
     /// when leadership changes.
     sequencer: tokio::sync::Mutex<RaftSequencer>,
     hints: LeaderHints,
+    /// The group's hibernation handle: a write wakes a sleeping leader.
+    sleeper: Arc<Sleeper>,
 }
 
 impl std::fmt::Debug for RaftEngine {
@@ -175,6 +182,7 @@ impl Partition {
         id: u32,
         node_id: u64,
         log: PartitionLog,
+        pool: &WriterPool,
         writer_config: WriterConfig,
         observer: Option<SyncObserver>,
     ) -> Result<Self, BrokerError> {
@@ -182,12 +190,7 @@ impl Partition {
         let hw = log.durable_next_offset();
         let limits = batch_limits(log.config());
         let producers = rebuild_producers(&log)?;
-        let writer =
-            PartitionWriter::spawn_observed(log, writer_config, observer).map_err(|e| {
-                BrokerError::Storage(LogError::Invalid(format!(
-                    "cannot start the writer thread: {e}"
-                )))
-            })?;
+        let writer = PartitionWriter::spawn_in(pool, log, writer_config, observer);
         Ok(Partition {
             topic: topic.to_owned(),
             id,
@@ -204,6 +207,7 @@ impl Partition {
 
     /// A replicated partition over a running Raft group whose log store
     /// uses `writer`.
+    #[allow(clippy::too_many_arguments)]
     pub fn replicated(
         topic: &str,
         id: u32,
@@ -212,6 +216,7 @@ impl Partition {
         raft: Raft,
         sm: Arc<SmShared>,
         hints: LeaderHints,
+        sleeper: Arc<Sleeper>,
     ) -> Self {
         let limits = batch_limits(writer.read().config());
         Partition {
@@ -225,8 +230,18 @@ impl Partition {
                 sm,
                 sequencer: tokio::sync::Mutex::new(RaftSequencer::default()),
                 hints,
+                sleeper,
             }),
             limits: Mutex::new(limits),
+        }
+    }
+
+    /// Wakes a sleeping replicated group before an operation that needs
+    /// its leader's lease (a membership change, a leadership transfer).
+    pub async fn wake(&self) -> Result<(), BrokerError> {
+        match &self.engine {
+            Engine::Local(_) => Ok(()),
+            Engine::Raft(r) => r.wake().await,
         }
     }
 
@@ -420,6 +435,7 @@ impl Partition {
             return Ok(report);
         }
         let upto: RaftLogId = crate::raft::from_log_id(upto);
+        r.wake().await?;
         r.raft
             .client_write(Cmd::Trim {
                 upto,
@@ -469,6 +485,16 @@ impl RaftEngine {
         }
     }
 
+    /// Wakes the group if it sleeps (renewing the leader's lease) before
+    /// a write.
+    async fn wake(&self) -> Result<(), BrokerError> {
+        self.sleeper
+            .wake_to_write(WAKE_TIMEOUT)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.write_error(&e, None))
+    }
+
     fn write_error(&self, why: &str, leader: Option<u64>) -> BrokerError {
         tracing::debug!(why, "replicated write failed");
         BrokerError::NotLeader {
@@ -483,6 +509,7 @@ impl RaftEngine {
     ) -> Result<(watch::Receiver<Outcome>, bool), BrokerError> {
         let leader = self.check_leader()?;
         let mut seq = self.sequencer.lock().await;
+        self.wake().await?;
         if seq.leader != Some(leader) {
             // A new leadership: its producer state is what the group has
             // applied once everything before this term is applied.

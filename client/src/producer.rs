@@ -138,6 +138,11 @@ pub struct Producer {
     budget: Arc<Semaphore>,
     topics: Arc<Mutex<HashMap<String, TopicHandle>>>,
     round_robin: Arc<AtomicU32>,
+    /// The producer id every partition starts with, taken once (one
+    /// `InitProducer` per producer, not per partition: sequences are per
+    /// partition, so one id serves them all). A partition whose batches
+    /// failed for good moves to an id of its own.
+    shared_id: Arc<tokio::sync::OnceCell<(u64, u16)>>,
     tasks: Arc<Mutex<JoinSet<()>>>,
 }
 
@@ -176,6 +181,7 @@ impl Producer {
             config: Arc::new(config),
             topics: Arc::new(Mutex::new(HashMap::new())),
             round_robin: Arc::new(AtomicU32::new(0)),
+            shared_id: Arc::new(tokio::sync::OnceCell::new()),
             tasks: Arc::new(Mutex::new(JoinSet::new())),
         })
     }
@@ -205,6 +211,7 @@ impl Producer {
                     topic: topic.to_owned(),
                     partition: p,
                     producer: None,
+                    shared_id: Some(self.shared_id.clone()),
                     next_sequence: 0,
                 };
                 tasks.spawn(w.run(rx));
@@ -318,6 +325,8 @@ struct Worker {
     topic: String,
     partition: u32,
     producer: Option<(u64, u16)>,
+    /// The producer's shared id, until this partition needs its own.
+    shared_id: Option<Arc<tokio::sync::OnceCell<(u64, u16)>>>,
     next_sequence: u32,
 }
 
@@ -380,6 +389,7 @@ impl Worker {
                 // under a new producer id, retries first, in order.
                 reset_producer = false;
                 self.producer = None;
+                self.shared_id = None;
                 self.next_sequence = 0;
                 for b in retry.iter_mut().chain(queued.iter_mut()) {
                     b.sequence = None;
@@ -523,13 +533,19 @@ impl Worker {
         let (pid, epoch) = match self.producer {
             Some(p) => p,
             None => {
-                let r = self
-                    .client
-                    .clone()
-                    .init_producer(pb::InitProducerRequest {})
-                    .await?
-                    .into_inner();
-                let p = (r.producer_id, r.producer_epoch as u16);
+                let client = self.client.clone();
+                let init = || async move {
+                    let r = client
+                        .clone()
+                        .init_producer(pb::InitProducerRequest {})
+                        .await?
+                        .into_inner();
+                    Ok::<_, ClientError>((r.producer_id, r.producer_epoch as u16))
+                };
+                let p = match &self.shared_id {
+                    Some(shared) => *shared.get_or_try_init(init).await?,
+                    None => init().await?,
+                };
                 self.producer = Some(p);
                 p
             }

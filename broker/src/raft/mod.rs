@@ -14,12 +14,15 @@
 //! - [`network`]: Raft RPCs between brokers over tonic, with Pre-Vote, and
 //!   the forwarding of metadata writes to the metadata leader.
 //! - [`meta`]: the metadata image and its commands.
+//! - [`hibernate`]: idle partition groups stop ticking; a node-level probe
+//!   detects dead peers and wakes the groups they led.
 //!
 //! **Invariant:** this layer knows nothing of topics as the services see
 //! them, of the broker core or of the services: it replicates commands and
 //! applies them to partition and metadata state. A node's groups and the
 //! cluster operations over them live one layer up, in `crate::cluster`.
 
+pub mod hibernate;
 pub mod meta;
 pub mod network;
 pub mod sm;
@@ -205,6 +208,7 @@ pub fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> io::Result<T> {
 pub fn raft_config(
     cluster_name: &str,
     snapshot_every: Option<u64>,
+    tick: bool,
 ) -> io::Result<openraft::Config> {
     let (snapshot_policy, keep) = match snapshot_every {
         // The metadata group: its state machine is its whole state, so a
@@ -225,6 +229,11 @@ pub fn raft_config(
         // maximum election timeout) lasts, and a first pre-vote round may
         // fail, so elections take about one to two maximum timeouts.
         heartbeat_interval: 60,
+        // Under writes, replication acknowledgements renew the lease: no
+        // heartbeat to a follower that answered within the last interval
+        // (60 + 60 + one 12 ms tick stays below the 300 ms minimum election
+        // timeout, as openraft requires).
+        heartbeat_min_interval: Some(60),
         election_timeout_min: 300,
         election_timeout_max: 600,
         install_snapshot_timeout: 2000,
@@ -232,6 +241,8 @@ pub fn raft_config(
         snapshot_policy,
         max_in_snapshot_log_to_keep: keep,
         enable_pre_vote: Some(true),
+        // Off for groups that start asleep (see `hibernate`).
+        enable_tick: tick,
         ..Default::default()
     };
     c.validate().map_err(io::Error::other)

@@ -29,6 +29,7 @@ use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::hibernate::{HibernateRequest, Hibernation};
 use super::{NodeInfo, Raft, RaftVote, Snapshot, SnapshotMeta, Tc, decode, encode};
 
 /// Snapshot data per message.
@@ -267,14 +268,19 @@ impl RaftNetworkV2<Tc> for Connection {
 #[derive(Clone, Debug)]
 pub struct PeerService {
     groups: Groups,
+    hibernation: Arc<Hibernation>,
 }
 
 impl PeerService {
-    /// A service over `groups`.
-    pub fn new(groups: Groups) -> RaftPeerServer<Self> {
-        RaftPeerServer::new(PeerService { groups })
-            .max_decoding_message_size(MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(MESSAGE_BYTES_MAX)
+    /// A service over `groups`; a leadership transfer to a sleeping group
+    /// wakes it through `hibernation`, which also answers the node probes.
+    pub fn new(groups: Groups, hibernation: Arc<Hibernation>) -> RaftPeerServer<Self> {
+        RaftPeerServer::new(PeerService {
+            groups,
+            hibernation,
+        })
+        .max_decoding_message_size(MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(MESSAGE_BYTES_MAX)
     }
 
     fn group(&self, name: &str) -> Result<Raft, Status> {
@@ -395,6 +401,7 @@ impl RaftPeer for PeerService {
         let m = req.into_inner();
         let raft = self.group(&m.group)?;
         let rpc: TransferLeaderRequest<Tc> = decode(&m.body).map_err(bad)?;
+        self.hibernation.wake(&m.group);
         let r = raft
             .handle_transfer_leader(rpc)
             .await
@@ -412,6 +419,12 @@ impl RaftPeer for PeerService {
             .await
             .map_err(unavailable)?;
         reply(&m.group, &r)
+    }
+
+    async fn hibernate(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let m = req.into_inner();
+        let rpc: HibernateRequest = decode(&m.body).map_err(bad)?;
+        reply("", &self.hibernation.handle(rpc))
     }
 
     async fn install_snapshot(
