@@ -144,6 +144,9 @@ pub struct Cluster {
     pool: WriterPool,
     /// Puts idle partition groups to sleep; tracks which peers are alive.
     hibernation: Arc<Hibernation>,
+    /// Leaderships won here and not yet recorded in the metadata.
+    leaderships: Mutex<BTreeMap<(String, u32), LeaderRecord>>,
+    leaderships_changed: Arc<tokio::sync::Notify>,
     meta: Raft,
     meta_sm: Arc<SmShared>,
     hosted: RwLock<HashMap<(String, u32), Hosted>>,
@@ -158,6 +161,10 @@ impl std::fmt::Debug for Cluster {
             .finish_non_exhaustive()
     }
 }
+
+/// How long a new group's other replicas wait for its first replica to
+/// initialize it before they do.
+const INIT_FALLBACK: Duration = Duration::from_secs(5);
 
 /// Partition replicas opened concurrently by one reconciliation.
 const OPEN_CONCURRENCY: usize = 32;
@@ -259,6 +266,8 @@ impl Cluster {
         let hibernation = Hibernation::new(config.node_id, channels.clone(), broker.raft_hibernate);
         let cluster = Arc::new(Cluster {
             hibernation,
+            leaderships: Mutex::default(),
+            leaderships_changed: Arc::default(),
             config,
             broker,
             metrics,
@@ -283,6 +292,7 @@ impl Cluster {
                 .run(move || weak.upgrade().map(|c| c.peer_addrs()).unwrap_or_default()),
         );
         tokio::spawn(register_loop(Arc::downgrade(&cluster)));
+        tokio::spawn(report_leaders_loop(Arc::downgrade(&cluster)));
         Ok(cluster)
     }
 
@@ -430,7 +440,10 @@ impl Cluster {
         // Only writes whose effect the caller reads here next need this
         // node to have applied them; the others answer at once (a follower
         // learns the commit with the next heartbeat, up to 100 ms later).
-        let read_back = !matches!(cmd, MetaCmd::AllocProducerId | MetaCmd::SetLeader { .. });
+        let read_back = !matches!(
+            cmd,
+            MetaCmd::AllocProducerId | MetaCmd::SetLeader { .. } | MetaCmd::SetLeaders(_)
+        );
         if !read_back {
             return Ok(reply);
         }
@@ -661,7 +674,7 @@ impl Cluster {
     ) -> Result<(), BrokerError> {
         let p = self.partition(topic, partition)?;
         p.check_leader()?;
-        p.wake().await?;
+        p.renew_lease().await?;
         let Some(raft) = p.raft().cloned() else {
             unreachable!("cluster partitions are replicated")
         };
@@ -720,7 +733,7 @@ impl Cluster {
             Some((t, p)) => {
                 let part = self.partition(t, p)?;
                 part.check_leader()?;
-                part.wake().await?;
+                part.renew_lease().await?;
                 part.raft()
                     .cloned()
                     .ok_or(BrokerError::NotLeader { leader: None })?
@@ -832,6 +845,13 @@ impl Cluster {
         .await?;
         self.groups.write().insert(name.clone(), raft.clone());
         let initial = t.initial.get(p as usize).cloned().unwrap_or_default();
+        // openraft's `initialize` starts an election at once on the node
+        // that calls it: only the first replica placed does, so a new
+        // group has one candidate, not three splitting the vote. The others
+        // learn the membership from its first AppendEntries; if it never
+        // comes (the first replica is down), they initialize too after
+        // INIT_FALLBACK.
+        let mut init_task = None;
         if initial.contains(&self.config.node_id)
             && !raft.is_initialized().await.map_err(storage_err)?
         {
@@ -839,10 +859,23 @@ impl Cluster {
                 .iter()
                 .map(|id| (*id, meta.nodes.get(id).cloned().unwrap_or_default()))
                 .collect();
-            if let Err(e) = raft.initialize(members).await
-                && e.api_error().is_none()
-            {
-                return Err(storage_err(e));
+            if initial.first() == Some(&self.config.node_id) {
+                if let Err(e) = raft.initialize(members).await
+                    && e.api_error().is_none()
+                {
+                    return Err(storage_err(e));
+                }
+            } else {
+                let r = raft.clone();
+                init_task = Some(tokio::spawn(async move {
+                    tokio::time::sleep(INIT_FALLBACK).await;
+                    if r.is_initialized().await.is_ok_and(|done| !done) {
+                        tracing::info!(
+                            "the first replica did not initialize the group; initializing here"
+                        );
+                        let _ = r.initialize(members).await;
+                    }
+                }));
             }
         }
         let partition = Arc::new(Partition::replicated(
@@ -856,7 +889,7 @@ impl Cluster {
             self.hibernation
                 .register(&name, raft.clone(), initial.first().copied()),
         ));
-        let mut tasks = Vec::new();
+        let mut tasks: Vec<_> = init_task.into_iter().collect();
         // Trim points: build the pinned snapshot, then purge up to it.
         let r = raft.clone();
         tasks.push(tokio::spawn(async move {
@@ -897,18 +930,17 @@ impl Cluster {
                 seen_term = Some(term);
                 if leading && term > reported {
                     let Some(c) = weak.upgrade() else { return };
-                    let cmd = MetaCmd::SetLeader {
-                        topic: topic.clone(),
-                        partition: p,
-                        leader: LeaderRecord {
+                    // The node's reporter writes it, with the others won
+                    // meanwhile, and retries until it is written.
+                    c.leaderships.lock().insert(
+                        (topic.clone(), p),
+                        LeaderRecord {
                             node: c.config.node_id,
                             term,
                         },
-                    };
-                    if c.meta_write(cmd).await.is_ok() {
-                        reported = term;
-                    }
-                    continue;
+                    );
+                    c.leaderships_changed.notify_one();
+                    reported = term;
                 }
                 if m.changed().await.is_err() {
                     return;
@@ -976,6 +1008,48 @@ async fn reconcile_loop(weak: std::sync::Weak<Cluster>) {
         }
         if changes.changed().await.is_err() {
             return;
+        }
+    }
+}
+
+/// Records the leaderships this node won in the metadata, many per write
+/// (a node that wins hundreds of elections at once, at creation or after a
+/// peer died, writes a few metadata entries, not hundreds).
+async fn report_leaders_loop(weak: std::sync::Weak<Cluster>) {
+    loop {
+        let batch = {
+            let Some(c) = weak.upgrade() else { return };
+            let batch = std::mem::take(&mut *c.leaderships.lock());
+            if batch.is_empty() {
+                // A notification sent meanwhile is kept as a permit.
+                let changed = c.leaderships_changed.clone();
+                drop(c);
+                changed.notified().await;
+                continue;
+            }
+            batch
+        };
+        let Some(c) = weak.upgrade() else { return };
+        let n = batch.len();
+        let cmd = MetaCmd::SetLeaders(
+            batch
+                .iter()
+                .map(|((t, p), l)| (t.clone(), *p, *l))
+                .collect(),
+        );
+        if let Err(e) = c.meta_write(cmd).await {
+            tracing::debug!(error = %e, leaderships = n, "recording leaderships failed; retrying");
+            {
+                let mut pending = c.leaderships.lock();
+                for (k, l) in batch {
+                    let newer = pending.get(&k).is_some_and(|p| p.term >= l.term);
+                    if !newer {
+                        pending.insert(k, l);
+                    }
+                }
+            }
+            drop(c);
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 }

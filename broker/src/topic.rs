@@ -31,9 +31,9 @@ use crate::raft::hibernate::Sleeper;
 use crate::raft::sm::SmShared;
 use crate::raft::{Cmd, Raft, RaftLogId, Reply};
 
-/// How long a write waits for a sleeping group's quorum to answer after
-/// waking it, before it fails as NOT_LEADER (retriable).
-const WAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a write waits for a quorum to renew its leader's lease before
+/// it fails as NOT_LEADER (retriable).
+const LEASE_RENEW_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Why a queued batch failed.
 #[derive(Debug, Clone)]
@@ -138,7 +138,7 @@ pub struct RaftEngine {
     /// when leadership changes.
     sequencer: tokio::sync::Mutex<RaftSequencer>,
     hints: LeaderHints,
-    /// The group's hibernation handle: a write wakes a sleeping leader.
+    /// The group's hibernation handle: a write renews the lease through it.
     sleeper: Arc<Sleeper>,
 }
 
@@ -236,12 +236,12 @@ impl Partition {
         }
     }
 
-    /// Wakes a sleeping replicated group before an operation that needs
-    /// its leader's lease (a membership change, a leadership transfer).
-    pub async fn wake(&self) -> Result<(), BrokerError> {
+    /// Renews a replicated group's leader lease before an operation that
+    /// needs it (a membership change, a leadership transfer).
+    pub async fn renew_lease(&self) -> Result<(), BrokerError> {
         match &self.engine {
             Engine::Local(_) => Ok(()),
-            Engine::Raft(r) => r.wake().await,
+            Engine::Raft(r) => r.renew_lease().await,
         }
     }
 
@@ -435,7 +435,7 @@ impl Partition {
             return Ok(report);
         }
         let upto: RaftLogId = crate::raft::from_log_id(upto);
-        r.wake().await?;
+        r.renew_lease().await?;
         r.raft
             .client_write(Cmd::Trim {
                 upto,
@@ -485,13 +485,12 @@ impl RaftEngine {
         }
     }
 
-    /// Wakes the group if it sleeps (renewing the leader's lease) before
-    /// a write.
-    async fn wake(&self) -> Result<(), BrokerError> {
+    /// Renews the leader's lease if it may have lapsed (sleeping leaders
+    /// send no heartbeats) before a write.
+    async fn renew_lease(&self) -> Result<(), BrokerError> {
         self.sleeper
-            .wake_to_write(WAKE_TIMEOUT)
+            .ready_to_write(LEASE_RENEW_TIMEOUT)
             .await
-            .map(|_| ())
             .map_err(|e| self.write_error(&e, None))
     }
 
@@ -509,7 +508,7 @@ impl RaftEngine {
     ) -> Result<(watch::Receiver<Outcome>, bool), BrokerError> {
         let leader = self.check_leader()?;
         let mut seq = self.sequencer.lock().await;
-        self.wake().await?;
+        self.renew_lease().await?;
         if seq.leader != Some(leader) {
             // A new leadership: its producer state is what the group has
             // applied once everything before this term is applied.

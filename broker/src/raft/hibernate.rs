@@ -3,58 +3,57 @@
 //! An awake openraft group ticks every 12 ms and its leader heartbeats each
 //! follower every 60 ms, idle or not: a few hundred idle groups keep both
 //! cores busy, and a thousand groups electing at once never settle. Here a
-//! partition replica runs its timers only while it must: a leader while it
-//! has work, a replica while it stands for election. Everything else is
-//! asleep (its ticker off: no timers, no heartbeats, no wakeups), and a
-//! node-level probe between every pair of nodes replaces the followers'
-//! election timers, as CockroachDB's quiesced ranges and TiKV's hibernating
-//! regions do. Raft's safety never depends on timers; only liveness does,
-//! and it is restored by the rules below.
+//! partition replica runs its timers only while it stands for election, or
+//! leads a group with a follower to catch up; every other replica is
+//! asleep (its ticker off: no timers, no heartbeats, no wakeups, whether
+//! the group is idle or under load), and a node-level probe between every
+//! pair of nodes replaces the followers' election timers, as CockroachDB's
+//! quiesced ranges and TiKV's hibernating regions do. Raft's safety never
+//! depends on timers; only liveness does, and it is restored by the rules
+//! below.
 //!
-//! **Followers sleep.** A replica opens asleep and a follower stays asleep
-//! while it follows: AppendEntries are handled without ticks (the core is
-//! driven by messages), so a follower under load costs nothing when idle
-//! between messages.
+//! **Followers and leaders sleep.** A replica opens asleep. openraft's core
+//! is driven by messages, so a sleeping follower still appends, commits
+//! and applies what its leader sends, and a sleeping leader still
+//! replicates every write (commit indexes travel with replication, not
+//! with heartbeats). Every [`ROUND`] a node puts back to sleep its awake
+//! replicas that follow a live leader, and the leaders whose live followers
+//! have all caught up.
 //!
-//! **Leaders sleep when idle.** Every [`ROUND`] each node sends each peer
-//! one `Hibernate` RPC. Besides proving the sender alive, it offers sleep
-//! for the groups the sender leads that have been idle for [`IDLE_ROUNDS`]
-//! rounds with every live follower matched and everything committed and
-//! applied (an offer names the group, term, leader and last index). A
-//! follower accepts only if its own view is the same (same leader and term,
-//! same last index, all of it committed and applied), and stops ticking if
-//! it was awake. The leader stops ticking once every live follower accepted
-//! and nothing happened to the group meanwhile. At least a quorum must be
-//! live.
+//! **The lease.** openraft refuses a write on a leader whose last quorum
+//! acknowledgement is older than its lease; without heartbeats that is
+//! the case after a quiet moment, so a write first renews it with one
+//! quorum round when the last acknowledgement is older than
+//! [`LEASE_FRESH`] ([`Sleeper::ready_to_write`]). Under load, replication
+//! acknowledgements keep it fresh.
 //!
-//! **A write wakes a sleeping leader** and first renews its lease with a
-//! quorum round ([`Sleeper::wake_to_write`]): a sleeping leader's lease has
-//! lapsed, so openraft would refuse the write.
-//!
-//! **Who elects.** Each round, every sleeping replica that does not lead
-//! checks whether its group has a leader it can count on:
+//! **Who elects.** Every [`ROUND`] each node sends each peer one
+//! `Hibernate` RPC, a probe that carries the sender's incarnation (it
+//! changes on restart); a peer that has not answered for [`DOWN_AFTER`] is
+//! down. A sleeping replica that does not lead then checks whether its
+//! group has a leader it can count on:
 //! - its vote names this node (it led before a restart): it wakes and
 //!   elects at once (its election timer has long expired, so it runs a
 //!   Pre-Vote and an election within one tick);
-//! - its vote names no leader (a new group) or a peer that is down (no
-//!   answer to probes for [`DOWN_AFTER`]): one designated live voter wakes
-//!   at once, the group's preferred leader (the first replica of its
-//!   placement) or else one chosen by hashing the group's name, so new
-//!   leaders spread over the nodes; the other live voters wake
-//!   [`BACKUP_WAKE`] later if the group is still without a leader.
+//! - its vote names no leader (a new group) or a peer that is down: one
+//!   designated live voter wakes at once, the group's preferred leader (the
+//!   first replica of its placement) for a new group, else one chosen by
+//!   hashing the group's name, so new leaders spread over the nodes; the
+//!   other live voters wake [`BACKUP_WAKE`] later if the group is still
+//!   without a leader.
 //!
 //! Votes do not wake a replica, so a sleeping voter answers a candidate
-//! without starting a competing election. A replica that woke sleeps again
-//! when its leader's next offer comes.
+//! without starting a competing election.
 //!
-//! **A node comes back** (or restarted: each probe carries the sender's
-//! incarnation): every group led here that it belongs to wakes, so the
-//! leader catches it up; the group sleeps again once it matched.
+//! **A node comes back** (or restarted): every group led here that it
+//! belongs to wakes, so the leader's heartbeats find where the returning
+//! replica's log ends and replication catches it up; the leader sleeps
+//! again once it has.
 //!
 //! The metadata group never sleeps. A wrongly declared death (a paused
 //! process) costs an election, never data.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -74,39 +73,27 @@ use super::{Raft, decode, encode};
 pub const ROUND: Duration = Duration::from_millis(250);
 /// A peer that has not answered a probe for this long is down.
 pub const DOWN_AFTER: Duration = Duration::from_millis(1_000);
-/// Rounds without a new entry before a leader offers sleep.
-pub const IDLE_ROUNDS: u32 = 4;
+/// A write on a leader whose last quorum acknowledgement is older than
+/// this renews the lease first (a sleeping group's lease is 1.6 s).
+pub const LEASE_FRESH: Duration = Duration::from_millis(800);
 /// How long a survivor that is not the designated candidate waits before
 /// it wakes a group whose leader died.
 pub const BACKUP_WAKE: Duration = Duration::from_millis(1_500);
 /// Rounds between two scans for groups without a leader when nothing
 /// changed.
 const ORPHAN_SCAN_EVERY: u64 = 8;
+/// Replicas of this node standing for election at once, at most.
+const CAMPAIGNS_MAX: usize = 32;
 /// Deadline of one probe.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// One group a leader offers to put to sleep.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SleepOffer {
-    /// The group's name.
-    pub group: String,
-    /// The leader's term.
-    pub term: u64,
-    /// The leader's node id.
-    pub leader: u64,
-    /// The leader's last (committed) log index.
-    pub last_index: u64,
-}
-
-/// The body of a `Hibernate` RPC.
+/// The body of a `Hibernate` RPC (a probe).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HibernateRequest {
     /// The sender's node id.
     pub from: u64,
     /// Changes when the sender restarts.
     pub incarnation: u64,
-    /// Groups the sender leads and offers to put to sleep.
-    pub offers: Vec<SleepOffer>,
 }
 
 /// The answer to a `Hibernate` RPC.
@@ -114,8 +101,6 @@ pub struct HibernateRequest {
 pub struct HibernateReply {
     /// The receiver's incarnation.
     pub incarnation: u64,
-    /// Per offer, in order: whether the receiver went to sleep.
-    pub accepted: Vec<bool>,
 }
 
 /// One hosted group's sleep state.
@@ -132,11 +117,6 @@ pub struct Sleeper {
 #[derive(Debug, Default)]
 struct SleepState {
     asleep: bool,
-    /// Bumped on every wake: a leader sleeps only if no wake happened
-    /// since it made its offer.
-    generation: u64,
-    idle_rounds: u32,
-    last_index: Option<u64>,
     /// Since when the group, asleep, has had no leader to count on.
     orphaned_since: Option<Instant>,
 }
@@ -150,8 +130,6 @@ impl Sleeper {
     /// Turns the ticker back on; answers whether the group was asleep.
     pub fn wake(&self) -> bool {
         let mut st = self.state.lock();
-        st.generation += 1;
-        st.idle_rounds = 0;
         st.orphaned_since = None;
         if !st.asleep {
             return false;
@@ -162,26 +140,47 @@ impl Sleeper {
         true
     }
 
-    /// Wakes the group before a write on its leader. A leader that slept
-    /// has no valid lease, so this renews it with one quorum round (bounded
-    /// by `timeout`); answers whether the group was asleep.
-    pub async fn wake_to_write(&self, timeout: Duration) -> Result<bool, String> {
-        if !self.wake() {
-            return Ok(false);
+    /// Makes sure this leader's lease is valid before a write: when its
+    /// last quorum acknowledgement is older than [`LEASE_FRESH`], one
+    /// quorum round (bounded by `timeout`) renews it.
+    pub async fn ready_to_write(&self, timeout: Duration) -> Result<(), String> {
+        let fresh = {
+            let m = self.raft.metrics();
+            let m = m.borrow_watched();
+            m.last_quorum_acked
+                .as_ref()
+                .is_some_and(|at| openraft::Instant::elapsed(&**at) < LEASE_FRESH)
+        };
+        if fresh {
+            return Ok(());
         }
-        match tokio::time::timeout(
-            timeout,
-            self.raft
-                .ensure_linearizable(openraft::ReadPolicy::ReadIndex),
-        )
-        .await
-        {
-            Ok(Ok(_)) => Ok(true),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!(
-                "no quorum answered within {} ms after waking the group",
-                timeout.as_millis()
-            )),
+        // One heartbeat round per attempt; on a loaded node a heartbeat can
+        // miss its deadline, so try again until `timeout`.
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let r = tokio::time::timeout_at(
+                deadline,
+                self.raft
+                    .ensure_linearizable(openraft::ReadPolicy::ReadIndex),
+            )
+            .await;
+            match r {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) if tokio::time::Instant::now() >= deadline => {
+                    return Err(e.to_string());
+                }
+                Ok(Err(e)) => {
+                    if e.forward_to_leader().is_some() {
+                        return Err(e.to_string());
+                    }
+                }
+                Err(_) => {
+                    return Err(format!(
+                        "no quorum renewed the leader's lease within {} ms",
+                        timeout.as_millis()
+                    ));
+                }
+            }
         }
     }
 
@@ -190,7 +189,6 @@ impl Sleeper {
             self.awake.fetch_sub(1, Ordering::Relaxed);
         }
         st.asleep = true;
-        st.idle_rounds = 0;
         st.orphaned_since = None;
         self.raft.runtime_config().tick(false);
     }
@@ -310,51 +308,17 @@ impl Hibernation {
         node == self.node_id || self.peers.lock().get(&node).is_none_or(|p| p.up)
     }
 
-    /// Answers a peer's probe: notes it alive and accepts the offers this
-    /// node's view agrees with.
+    /// Answers a peer's probe, noting it alive.
     pub fn handle(&self, req: HibernateRequest) -> HibernateReply {
-        let now = Instant::now();
         if let Some(p) = self.peers.lock().get_mut(&req.from) {
-            p.last_ok = now;
+            p.last_ok = Instant::now();
         }
-        let accepted = req
-            .offers
-            .iter()
-            .map(|o| self.enabled && self.accept(o))
-            .collect();
         HibernateReply {
             incarnation: self.incarnation,
-            accepted,
         }
     }
 
-    fn accept(&self, offer: &SleepOffer) -> bool {
-        let Some(s) = self.groups.lock().get(&offer.group).cloned() else {
-            return false;
-        };
-        let mut st = s.state.lock();
-        let agrees = {
-            let m = s.raft.metrics();
-            let m = m.borrow_watched();
-            m.state != ServerState::Leader
-                && m.state != ServerState::Candidate
-                && m.current_leader == Some(offer.leader)
-                && m.current_term == offer.term
-                && m.vote.is_committed()
-                && m.last_log_index == Some(offer.last_index)
-                && m.local_committed.as_ref().map(|c| c.index) == Some(offer.last_index)
-                && m.last_applied.as_ref().map(|c| c.index) == Some(offer.last_index)
-        };
-        if !agrees {
-            return false;
-        }
-        if !st.asleep {
-            s.sleep(&mut st);
-        }
-        true
-    }
-
-    /// Probes peers and offers sleep every [`ROUND`], forever; `peers`
+    /// Probes peers and tends the groups every [`ROUND`], forever; `peers`
     /// answers the current node id → Raft address map.
     pub async fn run(
         self: Arc<Self>,
@@ -368,77 +332,45 @@ impl Hibernation {
         }
     }
 
-    /// The groups this node leads that may sleep now, with the followers
-    /// that must agree.
-    fn offers(&self) -> Vec<(Arc<Sleeper>, u64, SleepOffer, Vec<u64>)> {
-        // The map's lock is held over the scan (lock order: map, then a
-        // group's state); nothing is cloned for the sleeping majority.
-        let mut out = Vec::new();
-        if self.awake.load(Ordering::Relaxed) == 0 {
-            return out;
+    /// Puts back to sleep the awake replicas that no longer need their
+    /// timers: followers of a live leader, and leaders whose live followers
+    /// have all caught up.
+    fn settle(&self) {
+        if !self.enabled || self.awake.load(Ordering::Relaxed) == 0 {
+            return;
         }
+        // The map's lock is held over the scan (lock order: map, then a
+        // group's state).
         let groups = self.groups.lock();
-        for (name, s) in groups.iter() {
+        for s in groups.values() {
             let mut st = s.state.lock();
             if st.asleep {
                 continue;
             }
             let m = s.raft.metrics();
             let m = m.borrow_watched();
-            if m.state != ServerState::Leader {
-                st.idle_rounds = 0;
-                st.last_index = None;
-                continue;
-            }
-            if m.last_log_index != st.last_index {
-                st.last_index = m.last_log_index;
-                st.idle_rounds = 0;
-                continue;
-            }
-            st.idle_rounds = st.idle_rounds.saturating_add(1);
-            let Some(last) = m.last_log_index else {
-                continue;
-            };
-            let settled = st.idle_rounds >= IDLE_ROUNDS
-                && m.local_committed.as_ref().map(|c| c.index) == Some(last)
-                && m.last_applied.as_ref().map(|c| c.index) == Some(last);
-            if !settled || !self.enabled {
-                continue;
-            }
-            let membership = m.membership_config.membership();
-            let voters: Vec<u64> = membership.voter_ids().collect();
-            let live_voters = voters.iter().filter(|v| self.is_up(**v)).count();
-            if live_voters * 2 <= voters.len() {
-                continue;
-            }
-            let replication = m.replication.as_ref();
-            let mut followers = Vec::new();
-            let mut matched = true;
-            for (id, _) in membership.nodes() {
-                if *id == self.node_id || !self.is_up(*id) {
-                    continue;
+            let settled = match m.state {
+                ServerState::Leader => {
+                    let last = m.last_log_index;
+                    m.membership_config.membership().nodes().all(|(id, _)| {
+                        *id == self.node_id
+                            || !self.is_up(*id)
+                            || m.replication
+                                .as_ref()
+                                .and_then(|r| r.get(id))
+                                .and_then(|l| l.as_ref().map(|l| l.index))
+                                == last
+                    })
                 }
-                let at = replication
-                    .and_then(|r| r.get(id))
-                    .and_then(|l| l.as_ref().map(|l| l.index));
-                if at != Some(last) {
-                    matched = false;
-                    break;
+                ServerState::Follower | ServerState::Learner => {
+                    vote_leader(&m.vote).is_some_and(|l| l != self.node_id && self.is_up(l))
                 }
-                followers.push(*id);
-            }
-            if !matched {
-                continue;
-            }
-            let offer = SleepOffer {
-                group: name.clone(),
-                term: m.current_term,
-                leader: self.node_id,
-                last_index: last,
+                _ => false,
             };
-            out.push((s.clone(), st.generation, offer, followers));
+            if settled {
+                s.sleep(&mut st);
+            }
         }
-        out
     }
 
     async fn round(&self, peers: BTreeMap<u64, String>) {
@@ -459,34 +391,22 @@ impl Hibernation {
                 p.addr.clone_from(addr);
             }
         }
-        let offers = self.offers();
-        let mut per_peer: HashMap<u64, Vec<SleepOffer>> = HashMap::new();
-        for (_, _, offer, followers) in &offers {
-            for f in followers {
-                per_peer.entry(*f).or_default().push(offer.clone());
-            }
-        }
         let targets: Vec<(u64, String)> = self
             .peers
             .lock()
             .iter()
             .map(|(id, p)| (*id, p.addr.clone()))
             .collect();
-        let calls = targets.into_iter().map(|(id, addr)| {
-            let offers = per_peer.remove(&id).unwrap_or_default();
-            async move {
-                let r = self.probe(&addr, offers.clone()).await;
-                (id, offers, r)
-            }
-        });
+        let calls = targets
+            .into_iter()
+            .map(|(id, addr)| async move { (id, self.probe(&addr).await) });
         let results = futures::future::join_all(calls).await;
-        let mut accepted: HashSet<(u64, String)> = HashSet::new();
         let mut came_up = Vec::new();
         let mut went_down = Vec::new();
         {
             let now = Instant::now();
             let mut table = self.peers.lock();
-            for (id, offers, r) in results {
+            for (id, r) in results {
                 let Some(p) = table.get_mut(&id) else {
                     continue;
                 };
@@ -497,11 +417,6 @@ impl Hibernation {
                     if restarted && p.up {
                         tracing::info!(peer = id, "peer restarted");
                         came_up.push(id);
-                    }
-                    for (o, ok) in offers.iter().zip(reply.accepted) {
-                        if ok {
-                            accepted.insert((id, o.group.clone()));
-                        }
                     }
                 }
                 let up = now.duration_since(p.last_ok) < DOWN_AFTER;
@@ -517,18 +432,7 @@ impl Hibernation {
                 }
             }
         }
-        for (s, generation, offer, followers) in offers {
-            if followers
-                .iter()
-                .all(|f| accepted.contains(&(*f, offer.group.clone())))
-            {
-                let mut st = s.state.lock();
-                if !st.asleep && st.generation == generation {
-                    s.sleep(&mut st);
-                    tracing::debug!(group = offer.group, "asleep");
-                }
-            }
-        }
+        self.settle();
         let peers_changed = !went_down.is_empty() || !came_up.is_empty();
         for id in came_up {
             self.peer_up(id);
@@ -546,12 +450,11 @@ impl Hibernation {
         }
     }
 
-    async fn probe(&self, addr: &str, offers: Vec<SleepOffer>) -> Result<HibernateReply, String> {
+    async fn probe(&self, addr: &str) -> Result<HibernateReply, String> {
         let channel = self.channels.get(addr).map_err(|e| e.to_string())?;
         let body = encode(&HibernateRequest {
             from: self.node_id,
             incarnation: self.incarnation,
-            offers,
         })
         .map_err(|e| e.to_string())?;
         let mut req = Request::new(RaftMessage {
@@ -570,21 +473,26 @@ impl Hibernation {
     /// module documentation).
     fn orphans(&self) {
         let now = Instant::now();
-        let mut to_wake = Vec::new();
+        // (urgent, name, group): urgent ones are this node's own duty.
+        let mut to_wake: Vec<(bool, String, Arc<Sleeper>)> = Vec::new();
         let mut pending = false;
+        let mut campaigning = 0usize;
         for (name, s) in self.groups.lock().iter() {
             let wake = {
                 let mut st = s.state.lock();
-                if !st.asleep {
-                    continue;
-                }
                 let m = s.raft.metrics();
                 let m = m.borrow_watched();
+                if !st.asleep {
+                    if m.state != ServerState::Leader {
+                        campaigning += 1;
+                    }
+                    continue;
+                }
                 if m.state == ServerState::Leader {
                     st.orphaned_since = None;
                     continue;
                 }
-                let leader = m.vote.is_committed().then(|| m.vote.leader_id().node_id);
+                let leader = vote_leader(&m.vote);
                 if leader.is_some_and(|l| l != self.node_id && self.is_up(l)) {
                     // The common case: a follower of a live leader.
                     st.orphaned_since = None;
@@ -599,10 +507,10 @@ impl Hibernation {
                     .collect();
                 live.sort_unstable();
                 match leader {
-                    Some(l) if l == self.node_id => live.contains(&l),
+                    Some(l) if l == self.node_id => live.contains(&l).then_some(true),
                     Some(l) if self.is_up(l) => {
                         st.orphaned_since = None;
-                        false
+                        None
                     }
                     _ if live.contains(&self.node_id) => {
                         let since = *st.orphaned_since.get_or_insert(now);
@@ -610,18 +518,30 @@ impl Hibernation {
                             Some(p) if live.contains(&p) && leader.is_none() => p,
                             _ => live[(name_hash(name) % live.len() as u64) as usize],
                         };
-                        designated == self.node_id || now.duration_since(since) >= BACKUP_WAKE
+                        if designated == self.node_id {
+                            Some(true)
+                        } else {
+                            (now.duration_since(since) >= BACKUP_WAKE).then_some(false)
+                        }
                     }
-                    _ => false,
+                    _ => None,
                 }
             };
-            if wake {
-                to_wake.push((name.clone(), s.clone()));
+            if let Some(urgent) = wake {
+                to_wake.push((urgent, name.clone(), s.clone()));
             }
+        }
+        // Elections at most CAMPAIGNS_MAX at a time: a thousand groups
+        // electing at once on a loaded node time their votes out and
+        // retry forever; the rest wait for the next round.
+        to_wake.sort_by_key(|(urgent, _, _)| !*urgent);
+        let budget = CAMPAIGNS_MAX.saturating_sub(campaigning);
+        if to_wake.len() > budget {
+            pending = true;
         }
         self.orphans_pending.store(pending, Ordering::Relaxed);
         let mut woken = 0usize;
-        for (name, s) in to_wake {
+        for (_, name, s) in to_wake.into_iter().take(budget) {
             if s.wake() {
                 woken += 1;
                 tracing::debug!(group = name, "woken to stand for election");
@@ -656,6 +576,14 @@ impl Hibernation {
     }
 }
 
+/// The leader a vote names, if it names an elected one. Initializing a
+/// group leaves every initial replica with a committed vote for itself in
+/// term 0, which names no leader.
+fn vote_leader(vote: &super::RaftVote) -> Option<u64> {
+    let leader = vote.leader_id();
+    (vote.is_committed() && leader.term > 0).then_some(leader.node_id)
+}
+
 /// A hash of a group's name that every node computes alike.
 fn name_hash(name: &str) -> u64 {
     use std::hash::Hasher;
@@ -673,19 +601,10 @@ mod tests {
         let req = HibernateRequest {
             from: 2,
             incarnation: 7,
-            offers: vec![SleepOffer {
-                group: "t/0".into(),
-                term: 3,
-                leader: 2,
-                last_index: 41,
-            }],
         };
         let back: HibernateRequest = decode(&encode(&req).unwrap()).unwrap();
         assert_eq!(back, req);
-        let reply = HibernateReply {
-            incarnation: 9,
-            accepted: vec![true, false],
-        };
+        let reply = HibernateReply { incarnation: 9 };
         let back: HibernateReply = decode(&encode(&reply).unwrap()).unwrap();
         assert_eq!(back, reply);
     }

@@ -96,6 +96,11 @@ pub enum MetaCmd {
         /// Leader.
         leader: LeaderRecord,
     },
+    /// Records the leaders of many partitions at once, each as
+    /// [`MetaCmd::SetLeader`] would (a node reports the leaderships it won
+    /// in one write, not one per partition). Appended last: older
+    /// commands keep their encoding.
+    SetLeaders(Vec<(String, u32, LeaderRecord)>),
 }
 
 /// Why a metadata command was refused.
@@ -215,15 +220,24 @@ impl MetaState {
                 partition,
                 leader,
             } => {
-                let key = (topic.clone(), *partition);
-                if self.leaders.get(&key).is_none_or(|l| l.term < leader.term)
-                    && self.topics.contains_key(topic)
-                {
-                    self.leaders.insert(key, *leader);
+                self.set_leader(topic, *partition, *leader);
+            }
+            MetaCmd::SetLeaders(all) => {
+                for (topic, partition, leader) in all {
+                    self.set_leader(topic, *partition, *leader);
                 }
             }
         }
         Reply::Done(0)
+    }
+
+    fn set_leader(&mut self, topic: &str, partition: u32, leader: LeaderRecord) {
+        let key = (topic.to_owned(), partition);
+        if self.leaders.get(&key).is_none_or(|l| l.term < leader.term)
+            && self.topics.contains_key(topic)
+        {
+            self.leaders.insert(key, leader);
+        }
     }
 
     /// Replicas of a partition, if it exists.

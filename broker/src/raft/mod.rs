@@ -222,20 +222,33 @@ pub fn raft_config(
         // (see `sm.rs`); nothing else purges the log.
         None => (openraft::SnapshotPolicy::Never, u64::MAX),
     };
+    // Timers. openraft also uses the heartbeat interval as the deadline of
+    // every AppendEntries and the minimum election timeout as that of a
+    // vote, so they must leave room for a loaded node to answer.
+    // - Awake groups (the metadata group; partitions when hibernation is
+    //   off): followers time out on missing heartbeats, so failover takes
+    //   about one to two maximum election timeouts (the leader's lease,
+    //   during which followers refuse votes, then an election).
+    // - Sleeping partition groups run no timers unless electing: the
+    //   node-level probe detects a dead leader (see `hibernate`), so the
+    //   interval only bounds RPCs. Their lease (the maximum election
+    //   timeout) is what a follower that heard from its leader just before
+    //   it died waits before voting for another.
+    let (heartbeat, election_min, election_max) = if tick {
+        (100, 500, 1_000)
+    } else {
+        (250, 800, 1_600)
+    };
     let c = openraft::Config {
         cluster_name: cluster_name.to_owned(),
-        // Failover (kill -9 to the next acknowledged write) must stay under
-        // 2 s: followers refuse votes while their leader's lease (the
-        // maximum election timeout) lasts, and a first pre-vote round may
-        // fail, so elections take about one to two maximum timeouts.
-        heartbeat_interval: 60,
+        heartbeat_interval: heartbeat,
         // Under writes, replication acknowledgements renew the lease: no
         // heartbeat to a follower that answered within the last interval
-        // (60 + 60 + one 12 ms tick stays below the 300 ms minimum election
+        // (interval + interval + one tick stays below the minimum election
         // timeout, as openraft requires).
-        heartbeat_min_interval: Some(60),
-        election_timeout_min: 300,
-        election_timeout_max: 600,
+        heartbeat_min_interval: Some(heartbeat),
+        election_timeout_min: election_min,
+        election_timeout_max: election_max,
         install_snapshot_timeout: 2000,
         max_payload_entries: 512,
         snapshot_policy,
