@@ -596,6 +596,26 @@ fn name_hash(name: &str) -> u64 {
 mod tests {
     use super::*;
 
+    fn vote(term: u64, node: u64, committed: bool) -> crate::raft::RaftVote {
+        use openraft::vote::RaftVote as _;
+        crate::raft::RaftVote::from_leader_id(
+            openraft::vote::leader_id_adv::LeaderId {
+                term,
+                node_id: node,
+            },
+            committed,
+        )
+    }
+
+    #[test]
+    fn only_an_elected_leader_counts_as_the_groups_leader() {
+        // What openraft's `initialize` leaves on every initializing replica:
+        // taking it for a leader made all three wake and split the vote.
+        assert_eq!(vote_leader(&vote(0, 2, true)), None);
+        assert_eq!(vote_leader(&vote(3, 2, false)), None, "a candidate's vote");
+        assert_eq!(vote_leader(&vote(3, 2, true)), Some(2));
+    }
+
     #[test]
     fn messages_round_trip_through_postcard() {
         let req = HibernateRequest {
