@@ -26,9 +26,10 @@ use crate::log::{
     LogConfig, PartitionLog, PartitionWriter, SyncObserver, WriterConfig, WriterPool,
 };
 use crate::metrics::Metrics;
+use crate::raft::channels::Channels;
 use crate::raft::hibernate::Hibernation;
 use crate::raft::meta::{LeaderRecord, TopicMeta, place};
-use crate::raft::network::{Channels, Groups, NetworkFactory, forward_meta_write};
+use crate::raft::network::{Groups, NetworkFactory, forward_meta_write};
 use crate::raft::sm::{GroupSm, Machine, PartitionState, SmShared};
 use crate::raft::store::{InstallHint, LogStore};
 use crate::raft::{META_GROUP, MetaCmd, MetaState, NodeInfo, Raft, Reply, raft_config};

@@ -66,7 +66,7 @@ use strata_proto::raft_pb::RaftMessage;
 use strata_proto::raft_pb::raft_peer_client::RaftPeerClient;
 use tonic::Request;
 
-use super::network::Channels;
+use super::channels::Channels;
 use super::{Raft, decode, encode};
 
 /// How often a node probes each peer and offers sleep.

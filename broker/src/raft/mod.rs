@@ -14,6 +14,7 @@
 //! - [`network`]: Raft RPCs between brokers over tonic, with Pre-Vote, and
 //!   the forwarding of metadata writes to the metadata leader.
 //! - [`meta`]: the metadata image and its commands.
+//! - [`channels`]: the tonic channel per peer that every group shares.
 //! - [`hibernate`]: idle partition groups stop ticking; a node-level probe
 //!   detects dead peers and wakes the groups they led.
 //!
@@ -22,6 +23,7 @@
 //! applies them to partition and metadata state. A node's groups and the
 //! cluster operations over them live one layer up, in `crate::cluster`.
 
+pub mod channels;
 pub mod hibernate;
 pub mod meta;
 pub mod network;

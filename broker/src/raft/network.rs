@@ -1,9 +1,7 @@
 //! Raft RPCs between brokers over tonic (`proto/raft.proto`).
 //!
-//! One tonic `Channel` per peer address carries every group's traffic
-//! (HTTP/2 multiplexes them), with HTTP/2 keep-alive so a connection that
-//! died in a network partition is noticed and re-established after it
-//! heals. Requests and responses are openraft's own types, postcard-encoded,
+//! One tonic `Channel` per peer address ([`super::channels`]) carries every
+//! group's traffic (HTTP/2 multiplexes them). Requests and responses are openraft's own types, postcard-encoded,
 //! tagged with the group name. Pre-Vote is a real RPC: the receiver asks
 //! its Raft whether it would vote, persisting nothing; an error or a timeout
 //! is not a grant. Snapshots are streamed in 1 MiB chunks.
@@ -13,7 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use std::time::Duration;
 
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
@@ -26,9 +24,10 @@ use strata_proto::raft_pb::RaftMessage;
 use strata_proto::raft_pb::raft_peer_client::RaftPeerClient;
 use strata_proto::raft_pb::raft_peer_server::{RaftPeer, RaftPeerServer};
 use tokio_stream::StreamExt;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::channels::Channels;
 use super::hibernate::{HibernateRequest, Hibernation};
 use super::{NodeInfo, Raft, RaftVote, Snapshot, SnapshotMeta, Tc, decode, encode};
 
@@ -40,56 +39,6 @@ const MESSAGE_BYTES_MAX: usize = 96 << 20;
 
 /// The Raft groups this node hosts, by name.
 pub type Groups = Arc<RwLock<HashMap<String, Raft>>>;
-
-/// Channels to peers, shared by every group.
-#[derive(Clone, Debug, Default)]
-pub struct Channels {
-    by_addr: Arc<Mutex<HashMap<String, Channel>>>,
-    /// Peers whose last call failed at the transport, for logging each
-    /// change once (openraft's own per-heartbeat warnings are filtered out
-    /// by the default log filter).
-    down: Arc<Mutex<std::collections::HashSet<String>>>,
-}
-
-impl Channels {
-    /// Records the outcome of a call to `addr`; logs when a peer becomes
-    /// unreachable and when it is back.
-    fn observe(&self, addr: &str, error: Option<&Status>) {
-        let mut down = self.down.lock();
-        match error {
-            Some(s) if s.code() == tonic::Code::Unavailable => {
-                if down.insert(addr.to_owned()) {
-                    tracing::warn!(peer = addr, error = %s.message(), "Raft peer unreachable");
-                }
-            }
-            Some(_) => {}
-            None => {
-                if down.remove(addr) {
-                    tracing::info!(peer = addr, "Raft peer reachable again");
-                }
-            }
-        }
-    }
-
-    /// The channel to `addr`, created (lazily connecting) on first use.
-    pub fn get(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
-        let mut m = self.by_addr.lock();
-        if let Some(c) = m.get(addr) {
-            return Ok(c.clone());
-        }
-        let c = Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(1))
-            .keep_alive_timeout(Duration::from_secs(2))
-            .keep_alive_while_idle(true)
-            .initial_stream_window_size(8 << 20)
-            .initial_connection_window_size(32 << 20)
-            .connect_lazy();
-        m.insert(addr.to_owned(), c.clone());
-        Ok(c)
-    }
-}
 
 /// Creates the connections of one group.
 #[derive(Clone, Debug)]
