@@ -6,9 +6,13 @@
 //! retried batch with the original offsets.
 //!
 //! Each partition has one worker task that owns its batches: it sends them
-//! in sequence order on one ordered produce stream, several in flight (see
-//! `MAX_IN_FLIGHT_PER_PARTITION`), and on a failure resends the failed batch
-//! and every later one, in order, after a backoff. A batch the broker rejects for good (too large, unknown
+//! in sequence order, several in flight (see `MAX_IN_FLIGHT_PER_PARTITION`),
+//! and on a failure resends the failed batch and every later one, in order,
+//! after a backoff. Workers hand their batches to one multiplexer per
+//! broker, which sends whatever batches of any partitions are waiting in
+//! one message of that broker's ordered `ProduceBatches` stream, so
+//! spreading records over many partitions does not multiply messages and
+//! round trips. A batch the broker rejects for good (too large, unknown
 //! topic, …) fails its records; the worker then takes a new producer id so
 //! the batches after it are not stuck behind the sequence gap.
 
@@ -34,7 +38,7 @@ use crate::retry::Backoff;
 pub use crate::types::Acks;
 
 /// Batches in flight per partition. They travel on one ordered
-/// `ProduceStream`, which the broker appends and answers in order (separate
+/// `ProduceBatches` stream, which the broker appends in order (separate
 /// unary calls ride concurrent HTTP/2 streams that may be handled out of
 /// order and would break the per-producer sequence). Must not exceed the
 /// broker's deduplication window (16 batches per producer): a resent batch
@@ -126,7 +130,9 @@ struct Batch {
 #[derive(Clone)]
 struct TopicHandle {
     partitions: u32,
-    workers: Vec<mpsc::Sender<Msg>>,
+    /// Shared: a handle is cloned for every record sent, so cloning must
+    /// not cost one sender per partition.
+    workers: Arc<[mpsc::Sender<Msg>]>,
 }
 
 /// Publishes records to Strata.
@@ -143,6 +149,8 @@ pub struct Producer {
     /// partition, so one id serves them all). A partition whose batches
     /// failed for good moves to an id of its own.
     shared_id: Arc<tokio::sync::OnceCell<(u64, u16)>>,
+    /// One `ProduceBatches` stream per broker, shared by the partitions.
+    muxes: Muxes,
     tasks: Arc<Mutex<JoinSet<()>>>,
 }
 
@@ -182,6 +190,7 @@ impl Producer {
             topics: Arc::new(Mutex::new(HashMap::new())),
             round_robin: Arc::new(AtomicU32::new(0)),
             shared_id: Arc::new(tokio::sync::OnceCell::new()),
+            muxes: Muxes::default(),
             tasks: Arc::new(Mutex::new(JoinSet::new())),
         })
     }
@@ -212,6 +221,7 @@ impl Producer {
                     partition: p,
                     producer: None,
                     shared_id: Some(self.shared_id.clone()),
+                    muxes: self.muxes.clone(),
                     next_sequence: 0,
                 };
                 tasks.spawn(w.run(rx));
@@ -292,7 +302,7 @@ impl Producer {
         let topics: Vec<TopicHandle> = self.topics.lock().await.values().cloned().collect();
         let mut waits = Vec::new();
         for t in topics {
-            for w in t.workers {
+            for w in t.workers.iter() {
                 let (tx, rx) = oneshot::channel();
                 if w.send(Msg::Flush(tx)).await.is_ok() {
                     waits.push(rx);
@@ -327,13 +337,186 @@ struct Worker {
     producer: Option<(u64, u16)>,
     /// The producer's shared id, until this partition needs its own.
     shared_id: Option<Arc<tokio::sync::OnceCell<(u64, u16)>>>,
+    /// The producer's per-broker multiplexers.
+    muxes: Muxes,
     next_sequence: u32,
 }
 
-/// An open `ProduceStream`: requests go in order, responses come back in order.
+/// One batch for a broker's multiplexer, with where its answer goes.
+type MuxItem = (
+    pb::ProduceRequest,
+    oneshot::Sender<std::result::Result<pb::ProduceResponse, tonic::Status>>,
+);
+
+/// A partition's view of its broker's produce multiplexer: batches go out
+/// in the order sent, and this partition's answers come back in that order.
 struct Session {
-    tx: mpsc::Sender<pb::ProduceRequest>,
-    rx: tonic::Streaming<pb::ProduceResponse>,
+    tx: mpsc::Sender<MuxItem>,
+    pending: VecDeque<oneshot::Receiver<std::result::Result<pb::ProduceResponse, tonic::Status>>>,
+}
+
+impl Session {
+    async fn send(&mut self, req: pb::ProduceRequest) -> Result<()> {
+        let (done, answer) = oneshot::channel();
+        self.tx
+            .send((req, done))
+            .await
+            .map_err(|_| ClientError::Unavailable("produce stream closed".into()))?;
+        self.pending.push_back(answer);
+        Ok(())
+    }
+
+    /// The answer to the oldest batch sent (cancel-safe: it stays the
+    /// oldest until its answer is taken).
+    async fn message(&mut self) -> std::result::Result<Option<pb::ProduceResponse>, tonic::Status> {
+        let Some(front) = self.pending.front_mut() else {
+            return Ok(None);
+        };
+        let r = front.await;
+        self.pending.pop_front();
+        match r {
+            Ok(Ok(resp)) => Ok(Some(resp)),
+            Ok(Err(status)) => Err(status),
+            Err(_) => Err(tonic::Status::unavailable("produce stream closed")),
+        }
+    }
+}
+
+/// Batches of one request to a broker, at most.
+const MUX_BATCHES_MAX: usize = 1024;
+/// Bytes of one request to a broker, at most (a single larger batch goes
+/// alone).
+const MUX_BYTES_MAX: usize = 4 << 20;
+/// Requests in flight on a broker's stream: while they are, batches of
+/// every partition gather into the next one.
+const MUX_REQUESTS_IN_FLIGHT: usize = 4;
+
+/// The producer's multiplexers, one per broker address: every partition
+/// worker sending to a broker hands its batches to that broker's one
+/// `ProduceBatches` stream, so batches of many partitions share a message
+/// and a round trip.
+#[derive(Clone, Default)]
+struct Muxes(Arc<parking_lot::Mutex<HashMap<String, mpsc::Sender<MuxItem>>>>);
+
+impl Muxes {
+    /// The multiplexer for `addr`, started if there is none (or it ended).
+    fn get(&self, addr: &str, client: &StrataClient<Channel>) -> mpsc::Sender<MuxItem> {
+        let mut m = self.0.lock();
+        if let Some(tx) = m.get(addr)
+            && !tx.is_closed()
+        {
+            return tx.clone();
+        }
+        tracing::trace!(broker = %addr, "opening a produce stream");
+        let (tx, rx) = mpsc::channel(MUX_BATCHES_MAX);
+        tokio::spawn(run_mux(client.clone(), rx));
+        m.insert(addr.to_owned(), tx.clone());
+        tx
+    }
+}
+
+/// Answers a batch from its result in a `ProduceBatches` response.
+fn answer(r: pb::ProduceResult) -> std::result::Result<pb::ProduceResponse, tonic::Status> {
+    use prost::Message;
+    match r.outcome {
+        Some(pb::produce_result::Outcome::Ok(ok)) => Ok(ok),
+        Some(pb::produce_result::Outcome::Error(d)) => Err(tonic::Status::with_details(
+            tonic::Code::Aborted,
+            d.message.clone(),
+            d.encode_to_vec().into(),
+        )),
+        None => Err(tonic::Status::internal(
+            "a produce result without an outcome",
+        )),
+    }
+}
+
+/// Runs one broker's `ProduceBatches` stream: takes whatever batches are
+/// waiting (up to a request's limits) whenever fewer than
+/// `MUX_REQUESTS_IN_FLIGHT` requests are out, and hands each batch its
+/// result. Ends when every sender is gone and nothing is out, or when the
+/// stream breaks (every batch out or waiting then gets the error, and the
+/// next `Muxes::get` starts a new stream).
+async fn run_mux(mut client: StrataClient<Channel>, mut rx: mpsc::Receiver<MuxItem>) {
+    let (req_tx, req_rx) = mpsc::channel::<pb::ProduceBatchesRequest>(MUX_REQUESTS_IN_FLIGHT);
+    let broken = |rx: &mut mpsc::Receiver<MuxItem>, status: &tonic::Status| {
+        rx.close();
+        while let Ok((_, done)) = rx.try_recv() {
+            let _ = done.send(Err(status.clone()));
+        }
+    };
+    let mut responses = match client
+        .produce_batches(tokio_stream::wrappers::ReceiverStream::new(req_rx))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(status) => {
+            broken(&mut rx, &status);
+            return;
+        }
+    };
+    type Done = oneshot::Sender<std::result::Result<pb::ProduceResponse, tonic::Status>>;
+    let mut out: VecDeque<Vec<Done>> = VecDeque::new();
+    let mut open = true;
+    loop {
+        if !open && out.is_empty() {
+            return;
+        }
+        tokio::select! {
+            first = rx.recv(), if open && out.len() < MUX_REQUESTS_IN_FLIGHT => {
+                let Some(first) = first else {
+                    open = false;
+                    continue;
+                };
+                let mut bytes = first.0.batch.len();
+                let mut items = vec![first];
+                while items.len() < MUX_BATCHES_MAX && bytes < MUX_BYTES_MAX {
+                    match rx.try_recv() {
+                        Ok(item) => {
+                            bytes += item.0.batch.len();
+                            items.push(item);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let (batches, dones): (Vec<_>, Vec<_>) = items.into_iter().unzip();
+                if req_tx.send(pb::ProduceBatchesRequest { batches }).await.is_err() {
+                    let status = tonic::Status::unavailable("produce stream closed");
+                    for d in dones.into_iter().chain(out.drain(..).flatten()) {
+                        let _ = d.send(Err(status.clone()));
+                    }
+                    broken(&mut rx, &status);
+                    return;
+                }
+                out.push_back(dones);
+            }
+            resp = responses.message(), if !out.is_empty() => {
+                let status = match resp {
+                    Ok(Some(r)) => {
+                        let dones = out.pop_front().unwrap_or_default();
+                        if r.results.len() == dones.len() {
+                            for (d, result) in dones.into_iter().zip(r.results) {
+                                let _ = d.send(answer(result));
+                            }
+                            continue;
+                        }
+                        tonic::Status::internal(format!(
+                            "the broker answered {} results for {} batches",
+                            r.results.len(),
+                            dones.len()
+                        ))
+                    }
+                    Ok(None) => tonic::Status::unavailable("produce stream ended"),
+                    Err(status) => status,
+                };
+                for d in out.drain(..).flatten() {
+                    let _ = d.send(Err(status.clone()));
+                }
+                broken(&mut rx, &status);
+                return;
+            }
+        }
+    }
 }
 
 impl Worker {
@@ -351,15 +534,10 @@ impl Worker {
     }
 
     async fn open_session(&mut self) -> Result<Session> {
-        tracing::trace!(broker = %self.addr, "opening a produce stream");
-        let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT_PER_PARTITION * 2);
-        let responses = self
-            .client
-            .clone()
-            .produce_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await?
-            .into_inner();
-        Ok(Session { tx, rx: responses })
+        Ok(Session {
+            tx: self.muxes.get(&self.addr, &self.client),
+            pending: VecDeque::new(),
+        })
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
@@ -400,6 +578,16 @@ impl Worker {
             let can_launch = retry_at.is_none_or(|t| Instant::now() >= t)
                 && (retry.is_empty() || in_flight.is_empty());
             while can_launch && in_flight.len() < MAX_IN_FLIGHT_PER_PARTITION {
+                // While a batch is in flight, less than a full batch waits:
+                // the batches closing meanwhile travel together once the
+                // answer is in, so a partition's batches grow with its rate
+                // (many partitions sharing one producer each get a trickle)
+                // instead of leaving at every linger.
+                let small =
+                    queued.iter().map(|b| b.bytes).sum::<usize>() < self.config.batch_bytes_max;
+                if retry.is_empty() && !in_flight.is_empty() && small && inbox_open {
+                    break;
+                }
                 let Some(mut batch) = retry.pop_front().or_else(|| queued.pop_front()) else {
                     break;
                 };
@@ -431,12 +619,10 @@ impl Worker {
                         batch: bytes,
                         acks: convert::acks_to_pb(self.config.acks) as i32,
                     };
-                    let Some(s) = session.as_ref() else {
+                    let Some(s) = session.as_mut() else {
                         unreachable!("opened above")
                     };
-                    s.tx.send(req)
-                        .await
-                        .map_err(|_| ClientError::Unavailable("produce stream closed".into()))
+                    s.send(req).await
                 }
                 .await;
                 tracing::trace!(broker = %self.addr, sequence = ?batch.sequence, ok = sent.is_ok(), "batch sent");
@@ -491,7 +677,7 @@ impl Worker {
                     queued.extend(open.take());
                 }
                 _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() && in_flight.is_empty() => {}
-                resp = async { session.as_mut().map(|s| s.rx.message()) .unwrap_or_else(|| unreachable!()).await }, if waiting => {
+                resp = async { session.as_mut().map(|s| s.message()) .unwrap_or_else(|| unreachable!()).await }, if waiting => {
                     let r = match resp {
                         Ok(Some(r)) => Ok(r),
                         Ok(None) => Err(ClientError::Unavailable("produce stream ended".into())),

@@ -984,3 +984,85 @@ async fn produce_stream_is_ordered_and_stops_at_the_first_error() {
         "nothing after the error was appended"
     );
 }
+
+/// `ProduceBatches` from a raw client, as an outside client would use it:
+/// one request carries batches of several partitions, the response answers
+/// each in order, a failed batch is answered in its result without ending
+/// the stream, and a later request on the same stream is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_batches_answers_each_batch_and_survives_a_failed_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(&dir.path().join("data"), &[]);
+    let admin = Admin::connect(&broker.grpc).await.unwrap();
+    admin
+        .create_topic("m", 2, 1, TopicConfig::default())
+        .await
+        .unwrap();
+    let batch = |n: usize, tag: &str| {
+        let records: Vec<Record> = (0..n).map(|i| rec(None, format!("{tag}{i}"))).collect();
+        let mut out = Vec::new();
+        strata_proto::encode_batch(&records, Compression::None, None, &mut out).unwrap();
+        Bytes::from(out)
+    };
+    let item = |partition: u32, b: Bytes| pb::ProduceRequest {
+        topic: "m".into(),
+        partition,
+        batch: b,
+        acks: 0,
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut raw = raw_client(&broker.grpc).await;
+    let mut answers = raw
+        .produce_batches(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(pb::ProduceBatchesRequest {
+        batches: vec![
+            item(0, batch(3, "a")),
+            item(9, batch(1, "x")),
+            item(1, batch(2, "b")),
+            item(0, batch(2, "c")),
+        ],
+    })
+    .await
+    .unwrap();
+    let r = answers.message().await.unwrap().expect("an answer");
+    assert_eq!(r.results.len(), 4, "one result per batch");
+    let ok = |i: usize| match &r.results[i].outcome {
+        Some(pb::produce_result::Outcome::Ok(o)) => (o.base_offset, o.record_count),
+        other => panic!("batch {i}: {other:?}"),
+    };
+    assert_eq!(ok(0), (0, 3));
+    match &r.results[1].outcome {
+        Some(pb::produce_result::Outcome::Error(d)) => {
+            assert_eq!(d.code, ErrorCode::UnknownPartition as i32, "{d:?}")
+        }
+        other => panic!("batch 1: {other:?}"),
+    }
+    assert_eq!(ok(2), (0, 2));
+    assert_eq!(ok(3), (3, 2), "batches of one partition keep their order");
+    // The stream goes on after the failed batch.
+    tx.send(pb::ProduceBatchesRequest {
+        batches: vec![item(1, batch(1, "d"))],
+    })
+    .await
+    .unwrap();
+    let r = answers.message().await.unwrap().expect("an answer");
+    match &r.results[..] {
+        [
+            pb::ProduceResult {
+                outcome: Some(pb::produce_result::Outcome::Ok(o)),
+            },
+        ] => assert_eq!((o.base_offset, o.record_count), (2, 1)),
+        other => panic!("{other:?}"),
+    }
+    let all = read_all(&broker.grpc, "m").await;
+    assert_eq!(
+        all.len(),
+        8,
+        "3 + 2 records on partition 0, 2 + 1 on partition 1"
+    );
+    assert_eq!(all[&(0, 4)], Bytes::from("c1"));
+    assert_eq!(all[&(1, 2)], Bytes::from("d0"));
+}

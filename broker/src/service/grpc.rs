@@ -163,6 +163,12 @@ fn acks_from_pb(a: i32) -> Result<Acks, BrokerError> {
 
 type FetchStream = Pin<Box<dyn Stream<Item = Result<pb::FetchResponse, Status>> + Send>>;
 type ProduceStream = Pin<Box<dyn Stream<Item = Result<pb::ProduceResponse, Status>> + Send>>;
+type ProduceBatchesStream =
+    Pin<Box<dyn Stream<Item = Result<pb::ProduceBatchesResponse, Status>> + Send>>;
+
+/// A batch of a `ProduceBatches` request, submitted (or refused) in
+/// arrival order: its acknowledgement to await, with what metrics need.
+type SubmittedItem = Result<(crate::topic::Submitted, Acks, String, u64), BrokerError>;
 
 #[tonic::async_trait]
 impl Strata for GrpcService {
@@ -278,6 +284,99 @@ impl Strata for GrpcService {
         });
         Ok(Response::new(
             Box::pin(ReceiverStream::new(rx)) as ProduceStream
+        ))
+    }
+
+    type ProduceBatchesStream = ProduceBatchesStream;
+
+    async fn produce_batches(
+        &self,
+        req: Request<tonic::Streaming<pb::ProduceBatchesRequest>>,
+    ) -> Result<Response<Self::ProduceBatchesStream>, Status> {
+        let mut inbound = req.into_inner();
+        let broker = self.broker.clone();
+        // As in `produce_stream`: one task submits every batch strictly in
+        // arrival order, another awaits each request's acknowledgements (the
+        // batches of one request concurrently) and answers the requests in
+        // order. A failed batch is answered in its result; the stream goes on.
+        let (queued_tx, mut queued_rx) = mpsc::channel::<Vec<SubmittedItem>>(64);
+        tokio::spawn(async move {
+            loop {
+                let req = match inbound.message().await {
+                    Ok(Some(r)) => r,
+                    Ok(None) | Err(_) => return,
+                };
+                let mut items = Vec::with_capacity(req.batches.len());
+                for b in req.batches {
+                    let item = match acks_from_pb(b.acks) {
+                        Ok(acks) => {
+                            let bytes = b.batch.len() as u64;
+                            broker
+                                .submit(&b.topic, b.partition, b.batch)
+                                .await
+                                .map(|s| (s, acks, b.topic, bytes))
+                        }
+                        Err(e) => Err(e),
+                    };
+                    items.push(item);
+                }
+                if queued_tx.send(items).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let (tx, rx) = mpsc::channel(64);
+        let metrics = self.broker.metrics().clone();
+        tokio::spawn(async move {
+            while let Some(items) = queued_rx.recv().await {
+                let started = Instant::now();
+                let waits = items.into_iter().map(|item| {
+                    let metrics = metrics.clone();
+                    async move {
+                        let r = match item {
+                            Ok((s, acks, topic, bytes)) => s.wait(acks).await.inspect(|o| {
+                                if !o.duplicate {
+                                    metrics
+                                        .produced_records
+                                        .with_label_values(&[topic.as_str()])
+                                        .inc_by(u64::from(o.record_count));
+                                    metrics
+                                        .produced_bytes
+                                        .with_label_values(&[topic.as_str()])
+                                        .inc_by(bytes);
+                                }
+                            }),
+                            Err(e) => Err(e),
+                        };
+                        let outcome = match &r {
+                            Ok(_) => "ok".to_owned(),
+                            Err(e) => e.code().as_str_name().to_ascii_lowercase(),
+                        };
+                        metrics.request("produce_batches", &outcome, started.elapsed());
+                        pb::ProduceResult {
+                            outcome: Some(match r {
+                                Ok(o) => pb::produce_result::Outcome::Ok(pb::ProduceResponse {
+                                    base_offset: o.base_offset,
+                                    record_count: o.record_count,
+                                    duplicate: o.duplicate,
+                                }),
+                                Err(e) => pb::produce_result::Outcome::Error(e.detail()),
+                            }),
+                        }
+                    }
+                });
+                let results = futures::future::join_all(waits).await;
+                if tx
+                    .send(Ok(pb::ProduceBatchesResponse { results }))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(
+            Box::pin(ReceiverStream::new(rx)) as ProduceBatchesStream
         ))
     }
 
