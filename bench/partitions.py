@@ -198,6 +198,7 @@ def idle_cost(p, rf):
         poll("every partition to answer after the restart", lambda: all_led(rf, p), 600)
         restart_s = time.time() - t0
         failover_s = None
+        failover_write_s = None
         if rf == 3:
             # kill -9 node 1, then until node 2's view has every partition
             # led by a live node with its replicas caught up.
@@ -213,6 +214,22 @@ def idle_cost(p, rf):
                 return len(parts) >= p and all(x["leader"] in (2, 3) for x in parts)
             poll("every partition led by a live node after kill -9", failed_over, 600)
             failover_s = time.time() - t0
+            # Then until every partition acknowledged a write: per topic,
+            # one record per partition (keyless records go round robin),
+            # all topics at once, again until every run succeeds.
+            deadline = t0 + 600
+            while True:
+                runs = [subprocess.Popen(
+                    [f"{BIN}/strata", "-b", "127.0.0.2:7070", "produce", name, "--quiet"],
+                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    for name, _ in topics_for(p)]
+                for (name, n), r in zip(topics_for(p), runs):
+                    r.communicate("".join(f"failover-{i}\n" for i in range(n)).encode())
+                if all(r.returncode == 0 for r in runs):
+                    break
+                if time.time() > deadline:
+                    raise RuntimeError("partitions did not take writes within 600 s of the kill")
+            failover_write_s = time.time() - t0
         row = {
             "bin": LABEL, "partitions": p, "rf": rf,
             "idle_cpu_pct": round(100.0 * (c1 - c0) / HZ / (w1 - w0), 1),
@@ -224,6 +241,7 @@ def idle_cost(p, rf):
             "create_s": round(create_s, 2),
             "restart_s": round(restart_s, 2),
             "failover_s": round(failover_s, 2) if failover_s is not None else None,
+            "failover_write_s": round(failover_write_s, 2) if failover_write_s is not None else None,
         }
         print(json.dumps(row), flush=True)
         return row
