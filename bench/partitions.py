@@ -169,6 +169,18 @@ def start_nodes(rf, work):
     return nodes
 
 
+def teardown(nodes, work, keep):
+    """Kills the nodes still running; removes their data unless `keep`."""
+    for n in nodes:
+        if n.proc and n.proc.poll() is None:
+            n.proc.kill()
+            n.proc.wait()
+    if keep:
+        log(f"  kept {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def idle_cost(p, rf):
     work = tempfile.mkdtemp(prefix="strata-parts-")
     nodes = []
@@ -246,14 +258,7 @@ def idle_cost(p, rf):
         print(json.dumps(row), flush=True)
         return row
     finally:
-        for n in nodes:
-            if n.proc and n.proc.poll() is None:
-                n.proc.kill()
-                n.proc.wait()
-        if os.environ.get("KEEP"):
-            log(f"  kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        teardown(nodes, work, keep=bool(os.environ.get("KEEP")))
 
 
 def spread(p, rf):
@@ -270,11 +275,7 @@ def spread(p, rf):
         print(json.dumps(row), flush=True)
         return row
     finally:
-        for n in nodes:
-            if n.proc and n.proc.poll() is None:
-                n.proc.kill()
-                n.proc.wait()
-        shutil.rmtree(work, ignore_errors=True)
+        teardown(nodes, work, keep=False)
 
 
 def main():

@@ -13,8 +13,9 @@ use tonic::{Request, Response, Status};
 
 use crate::broker::{Broker, PartitionView, TopicView};
 use crate::error::BrokerError;
+use crate::metrics::Metrics;
 use crate::settings::TopicSettings;
-use crate::topic::Acks;
+use crate::topic::{Acks, ProduceOutcome};
 
 /// Request metadata marking a call one node makes to another on a client's
 /// behalf (it is not forwarded again).
@@ -38,13 +39,9 @@ impl GrpcService {
         started: Instant,
         r: Result<T, BrokerError>,
     ) -> Result<Response<T>, Status> {
-        let outcome = match &r {
-            Ok(_) => "ok".to_owned(),
-            Err(e) => e.code().as_str_name().to_ascii_lowercase(),
-        };
         self.broker
             .metrics()
-            .request(api, &outcome, started.elapsed());
+            .request(api, &outcome_of(&r), started.elapsed());
         r.map(Response::new).map_err(|e| e.to_status())
     }
 
@@ -166,9 +163,65 @@ type ProduceStream = Pin<Box<dyn Stream<Item = Result<pb::ProduceResponse, Statu
 type ProduceBatchesStream =
     Pin<Box<dyn Stream<Item = Result<pb::ProduceBatchesResponse, Status>> + Send>>;
 
-/// A batch of a `ProduceBatches` request, submitted (or refused) in
-/// arrival order: its acknowledgement to await, with what metrics need.
+/// A batch of a produce stream, submitted (or refused) in arrival order:
+/// its acknowledgement to await, with what metrics need (topic, bytes).
 type SubmittedItem = Result<(crate::topic::Submitted, Acks, String, u64), BrokerError>;
+
+/// A request's outcome as the metrics label it.
+fn outcome_of<T>(r: &Result<T, BrokerError>) -> String {
+    match r {
+        Ok(_) => "ok".to_owned(),
+        Err(e) => e.code().as_str_name().to_ascii_lowercase(),
+    }
+}
+
+/// Counts an appended batch in the produce metrics (not a duplicate) and
+/// answers it.
+fn produced(metrics: &Metrics, topic: &str, bytes: u64, o: &ProduceOutcome) -> pb::ProduceResponse {
+    if !o.duplicate {
+        metrics
+            .produced_records
+            .with_label_values(&[topic])
+            .inc_by(u64::from(o.record_count));
+        metrics
+            .produced_bytes
+            .with_label_values(&[topic])
+            .inc_by(bytes);
+    }
+    pb::ProduceResponse {
+        base_offset: o.base_offset,
+        record_count: o.record_count,
+        duplicate: o.duplicate,
+    }
+}
+
+/// Submits one batch of a produce stream (called in arrival order).
+async fn submit_batch(broker: &Broker, req: pb::ProduceRequest) -> SubmittedItem {
+    let acks = acks_from_pb(req.acks)?;
+    let bytes = req.batch.len() as u64;
+    broker
+        .submit(&req.topic, req.partition, req.batch)
+        .await
+        .map(|s| (s, acks, req.topic, bytes))
+}
+
+/// Awaits a submitted batch's acknowledgement, recording it under `api`.
+async fn acknowledge(
+    metrics: &Metrics,
+    api: &str,
+    item: SubmittedItem,
+) -> Result<pb::ProduceResponse, BrokerError> {
+    let started = Instant::now();
+    let r = match item {
+        Ok((s, acks, topic, bytes)) => s
+            .wait(acks)
+            .await
+            .map(|o| produced(metrics, &topic, bytes, &o)),
+        Err(e) => Err(e),
+    };
+    metrics.request(api, &outcome_of(&r), started.elapsed());
+    r
+}
 
 #[tonic::async_trait]
 impl Strata for GrpcService {
@@ -187,25 +240,7 @@ impl Strata for GrpcService {
                 .await
         }
         .await
-        .map(|o| {
-            if !o.duplicate {
-                self.broker
-                    .metrics()
-                    .produced_records
-                    .with_label_values(&[topic.as_str()])
-                    .inc_by(u64::from(o.record_count));
-                self.broker
-                    .metrics()
-                    .produced_bytes
-                    .with_label_values(&[topic.as_str()])
-                    .inc_by(bytes);
-            }
-            pb::ProduceResponse {
-                base_offset: o.base_offset,
-                record_count: o.record_count,
-                duplicate: o.duplicate,
-            }
-        });
+        .map(|o| produced(self.broker.metrics(), &topic, bytes, &o));
         self.observe("produce", started, result)
     }
 
@@ -220,24 +255,14 @@ impl Strata for GrpcService {
         // Requests are submitted strictly in arrival order (one task); their
         // acknowledgements are awaited in that order by another, so batches
         // pipeline without overtaking each other.
-        let (queued_tx, mut queued_rx) =
-            mpsc::channel::<Result<(crate::topic::Submitted, Acks, String, u64), BrokerError>>(64);
+        let (queued_tx, mut queued_rx) = mpsc::channel::<SubmittedItem>(64);
         tokio::spawn(async move {
             loop {
                 let req = match inbound.message().await {
                     Ok(Some(r)) => r,
                     Ok(None) | Err(_) => return,
                 };
-                let submitted = match acks_from_pb(req.acks) {
-                    Ok(acks) => {
-                        let bytes = req.batch.len() as u64;
-                        broker
-                            .submit(&req.topic, req.partition, req.batch)
-                            .await
-                            .map(|s| (s, acks, req.topic, bytes))
-                    }
-                    Err(e) => Err(e),
-                };
+                let submitted = submit_batch(&broker, req).await;
                 let failed = submitted.is_err();
                 if queued_tx.send(submitted).await.is_err() || failed {
                     return;
@@ -248,33 +273,8 @@ impl Strata for GrpcService {
         let metrics = self.broker.metrics().clone();
         tokio::spawn(async move {
             while let Some(item) = queued_rx.recv().await {
-                let started = Instant::now();
-                let r = match item {
-                    Ok((s, acks, topic, bytes)) => s.wait(acks).await.inspect(|o| {
-                        if !o.duplicate {
-                            metrics
-                                .produced_records
-                                .with_label_values(&[topic.as_str()])
-                                .inc_by(u64::from(o.record_count));
-                            metrics
-                                .produced_bytes
-                                .with_label_values(&[topic.as_str()])
-                                .inc_by(bytes);
-                        }
-                    }),
-                    Err(e) => Err(e),
-                };
-                let outcome = match &r {
-                    Ok(_) => "ok".to_owned(),
-                    Err(e) => e.code().as_str_name().to_ascii_lowercase(),
-                };
-                metrics.request("produce_stream", &outcome, started.elapsed());
-                let msg = r
-                    .map(|o| pb::ProduceResponse {
-                        base_offset: o.base_offset,
-                        record_count: o.record_count,
-                        duplicate: o.duplicate,
-                    })
+                let msg = acknowledge(&metrics, "produce_stream", item)
+                    .await
                     .map_err(|e| e.to_status());
                 let stop = msg.is_err();
                 if tx.send(msg).await.is_err() || stop {
@@ -308,17 +308,7 @@ impl Strata for GrpcService {
                 };
                 let mut items = Vec::with_capacity(req.batches.len());
                 for b in req.batches {
-                    let item = match acks_from_pb(b.acks) {
-                        Ok(acks) => {
-                            let bytes = b.batch.len() as u64;
-                            broker
-                                .submit(&b.topic, b.partition, b.batch)
-                                .await
-                                .map(|s| (s, acks, b.topic, bytes))
-                        }
-                        Err(e) => Err(e),
-                    };
-                    items.push(item);
+                    items.push(submit_batch(&broker, b).await);
                 }
                 if queued_tx.send(items).await.is_err() {
                     return;
@@ -329,39 +319,15 @@ impl Strata for GrpcService {
         let metrics = self.broker.metrics().clone();
         tokio::spawn(async move {
             while let Some(items) = queued_rx.recv().await {
-                let started = Instant::now();
                 let waits = items.into_iter().map(|item| {
-                    let metrics = metrics.clone();
+                    let metrics = &metrics;
                     async move {
-                        let r = match item {
-                            Ok((s, acks, topic, bytes)) => s.wait(acks).await.inspect(|o| {
-                                if !o.duplicate {
-                                    metrics
-                                        .produced_records
-                                        .with_label_values(&[topic.as_str()])
-                                        .inc_by(u64::from(o.record_count));
-                                    metrics
-                                        .produced_bytes
-                                        .with_label_values(&[topic.as_str()])
-                                        .inc_by(bytes);
-                                }
-                            }),
-                            Err(e) => Err(e),
+                        let outcome = match acknowledge(metrics, "produce_batches", item).await {
+                            Ok(r) => pb::produce_result::Outcome::Ok(r),
+                            Err(e) => pb::produce_result::Outcome::Error(e.detail()),
                         };
-                        let outcome = match &r {
-                            Ok(_) => "ok".to_owned(),
-                            Err(e) => e.code().as_str_name().to_ascii_lowercase(),
-                        };
-                        metrics.request("produce_batches", &outcome, started.elapsed());
                         pb::ProduceResult {
-                            outcome: Some(match r {
-                                Ok(o) => pb::produce_result::Outcome::Ok(pb::ProduceResponse {
-                                    base_offset: o.base_offset,
-                                    record_count: o.record_count,
-                                    duplicate: o.duplicate,
-                                }),
-                                Err(e) => pb::produce_result::Outcome::Error(e.detail()),
-                            }),
+                            outcome: Some(outcome),
                         }
                     }
                 });
