@@ -88,6 +88,9 @@ pub enum BrokerError {
         /// The leader's client address, if known.
         leader: Option<String>,
     },
+    /// This node leads but cannot reach a quorum of the group's replicas.
+    #[error("this node leads the partition but cannot reach a quorum of its replicas: {0}")]
+    NotEnoughReplicas(String),
     /// The broker is stopping.
     #[error("the broker is shutting down")]
     ShuttingDown,
@@ -160,6 +163,7 @@ impl BrokerError {
             BrokerError::InvalidRequest(_) => ErrorCode::InvalidRequest,
             BrokerError::ShuttingDown => ErrorCode::ShuttingDown,
             BrokerError::NotLeader { .. } => ErrorCode::NotLeader,
+            BrokerError::NotEnoughReplicas(_) => ErrorCode::NotEnoughReplicas,
             BrokerError::Storage(LogError::EntryTooLarge { .. }) => ErrorCode::BatchTooLarge,
             BrokerError::Storage(_) | BrokerError::Meta(_) => ErrorCode::StorageError,
         }
@@ -210,7 +214,9 @@ impl BrokerError {
             ErrorCode::OutOfOrderSequence
             | ErrorCode::ProducerFenced
             | ErrorCode::UnknownProducer => Code::FailedPrecondition,
-            ErrorCode::NotLeader | ErrorCode::ShuttingDown => Code::Unavailable,
+            ErrorCode::NotLeader | ErrorCode::ShuttingDown | ErrorCode::NotEnoughReplicas => {
+                Code::Unavailable
+            }
             ErrorCode::StorageError | ErrorCode::Unspecified => Code::Internal,
         };
         tonic::Status::with_details(code, self.to_string(), self.detail().encode_to_vec().into())

@@ -139,13 +139,6 @@ impl MetaStore {
             })
             .collect()
     }
-
-    /// Allocates a new idempotent-producer id, durably.
-    pub fn next_producer_id(&self) -> Result<u64, MetaError> {
-        let id = self.db.generate_id()?;
-        self.db.flush()?;
-        Ok(id)
-    }
 }
 
 fn decode_offset(k: &[u8], v: &[u8]) -> Result<(String, String, u32, u64), MetaError> {

@@ -84,12 +84,32 @@ pub struct Submitted {
     duplicate: bool,
     record_count: u32,
     hw: watch::Receiver<u64>,
+    /// A replicated partition's group: the wait ends early if its leader
+    /// loses its quorum.
+    quorum: Option<Arc<Sleeper>>,
 }
 
 impl Submitted {
     /// Waits as `acks` asks: not at all, or until the batch is durable (a
-    /// duplicate: until its original is).
-    pub async fn wait(mut self, acks: Acks) -> Result<ProduceOutcome, BrokerError> {
+    /// duplicate: until its original is). In a cluster, a leader that
+    /// loses its quorum meanwhile answers NOT_ENOUGH_REPLICAS at once: the
+    /// batch stays in its log and may still commit if the quorum comes
+    /// back, so the outcome is unknown and an idempotent retry is safe.
+    pub async fn wait(self, acks: Acks) -> Result<ProduceOutcome, BrokerError> {
+        let Some(group) = self.quorum.clone() else {
+            return self.wait_durable(acks).await;
+        };
+        tokio::select! {
+            r = self.wait_durable(acks) => r,
+            () = group.quorum_lost() => Err(BrokerError::NotEnoughReplicas(
+                "the quorum was lost with this batch in flight; its outcome is unknown until \
+                 the quorum returns (an idempotent retry is safe)"
+                    .into(),
+            )),
+        }
+    }
+
+    async fn wait_durable(mut self, acks: Acks) -> Result<ProduceOutcome, BrokerError> {
         let (record_count, duplicate) = (self.record_count, self.duplicate);
         if acks == Acks::None && !duplicate {
             return Ok(ProduceOutcome {
@@ -321,15 +341,22 @@ impl Partition {
     /// (the produce stream) submit sequentially and wait concurrently.
     pub async fn submit(&self, batch: VerifiedBatch) -> Result<Submitted, BrokerError> {
         let record_count = batch.record_count();
-        let (outcome, duplicate) = match &self.engine {
-            Engine::Local(seq) => tokio::task::block_in_place(|| self.enqueue(seq, batch))?,
-            Engine::Raft(r) => r.propose(batch).await?,
+        let (outcome, duplicate, quorum) = match &self.engine {
+            Engine::Local(seq) => {
+                let (o, d) = tokio::task::block_in_place(|| self.enqueue(seq, batch))?;
+                (o, d, None)
+            }
+            Engine::Raft(r) => {
+                let (o, d) = r.propose(batch).await?;
+                (o, d, Some(r.sleeper.clone()))
+            }
         };
         Ok(Submitted {
             outcome,
             duplicate,
             record_count,
             hw: self.hw.subscribe(),
+            quorum,
         })
     }
 
@@ -485,13 +512,35 @@ impl RaftEngine {
         }
     }
 
+    /// Fails with NOT_ENOUGH_REPLICAS when the node's probes find most of
+    /// the group's voters down: the leader could commit nothing.
+    fn check_quorum(&self) -> Result<(), BrokerError> {
+        if self.sleeper.quorum_reachable() {
+            return Ok(());
+        }
+        Err(BrokerError::NotEnoughReplicas(
+            "most of its replicas' nodes do not answer".into(),
+        ))
+    }
+
     /// Renews the leader's lease if it may have lapsed (sleeping leaders
-    /// send no heartbeats) before a write.
+    /// send no heartbeats) before a write. A leader that is still the
+    /// leader but gets no quorum acknowledgement answers
+    /// NOT_ENOUGH_REPLICAS; one that lost leadership, NOT_LEADER.
     async fn renew_lease(&self) -> Result<(), BrokerError> {
-        self.sleeper
-            .ready_to_write(LEASE_RENEW_TIMEOUT)
-            .await
-            .map_err(|e| self.write_error(&e, None))
+        self.check_quorum()?;
+        let renewed = tokio::select! {
+            r = self.sleeper.ready_to_write(LEASE_RENEW_TIMEOUT) => r,
+            () = self.sleeper.quorum_lost() => Err("its replicas' nodes stopped answering".into()),
+        };
+        match renewed {
+            Ok(()) => Ok(()),
+            Err(e) if self.raft.as_leader().is_ok() => {
+                tracing::debug!(why = e, "no quorum renewed the lease");
+                Err(BrokerError::NotEnoughReplicas(e))
+            }
+            Err(e) => Err(self.write_error(&e, None)),
+        }
     }
 
     fn write_error(&self, why: &str, leader: Option<u64>) -> BrokerError {
@@ -507,6 +556,7 @@ impl RaftEngine {
         batch: VerifiedBatch,
     ) -> Result<(watch::Receiver<Outcome>, bool), BrokerError> {
         let leader = self.check_leader()?;
+        self.check_quorum()?;
         let mut seq = self.sequencer.lock().await;
         self.renew_lease().await?;
         if seq.leader != Some(leader) {
@@ -537,7 +587,7 @@ impl RaftEngine {
         }
         let header = *batch.header();
         let (tx, rx) = watch::channel::<Outcome>(None);
-        let (responder, done) = ProgressResponder::complete_only();
+        let (responder, mut done) = ProgressResponder::complete_only();
         let submitted = self
             .raft
             .write(Cmd::Batch(batch))
@@ -548,14 +598,41 @@ impl RaftEngine {
             seq.leader = None;
             return Err(BrokerError::ShuttingDown);
         }
+        // openraft refuses a proposal (lease lapsed, leadership moving) as
+        // it takes it from its queue, answering at once. A request through
+        // the same queue behind it tells a refused proposal from one in the
+        // log before the sequence is remembered: a refused batch consumes
+        // no sequence (else every retry would get its cached failure, and a
+        // later batch of the producer could enter the log past the gap).
+        if self.raft.with_raft_state(|_| ()).await.is_err() {
+            seq.leader = None;
+            return Err(BrokerError::ShuttingDown);
+        }
+        let early = match done.try_recv() {
+            Ok(r) => Some(r),
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => None,
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                // Dropped unanswered: the core is stopping.
+                seq.leader = None;
+                return Err(BrokerError::ShuttingDown);
+            }
+        };
+        if let Some(Err(openraft::errors::ClientWriteError::ForwardToLeader(f))) = &early {
+            return Err(match f.leader_id {
+                None if self.raft.as_leader().is_ok() => BrokerError::NotEnoughReplicas(
+                    "its lease lapsed: no quorum acknowledged it lately".into(),
+                ),
+                l => self.write_error("proposal refused", l),
+            });
+        }
         if let Some(p) = header.producer {
             seq.producers.remember(p, header.record_count, rx.clone());
         }
         drop(seq);
         let hints = self.hints.clone();
-        tokio::spawn(async move {
-            let outcome = match done.await {
-                Ok(Ok(resp)) => match resp.data {
+        let settle = move |r: Result<Result<_, openraft::errors::ClientWriteError<_>>, ()>| {
+            let outcome = match r {
+                Ok(Ok(openraft::raft::ClientWriteResponse { data, .. })) => match data {
                     Reply::Appended { base_offset } => Ok(base_offset),
                     other => Err(Failure::Other(format!("unexpected reply {other:?}"))),
                 },
@@ -564,10 +641,16 @@ impl RaftEngine {
                     | openraft::errors::ClientWriteError::LogEntryDiscarded(f),
                 )) => Err(Failure::NotLeader(f.leader_id.and_then(|n| hints(n)))),
                 Ok(Err(e)) => Err(Failure::Other(e.to_string())),
-                Err(_) => Err(Failure::NotLeader(None)),
+                Err(()) => Err(Failure::NotLeader(None)),
             };
             tx.send_replace(Some(outcome));
-        });
+        };
+        match early {
+            Some(r) => settle(Ok(r)),
+            None => {
+                tokio::spawn(async move { settle(done.await.map_err(|_| ())) });
+            }
+        }
         Ok((rx, false))
     }
 }

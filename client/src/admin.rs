@@ -24,6 +24,9 @@ pub use crate::types::{
 /// Largest gRPC message the client sends or accepts.
 pub const MESSAGE_BYTES_MAX: usize = 64 << 20;
 
+/// How long [`Router::refresh`] waits for one broker's metadata.
+const REFRESH_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Clients to every broker of a cluster, by address, so a producer or
 /// consumer can follow a partition's leader: on `NOT_LEADER` with a hint it
 /// moves there; on a hint-less failure (the node is down, or no leader is
@@ -59,16 +62,29 @@ impl Router {
         Ok(c)
     }
 
-    /// Learns the cluster's brokers from the metadata (best effort).
+    /// Learns the cluster's brokers from the metadata (best effort): asks
+    /// the bootstrap broker, and if it does not answer within
+    /// [`REFRESH_TIMEOUT`], the other brokers known so far.
     pub(crate) async fn refresh(&self) {
-        let Ok(c) = self.client(&self.bootstrap) else {
-            return;
-        };
-        if let Ok(r) = c.clone().metadata(pb::MetadataRequest::default()).await {
-            for b in r.into_inner().brokers {
-                if !b.grpc_addr.is_empty() {
-                    let _ = self.client(&b.grpc_addr);
+        let mut addrs: Vec<String> = self.clients.lock().keys().cloned().collect();
+        addrs.retain(|a| *a != self.bootstrap);
+        addrs.insert(0, self.bootstrap.clone());
+        for addr in addrs {
+            let Ok(c) = self.client(&addr) else {
+                continue;
+            };
+            let asked = tokio::time::timeout(
+                REFRESH_TIMEOUT,
+                c.clone().metadata(pb::MetadataRequest::default()),
+            )
+            .await;
+            if let Ok(Ok(r)) = asked {
+                for b in r.into_inner().brokers {
+                    if !b.grpc_addr.is_empty() {
+                        let _ = self.client(&b.grpc_addr);
+                    }
                 }
+                return;
             }
         }
     }
@@ -100,6 +116,13 @@ impl Router {
     }
 }
 
+/// Between HTTP/2 pings on every connection, idle or not.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(2);
+/// A connection whose ping is unanswered this long is closed, and what was
+/// in flight on it is retried elsewhere: a stopped (SIGSTOP) or unreachable
+/// broker is left within about 5 s instead of when TCP gives up.
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+
 fn endpoint(addr: &str) -> Result<Endpoint> {
     let url = if addr.starts_with("http://") {
         addr.to_owned()
@@ -110,8 +133,8 @@ fn endpoint(addr: &str) -> Result<Endpoint> {
         .map_err(|e| ClientError::Invalid(format!("address {addr:?}: {e}")))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(20))
+        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(32 << 20)))

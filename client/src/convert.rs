@@ -183,6 +183,7 @@ impl From<pb::ErrorCode> for ErrorCode {
             P::InvalidRequest => ErrorCode::InvalidRequest,
             P::UnknownProducer => ErrorCode::UnknownProducer,
             P::ShuttingDown => ErrorCode::ShuttingDown,
+            P::NotEnoughReplicas => ErrorCode::NotEnoughReplicas,
         }
     }
 }
@@ -202,7 +203,7 @@ mod tests {
                 assert_eq!(format!("{wire:?}"), format!("{:?}", ErrorCode::from(wire)));
             }
         }
-        assert_eq!(known, 16, "a code was added to the proto: map it");
+        assert_eq!(known, 17, "a code was added to the proto: map it");
     }
 
     #[test]

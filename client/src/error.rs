@@ -43,6 +43,9 @@ pub enum ErrorCode {
     UnknownProducer,
     /// The broker is stopping.
     ShuttingDown,
+    /// The partition's leader cannot reach a quorum of its replicas;
+    /// retriable (a batch in flight has an unknown outcome until then).
+    NotEnoughReplicas,
 }
 
 /// What went wrong talking to Strata.
@@ -108,6 +111,23 @@ pub enum ClientError {
         /// The broker's message.
         message: String,
     },
+    /// A record was not acknowledged within the producer's delivery
+    /// timeout.
+    #[error(
+        "not acknowledged within the delivery timeout ({after:?}, {attempts} attempts){}; last error: {last_error}",
+        if *outcome_unknown { "; it may or may not have been written" } else { "; it was not written" }
+    )]
+    DeliveryTimedOut {
+        /// The delivery timeout.
+        after: std::time::Duration,
+        /// Sends of its batch.
+        attempts: u32,
+        /// The batch reached a broker, which may have written it without
+        /// the answer arriving.
+        outcome_unknown: bool,
+        /// The last failure.
+        last_error: String,
+    },
     /// The producer or consumer was closed.
     #[error("closed")]
     Closed,
@@ -121,7 +141,10 @@ impl ClientError {
             ClientError::Unavailable(_)
                 | ClientError::NotLeader { .. }
                 | ClientError::Broker {
-                    code: ErrorCode::NotLeader | ErrorCode::ShuttingDown | ErrorCode::StorageError,
+                    code: ErrorCode::NotLeader
+                        | ErrorCode::ShuttingDown
+                        | ErrorCode::StorageError
+                        | ErrorCode::NotEnoughReplicas,
                     ..
                 }
         )

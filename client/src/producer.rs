@@ -58,8 +58,17 @@ pub struct ProducerConfig {
     pub acks: Acks,
     /// Bytes of records buffered or in flight; `send` waits beyond it. Default 64 MiB.
     pub buffer_bytes_max: usize,
-    /// Attempts per batch before its records fail. Default 10.
-    pub attempts_max: u32,
+    /// How long a record may take from `send` to its acknowledgement,
+    /// retries included; past it the record fails with
+    /// [`ClientError::DeliveryTimedOut`]. Retries are bounded by this, not
+    /// by a count, so a partition that regains its quorum or its leader
+    /// within it loses and duplicates nothing. Default 120 s (Kafka's
+    /// `delivery.timeout.ms`).
+    pub delivery_timeout: Duration,
+    /// How long a request to a broker may go unanswered before the
+    /// producer gives up on that broker (its batches are retried, at the
+    /// partition's leader as then known). Default 10 s.
+    pub request_timeout: Duration,
     /// Base of the retry backoff: the delay before a batch's n-th retry is
     /// drawn uniformly from `[0, retry_backoff · 2^n]`, the bound capped at
     /// `retry_backoff_max`. Default 50 ms.
@@ -76,7 +85,8 @@ impl Default for ProducerConfig {
             compression: Compression::Lz4,
             acks: Acks::All,
             buffer_bytes_max: 64 << 20,
-            attempts_max: 10,
+            delivery_timeout: Duration::from_secs(120),
+            request_timeout: Duration::from_secs(10),
             retry_backoff: Duration::from_millis(50),
             retry_backoff_max: Duration::from_secs(2),
         }
@@ -125,6 +135,11 @@ struct Batch {
     /// Sequence of the first record once assigned (at first send).
     sequence: Option<u32>,
     attempts: u32,
+    /// When its first record was sent: the delivery timeout runs from here.
+    created: Instant,
+    /// It reached a broker at least once, so it may have been written even
+    /// if no answer said so.
+    sent: bool,
 }
 
 #[derive(Clone)]
@@ -174,9 +189,12 @@ fn record_size(r: &Record) -> usize {
 impl Producer {
     /// Connects to a broker.
     pub async fn connect(addr: &str, config: ProducerConfig) -> Result<Self> {
-        if config.batch_bytes_max == 0 || config.attempts_max == 0 {
+        if config.batch_bytes_max == 0
+            || config.delivery_timeout.is_zero()
+            || config.request_timeout.is_zero()
+        {
             return Err(ClientError::Invalid(
-                "batch_bytes_max and attempts_max must be positive".into(),
+                "batch_bytes_max, delivery_timeout and request_timeout must be positive".into(),
             ));
         }
         let client = connect(addr).await?;
@@ -400,7 +418,12 @@ struct Muxes(Arc<parking_lot::Mutex<HashMap<String, mpsc::Sender<MuxItem>>>>);
 
 impl Muxes {
     /// The multiplexer for `addr`, started if there is none (or it ended).
-    fn get(&self, addr: &str, client: &StrataClient<Channel>) -> mpsc::Sender<MuxItem> {
+    fn get(
+        &self,
+        addr: &str,
+        client: &StrataClient<Channel>,
+        request_timeout: Duration,
+    ) -> mpsc::Sender<MuxItem> {
         let mut m = self.0.lock();
         if let Some(tx) = m.get(addr)
             && !tx.is_closed()
@@ -409,7 +432,7 @@ impl Muxes {
         }
         tracing::trace!(broker = %addr, "opening a produce stream");
         let (tx, rx) = mpsc::channel(MUX_BATCHES_MAX);
-        tokio::spawn(run_mux(client.clone(), rx));
+        tokio::spawn(run_mux(client.clone(), rx, request_timeout));
         m.insert(addr.to_owned(), tx.clone());
         tx
     }
@@ -436,8 +459,14 @@ fn answer(r: pb::ProduceResult) -> std::result::Result<pb::ProduceResponse, toni
 /// `MUX_REQUESTS_IN_FLIGHT` requests are out, and hands each batch its
 /// result. Ends when every sender is gone and nothing is out, or when the
 /// stream breaks (every batch out or waiting then gets the error, and the
-/// next `Muxes::get` starts a new stream).
-async fn run_mux(mut client: StrataClient<Channel>, mut rx: mpsc::Receiver<MuxItem>) {
+/// next `Muxes::get` starts a new stream). A request unanswered for
+/// `request_timeout` breaks the stream the same way (a broker that is
+/// stopped, overloaded or cut off from its peers without noticing).
+async fn run_mux(
+    mut client: StrataClient<Channel>,
+    mut rx: mpsc::Receiver<MuxItem>,
+    request_timeout: Duration,
+) {
     let (req_tx, req_rx) = mpsc::channel::<pb::ProduceBatchesRequest>(MUX_REQUESTS_IN_FLIGHT);
     let broken = |rx: &mut mpsc::Receiver<MuxItem>, status: &tonic::Status| {
         rx.close();
@@ -445,10 +474,17 @@ async fn run_mux(mut client: StrataClient<Channel>, mut rx: mpsc::Receiver<MuxIt
             let _ = done.send(Err(status.clone()));
         }
     };
-    let mut responses = match client
-        .produce_batches(tokio_stream::wrappers::ReceiverStream::new(req_rx))
-        .await
-    {
+    let opened = tokio::time::timeout(
+        request_timeout,
+        client.produce_batches(tokio_stream::wrappers::ReceiverStream::new(req_rx)),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(tonic::Status::deadline_exceeded(format!(
+            "the broker did not open a produce stream within {request_timeout:?}"
+        )))
+    });
+    let mut responses = match opened {
         Ok(r) => r.into_inner(),
         Err(status) => {
             broken(&mut rx, &status);
@@ -456,7 +492,8 @@ async fn run_mux(mut client: StrataClient<Channel>, mut rx: mpsc::Receiver<MuxIt
         }
     };
     type Done = oneshot::Sender<std::result::Result<pb::ProduceResponse, tonic::Status>>;
-    let mut out: VecDeque<Vec<Done>> = VecDeque::new();
+    // Requests out, oldest first: when each was sent, and its batches.
+    let mut out: VecDeque<(Instant, Vec<Done>)> = VecDeque::new();
     let mut open = true;
     loop {
         if !open && out.is_empty() {
@@ -482,18 +519,28 @@ async fn run_mux(mut client: StrataClient<Channel>, mut rx: mpsc::Receiver<MuxIt
                 let (batches, dones): (Vec<_>, Vec<_>) = items.into_iter().unzip();
                 if req_tx.send(pb::ProduceBatchesRequest { batches }).await.is_err() {
                     let status = tonic::Status::unavailable("produce stream closed");
-                    for d in dones.into_iter().chain(out.drain(..).flatten()) {
+                    for d in dones.into_iter().chain(out.drain(..).flat_map(|(_, d)| d)) {
                         let _ = d.send(Err(status.clone()));
                     }
                     broken(&mut rx, &status);
                     return;
                 }
-                out.push_back(dones);
+                out.push_back((Instant::now(), dones));
+            }
+            _ = tokio::time::sleep_until(out.front().map_or_else(Instant::now, |(at, _)| *at + request_timeout)), if !out.is_empty() => {
+                let status = tonic::Status::deadline_exceeded(format!(
+                    "no answer from the broker within {request_timeout:?}"
+                ));
+                for d in out.drain(..).flat_map(|(_, d)| d) {
+                    let _ = d.send(Err(status.clone()));
+                }
+                broken(&mut rx, &status);
+                return;
             }
             resp = responses.message(), if !out.is_empty() => {
                 let status = match resp {
                     Ok(Some(r)) => {
-                        let dones = out.pop_front().unwrap_or_default();
+                        let dones = out.pop_front().map(|(_, d)| d).unwrap_or_default();
                         if r.results.len() == dones.len() {
                             for (d, result) in dones.into_iter().zip(r.results) {
                                 let _ = d.send(answer(result));
@@ -509,7 +556,7 @@ async fn run_mux(mut client: StrataClient<Channel>, mut rx: mpsc::Receiver<MuxIt
                     Ok(None) => tonic::Status::unavailable("produce stream ended"),
                     Err(status) => status,
                 };
-                for d in out.drain(..).flatten() {
+                for d in out.drain(..).flat_map(|(_, d)| d) {
                     let _ = d.send(Err(status.clone()));
                 }
                 broken(&mut rx, &status);
@@ -535,7 +582,9 @@ impl Worker {
 
     async fn open_session(&mut self) -> Result<Session> {
         Ok(Session {
-            tx: self.muxes.get(&self.addr, &self.client),
+            tx: self
+                .muxes
+                .get(&self.addr, &self.client, self.config.request_timeout),
             pending: VecDeque::new(),
         })
     }
@@ -549,6 +598,9 @@ impl Worker {
         let mut retry: VecDeque<Batch> = VecDeque::new();
         let mut retry_at: Option<Instant> = None;
         let mut reset_producer = false;
+        // Set when a batch gave up with an unknown outcome: the batches
+        // sent after it may be written too.
+        let mut unknown: Option<ClientError> = None;
         let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
         let mut inbox_open = true;
         loop {
@@ -566,6 +618,20 @@ impl Worker {
                 // Every result of the round is in: renumber what is left
                 // under a new producer id, retries first, in order.
                 reset_producer = false;
+                if let Some(e) = unknown.take() {
+                    // A batch sent after one whose outcome is unknown may
+                    // have been written as well: it fails the same way and
+                    // is never sent again under a new id (that would
+                    // duplicate it). Batches never sent are renumbered.
+                    let (sent, unsent): (VecDeque<Batch>, VecDeque<Batch>) = retry
+                        .drain(..)
+                        .chain(queued.drain(..))
+                        .partition(|b| b.sent);
+                    for b in sent {
+                        fail(b, &e);
+                    }
+                    queued = unsent;
+                }
                 self.producer = None;
                 self.shared_id = None;
                 self.next_sequence = 0;
@@ -627,7 +693,10 @@ impl Worker {
                 .await;
                 tracing::trace!(broker = %self.addr, sequence = ?batch.sequence, ok = sent.is_ok(), "batch sent");
                 match sent {
-                    Ok(()) => in_flight.push_back(batch),
+                    Ok(()) => {
+                        batch.sent = true;
+                        in_flight.push_back(batch);
+                    }
                     Err(_) if !in_flight.is_empty() => {
                         // The stream broke with batches ahead of this one in
                         // flight: queue it behind them; the stream's error
@@ -635,7 +704,7 @@ impl Worker {
                         in_flight.push_back(batch);
                         break;
                     }
-                    Err(e) if e.is_retriable() && batch.attempts < self.config.attempts_max => {
+                    Err(e) if e.is_retriable() && !self.expired(&batch) => {
                         batch.attempts += 1;
                         session = None;
                         self.reroute(&e);
@@ -644,7 +713,7 @@ impl Worker {
                         break;
                     }
                     Err(e) => {
-                        fail(batch, &e);
+                        self.give_up(batch, e, &mut unknown);
                         reset_producer = true;
                     }
                 }
@@ -656,7 +725,14 @@ impl Worker {
                     Some(Msg::Record(p, size)) => {
                         let b = open.get_or_insert_with(|| {
                             linger_deadline = Instant::now() + self.config.linger;
-                            Batch { records: Vec::new(), bytes: 0, sequence: None, attempts: 0 }
+                            Batch {
+                                records: Vec::new(),
+                                bytes: 0,
+                                sequence: None,
+                                attempts: 0,
+                                created: Instant::now(),
+                                sent: false,
+                            }
                         });
                         b.records.push(p);
                         b.bytes += size;
@@ -687,9 +763,9 @@ impl Worker {
                     if let Err(e) = &r {
                         self.reroute(e);
                     }
-                    let again = in_flight
-                        .pop_front()
-                        .and_then(|b| self.complete(b, r, &mut retry_at, &mut reset_producer));
+                    let again = in_flight.pop_front().and_then(|b| {
+                        self.complete(b, r, &mut retry_at, &mut reset_producer, &mut unknown)
+                    });
                     if failed {
                         // The stream is gone: what was in flight behind the
                         // failure was not appended. It was sent before
@@ -707,6 +783,33 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Whether the batch is past its delivery timeout.
+    fn expired(&self, batch: &Batch) -> bool {
+        batch.created.elapsed() >= self.config.delivery_timeout
+    }
+
+    /// Fails a batch for good after `e`. A retriable error means it ran out
+    /// of time: if it ever reached a broker its outcome is unknown, and so
+    /// is that of every batch sent after it (`unknown`).
+    fn give_up(&self, batch: Batch, e: ClientError, unknown: &mut Option<ClientError>) {
+        if !e.is_retriable() {
+            tracing::warn!(topic = %self.topic, partition = self.partition, sequence = ?batch.sequence, error = %e, "batch failed");
+            fail(batch, &e);
+            return;
+        }
+        let e = ClientError::DeliveryTimedOut {
+            after: self.config.delivery_timeout,
+            attempts: batch.attempts,
+            outcome_unknown: batch.sent,
+            last_error: e.to_string(),
+        };
+        tracing::warn!(topic = %self.topic, partition = self.partition, sequence = ?batch.sequence, error = %e, "batch timed out");
+        if batch.sent && unknown.is_none() {
+            *unknown = Some(e.clone());
+        }
+        fail(batch, &e);
     }
 
     fn backoff(&self, attempts: u32) -> Duration {
@@ -765,6 +868,7 @@ impl Worker {
         r: Result<pb::ProduceResponse>,
         retry_at: &mut Option<Instant>,
         reset_producer: &mut bool,
+        unknown: &mut Option<ClientError>,
     ) -> Option<Batch> {
         match r {
             Ok(resp) => {
@@ -783,11 +887,11 @@ impl Worker {
             Err(ClientError::Broker {
                 code: ErrorCode::OutOfOrderSequence,
                 ..
-            }) if *reset_producer && batch.attempts < self.config.attempts_max => {
+            }) if *reset_producer && !self.expired(&batch) => {
                 batch.attempts += 1;
                 Some(batch)
             }
-            Err(e) if e.is_retriable() && batch.attempts < self.config.attempts_max => {
+            Err(e) if e.is_retriable() && !self.expired(&batch) => {
                 batch.attempts += 1;
                 // A hint to another broker is followed at once (the worker
                 // moved there in `reroute`); other failures back off.
@@ -800,8 +904,7 @@ impl Worker {
                 Some(batch)
             }
             Err(e) => {
-                tracing::warn!(topic = %self.topic, partition = self.partition, sequence = ?batch.sequence, error = %e, "batch failed");
-                fail(batch, &e);
+                self.give_up(batch, e, unknown);
                 // Later batches carry sequences after the failed one; a new
                 // producer id lets them through.
                 *reset_producer = true;
@@ -823,6 +926,7 @@ fn fail(batch: Batch, e: &ClientError) {
                 message: message.clone(),
             },
             ClientError::UnknownTopic(m) => ClientError::UnknownTopic(m.clone()),
+            e @ ClientError::DeliveryTimedOut { .. } => e.clone(),
             other => ClientError::Unavailable(other.to_string()),
         };
         let _ = p.done.send(Err(err));

@@ -70,7 +70,6 @@ async fn leader_kill_9_loses_no_acknowledged_write_and_replicas_converge() {
         &first,
         ProducerConfig {
             batch_bytes_max: 16 << 10,
-            attempts_max: 1000,
             retry_backoff: Duration::from_millis(20),
             retry_backoff_max: Duration::from_millis(200),
             ..ProducerConfig::default()

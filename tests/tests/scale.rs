@@ -55,7 +55,6 @@ async fn write_round(
     let producer = Producer::connect(
         bootstrap,
         ProducerConfig {
-            attempts_max: 100,
             retry_backoff: Duration::from_millis(20),
             retry_backoff_max: Duration::from_millis(500),
             ..ProducerConfig::default()

@@ -185,7 +185,7 @@ async fn acknowledged_writes_survive_kill_9_and_nothing_else_appears() {
         .unwrap();
     let config = ProducerConfig {
         batch_bytes_max: 4096,
-        attempts_max: 2,
+        delivery_timeout: Duration::from_secs(3),
         retry_backoff: Duration::from_millis(10),
         ..ProducerConfig::default()
     };

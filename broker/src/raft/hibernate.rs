@@ -53,7 +53,7 @@
 //! The metadata group never sleeps. A wrongly declared death (a paused
 //! process) costs an election, never data.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -64,6 +64,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use strata_proto::raft_pb::RaftMessage;
 use strata_proto::raft_pb::raft_peer_client::RaftPeerClient;
+use tokio::sync::watch;
 use tonic::Request;
 
 use super::channels::Channels;
@@ -103,10 +104,14 @@ pub struct HibernateReply {
     pub incarnation: u64,
 }
 
-/// One hosted group's sleep state.
+/// One hosted group's sleep state, and what the node's probes say about
+/// its voters.
 #[derive(Debug)]
 pub struct Sleeper {
     raft: Raft,
+    node_id: u64,
+    /// The peers the node's probes find down.
+    down: watch::Receiver<BTreeSet<u64>>,
     /// The node that should lead a new group (the first replica placed).
     preferred: Option<u64>,
     state: Mutex<SleepState>,
@@ -184,6 +189,43 @@ impl Sleeper {
         }
     }
 
+    /// Whether a quorum of the group's voters is alive as far as this
+    /// node's probes tell (this node counts as alive). A leader without
+    /// one cannot commit; the partition answers NOT_ENOUGH_REPLICAS at
+    /// once instead of holding requests until the network heals (Raft's
+    /// CheckQuorum, which openraft does not do: a leader that lost its
+    /// quorum keeps its role until it hears a higher term).
+    pub fn quorum_reachable(&self) -> bool {
+        let down = self.down.borrow();
+        if down.is_empty() {
+            return true;
+        }
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+        let alive = voters
+            .iter()
+            .filter(|v| **v == self.node_id || !down.contains(v))
+            .count();
+        alive * 2 > voters.len()
+    }
+
+    /// Resolves once [`Self::quorum_reachable`] turns false (at once if it
+    /// is).
+    pub async fn quorum_lost(&self) {
+        let mut down = self.down.clone();
+        loop {
+            if !self.quorum_reachable() {
+                return;
+            }
+            if down.changed().await.is_err() {
+                // The node's liveness service is gone: the node is
+                // stopping, and nothing will answer this group's writes.
+                return std::future::pending().await;
+            }
+        }
+    }
+
     fn sleep(&self, st: &mut SleepState) {
         if !st.asleep {
             self.awake.fetch_sub(1, Ordering::Relaxed);
@@ -222,6 +264,8 @@ pub struct Hibernation {
     enabled: bool,
     groups: Mutex<HashMap<String, Arc<Sleeper>>>,
     peers: Mutex<HashMap<u64, Peer>>,
+    /// The peers found down, published for the groups' quorum checks.
+    down: watch::Sender<BTreeSet<u64>>,
     rounds: AtomicU64,
     /// Groups awake (see [`Sleeper::awake`]).
     awake: Arc<AtomicUsize>,
@@ -246,6 +290,7 @@ impl Hibernation {
             enabled,
             groups: Mutex::default(),
             peers: Mutex::default(),
+            down: watch::Sender::new(BTreeSet::new()),
             rounds: AtomicU64::new(0),
             awake: Arc::default(),
             registered: AtomicBool::new(false),
@@ -260,6 +305,8 @@ impl Hibernation {
     pub fn register(&self, name: &str, raft: Raft, preferred: Option<u64>) -> Arc<Sleeper> {
         let s = Arc::new(Sleeper {
             raft,
+            node_id: self.node_id,
+            down: self.down.subscribe(),
             preferred,
             state: Mutex::new(SleepState {
                 asleep: self.enabled,
@@ -432,8 +479,18 @@ impl Hibernation {
                 }
             }
         }
-        self.settle();
         let peers_changed = !went_down.is_empty() || !came_up.is_empty();
+        if peers_changed {
+            let down: BTreeSet<u64> = self
+                .peers
+                .lock()
+                .iter()
+                .filter(|(_, p)| !p.up)
+                .map(|(id, _)| *id)
+                .collect();
+            self.down.send_replace(down);
+        }
+        self.settle();
         for id in came_up {
             self.peer_up(id);
         }

@@ -86,6 +86,8 @@ pub enum MetaCmd {
         offsets: Vec<(u32, u64)>,
     },
     /// Allocates the next producer id (answered with `Reply::Done(id)`).
+    /// No longer proposed (nodes issue random ids on their own); kept so
+    /// that logs written before still decode and apply alike.
     AllocProducerId,
     /// Records the leader of a partition (ignored unless the term is newer).
     SetLeader {
