@@ -686,6 +686,9 @@ const OPEN_THREADS: usize = 16;
 
 impl PartitionSource for Broker {
     fn partition_figures(&self) -> Vec<PartitionFigures> {
+        if let Some(c) = &self.cluster {
+            return c.partition_figures();
+        }
         let mut out = Vec::new();
         for t in self.topics() {
             for s in self.partition_status(&t) {
@@ -696,6 +699,7 @@ impl PartitionSource for Broker {
                     segments: s.segments as u64,
                     high_watermark: s.high_watermark,
                     log_start_offset: s.log_start_offset,
+                    replica: None,
                 });
             }
         }

@@ -324,6 +324,52 @@ impl Cluster {
         }
     }
 
+    /// Gauges of every partition replica hosted here.
+    pub fn partition_figures(&self) -> Vec<crate::metrics::PartitionFigures> {
+        let hosted = self.hosted.read();
+        let mut out: Vec<_> = hosted
+            .iter()
+            .map(|((topic, partition), h)| {
+                let st = group_status(&h.raft, None);
+                let (size_bytes, segments) = h.partition.size();
+                let leading = st.role == "leader";
+                let lag_entries = if leading {
+                    st.voters
+                        .iter()
+                        .chain(&st.learners)
+                        .map(|id| {
+                            let matched = if *id == self.config.node_id {
+                                st.log_end
+                            } else {
+                                st.matched_end.get(id).copied().unwrap_or(0)
+                            };
+                            (*id, st.log_end.saturating_sub(matched))
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                crate::metrics::PartitionFigures {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    size_bytes,
+                    segments: segments as u64,
+                    high_watermark: h.partition.high_watermark(),
+                    log_start_offset: h.partition.log_start_offset(),
+                    replica: Some(crate::metrics::ReplicaFigures {
+                        leader: st.leader.unwrap_or(0),
+                        leading,
+                        quorum: h.partition.quorum_reachable(),
+                        term: st.term,
+                        lag_entries,
+                    }),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        out
+    }
+
     /// Every registered node's Raft address, without cloning the rest of
     /// the metadata.
     fn peer_addrs(&self) -> BTreeMap<u64, String> {
@@ -716,11 +762,14 @@ impl Cluster {
     }
 
     /// Asks the leader of a group (hosted and led here) to hand over.
+    ///
+    /// Answers `true` (and moves nothing) if `to` already leads: openraft
+    /// would start a transfer to itself that ends with another leader.
     pub async fn transfer_leader(
         &self,
         topic: Option<(&str, u32)>,
         to: u64,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<bool, BrokerError> {
         let raft = match topic {
             None => {
                 let leader = self.meta_leader()?;
@@ -745,6 +794,9 @@ impl Cluster {
                 "node {to} is not a voter of that group"
             )));
         }
+        if to == self.config.node_id {
+            return Ok(true);
+        }
         raft.trigger()
             .transfer_leader(to)
             .await
@@ -759,7 +811,7 @@ impl Cluster {
             }
             let _ = tokio::time::timeout(Duration::from_millis(200), m.changed()).await;
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Opens or closes partition groups to match the applied metadata.

@@ -26,6 +26,25 @@ pub struct PartitionFigures {
     pub high_watermark: u64,
     /// First readable offset.
     pub log_start_offset: u64,
+    /// On a cluster node: the replica's Raft view.
+    pub replica: Option<ReplicaFigures>,
+}
+
+/// A cluster node's replica of a partition at scrape time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplicaFigures {
+    /// The leader this node knows of (0: none).
+    pub leader: u64,
+    /// This node leads.
+    pub leading: bool,
+    /// This node's probes find a quorum of the voters alive (a leader
+    /// without one answers NOT_ENOUGH_REPLICAS).
+    pub quorum: bool,
+    /// Current term.
+    pub term: u64,
+    /// On the leader: each replica's lag behind the leader's log end, in
+    /// Raft entries (batches).
+    pub lag_entries: Vec<(u64, u64)>,
 }
 
 /// A cluster node's Raft groups at scrape time.
@@ -73,6 +92,7 @@ pub struct Metrics {
     /// election a replica takes part in counts once).
     pub raft_term_changes: IntCounter,
     partition: IntGaugeVec,
+    replica_lag: IntGaugeVec,
     raft: IntGaugeVec,
 }
 
@@ -138,11 +158,22 @@ impl Metrics {
         let partition = must(IntGaugeVec::new(
             Opts::new(
                 "strata_partition",
-                "Partition figures: size_bytes, segments, high_watermark, log_start_offset.",
+                "Partition figures: size_bytes, segments, high_watermark, log_start_offset; \
+                 on a cluster node also leader (node id, 0: none known), leading (1 if this \
+                 node leads), quorum (1 if this node sees a quorum of the voters alive) and term.",
             ),
             &["topic", "partition", "figure"],
         ));
         must(registry.register(Box::new(partition.clone())));
+        let replica_lag = must(IntGaugeVec::new(
+            Opts::new(
+                "strata_partition_replica_lag_entries",
+                "On a partition's leader: how many Raft entries (batches) each replica's log \
+                 is behind the leader's.",
+            ),
+            &["topic", "partition", "replica"],
+        ));
+        must(registry.register(Box::new(replica_lag.clone())));
         let raft = must(IntGaugeVec::new(
             Opts::new(
                 "strata_raft_groups",
@@ -168,6 +199,7 @@ impl Metrics {
             fetched_bytes,
             fsync,
             partition,
+            replica_lag,
         }
     }
 
@@ -182,14 +214,29 @@ impl Metrics {
     /// The text exposition, with partition gauges read now.
     pub fn render(&self, source: &dyn PartitionSource) -> String {
         self.partition.reset();
+        self.replica_lag.reset();
         for s in source.partition_figures() {
             let p = s.partition.to_string();
-            for (figure, v) in [
+            let mut figures = vec![
                 ("size_bytes", s.size_bytes),
                 ("segments", s.segments),
                 ("high_watermark", s.high_watermark),
                 ("log_start_offset", s.log_start_offset),
-            ] {
+            ];
+            if let Some(r) = &s.replica {
+                figures.extend([
+                    ("leader", r.leader),
+                    ("leading", u64::from(r.leading)),
+                    ("quorum", u64::from(r.quorum)),
+                    ("term", r.term),
+                ]);
+                for (replica, lag) in &r.lag_entries {
+                    self.replica_lag
+                        .with_label_values(&[s.topic.as_str(), p.as_str(), &replica.to_string()])
+                        .set(i64::try_from(*lag).unwrap_or(i64::MAX));
+                }
+            }
+            for (figure, v) in figures {
                 self.partition
                     .with_label_values(&[s.topic.as_str(), p.as_str(), figure])
                     .set(i64::try_from(v).unwrap_or(i64::MAX));

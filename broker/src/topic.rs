@@ -265,6 +265,15 @@ impl Partition {
         }
     }
 
+    /// Whether this node's probes find a quorum of the group's voters
+    /// alive (always on a single node).
+    pub fn quorum_reachable(&self) -> bool {
+        match &self.engine {
+            Engine::Local(_) => true,
+            Engine::Raft(r) => r.sleeper.quorum_reachable(),
+        }
+    }
+
     /// The Raft group, if replicated.
     pub fn raft(&self) -> Option<&Raft> {
         match &self.engine {

@@ -236,19 +236,21 @@ impl Admin {
     }
 
     /// Moves leadership of a partition (or, with `None`, of the metadata
-    /// group) to node `to`.
-    pub async fn transfer_leader(&self, group: Option<(&str, u32)>, to: u64) -> Result<()> {
+    /// group) to node `to`. Answers whether `to` already led it (then
+    /// nothing moved).
+    pub async fn transfer_leader(&self, group: Option<(&str, u32)>, to: u64) -> Result<bool> {
         let req = pb::TransferLeaderRequest {
             topic: group.map(|g| g.0.to_owned()).unwrap_or_default(),
             partition: group.map_or(0, |g| g.1),
             to,
         };
-        self.on_leader(|mut c| {
-            let req = req.clone();
-            async move { c.transfer_leader(req).await }
-        })
-        .await?;
-        Ok(())
+        let r = self
+            .on_leader(|mut c| {
+                let req = req.clone();
+                async move { c.transfer_leader(req).await }
+            })
+            .await?;
+        Ok(r.already_leader)
     }
 
     /// Moves a partition to `replicas`; new replicas catch up (from a

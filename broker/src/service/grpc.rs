@@ -826,8 +826,8 @@ impl Strata for GrpcService {
         let result = async {
             let c = self.cluster()?;
             let group = (!r.topic.is_empty()).then_some((r.topic.as_str(), r.partition));
-            c.transfer_leader(group, r.to).await?;
-            Ok(pb::TransferLeaderResponse {})
+            let already_leader = c.transfer_leader(group, r.to).await?;
+            Ok(pb::TransferLeaderResponse { already_leader })
         }
         .await;
         self.observe("transfer_leader", started, result)

@@ -103,12 +103,19 @@ pub async fn run(broker: &str, json: bool, cmd: ClusterCmd) -> anyhow::Result<()
             to,
         } => {
             let group = topic.as_deref().map(|t| (t, partition.unwrap_or(0)));
-            admin.transfer_leader(group, to).await?;
-            if !json {
-                match group {
-                    Some((t, p)) => println!("{t}/{p} is now led by node {to}"),
-                    None => println!("the metadata group is now led by node {to}"),
-                }
+            let already = admin.transfer_leader(group, to).await?;
+            let what = match group {
+                Some((t, p)) => format!("{t}/{p}"),
+                None => "the metadata group".to_owned(),
+            };
+            if json {
+                render::print_json(
+                    &serde_json::json!({"group": what, "leader": to, "moved": !already}),
+                );
+            } else if already {
+                println!("{what} is already led by node {to}; nothing to do");
+            } else {
+                println!("{what} is now led by node {to}");
             }
         }
         ClusterCmd::Reassign {

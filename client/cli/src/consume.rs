@@ -1,14 +1,18 @@
 //! `strata consume`: reads records of a topic from a start (an offset, a
 //! timestamp, earliest/latest, or a group's committed offsets) and prints
 //! them, stopping at the high watermark seen at start unless `--follow`.
-//! With `--group` it commits as it goes.
+//! With `--group` it commits as it goes: a commit that fails for a
+//! retriable reason (no metadata leader reachable, a timeout) is reported
+//! on stderr and retried with the next one; the command ends only on a
+//! fatal error, and without `--follow` only once its last positions are
+//! committed.
 
 use std::io::Write;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use clap::{Args, ValueEnum};
-use strata_client::{Admin, Consumer, ConsumerConfig, OffsetSpec, ResetPolicy, Seek};
+use strata_client::{Admin, ClientError, Consumer, ConsumerConfig, OffsetSpec, ResetPolicy, Seek};
 
 use crate::render;
 
@@ -110,6 +114,7 @@ pub async fn run(broker: &str, json: bool, a: ConsumeArgs) -> anyhow::Result<()>
     }
     let done = |c: &Consumer| c.positions().iter().all(|(p, o)| *o >= ends[p]);
     let mut count = 0u64;
+    let mut uncommitted = false;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     while a.follow || !done(&consumer) {
@@ -123,11 +128,59 @@ pub async fn run(broker: &str, json: bool, a: ConsumeArgs) -> anyhow::Result<()>
         }
         out.flush()?;
         if a.group.is_some() && !records.is_empty() {
-            consumer.commit().await?;
+            uncommitted = true;
+        }
+        if uncommitted {
+            // A failed commit is retried with the next one (it carries every
+            // position); only a fatal error ends the consumer.
+            match commit(&consumer).await {
+                Ok(()) => uncommitted = false,
+                Err(e) if e.is_retriable() => {
+                    eprintln!(
+                        "warning: committing offsets failed, retrying with the next commit: {e}"
+                    );
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         if a.max.is_some_and(|m| count >= m) {
             break;
         }
     }
+    // The last positions must be committed before a non-following consumer
+    // reports success.
+    let deadline = Instant::now() + FINAL_COMMIT_WAIT;
+    let mut tries = 0;
+    while uncommitted {
+        match commit(&consumer).await {
+            Ok(()) => uncommitted = false,
+            Err(e) if e.is_retriable() && Instant::now() < deadline => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(200 * tries.min(5))).await;
+            }
+            Err(e) => {
+                return Err(anyhow::anyhow!(
+                    "records were printed but their offsets could not be committed: {e}"
+                ));
+            }
+        }
+    }
     Ok(())
+}
+
+/// How long one offset commit may take before it counts as failed (and is
+/// retried with the next).
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the final commit is retried before the command fails.
+const FINAL_COMMIT_WAIT: Duration = Duration::from_secs(30);
+
+/// Commits the consumer's positions, bounded by [`COMMIT_TIMEOUT`].
+async fn commit(consumer: &Consumer) -> Result<(), ClientError> {
+    tokio::time::timeout(COMMIT_TIMEOUT, consumer.commit())
+        .await
+        .unwrap_or_else(|_| {
+            Err(ClientError::Unavailable(format!(
+                "no answer within {COMMIT_TIMEOUT:?}"
+            )))
+        })
 }
