@@ -451,6 +451,15 @@ impl Cluster {
         })
     }
 
+    /// Partition leader hints: as [`Self::hints`], but a leader whose node
+    /// this node's probes find down is no hint (a client sent there would
+    /// wait for nothing; the group is electing another).
+    fn live_hints(&self) -> LeaderHints {
+        let hints = self.hints();
+        let hibernation = self.hibernation.clone();
+        Arc::new(move |node| hibernation.is_up(node).then(|| hints(node)).flatten())
+    }
+
     /// The client address of a node, if known.
     pub fn grpc_addr_of(&self, node: u64) -> Option<String> {
         (self.hints())(node)
@@ -938,7 +947,7 @@ impl Cluster {
             writer,
             raft.clone(),
             sm.shared().clone(),
-            self.hints(),
+            self.live_hints(),
             self.hibernation
                 .register(&name, raft.clone(), initial.first().copied()),
         ));

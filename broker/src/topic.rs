@@ -16,6 +16,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use openraft::ReadPolicy;
+use openraft::async_runtime::WatchReceiver as _;
 use openraft::impls::ProgressResponder;
 
 use strata_proto::batch::{BatchLimits, VerifiedBatch, parse_header};
@@ -34,6 +35,13 @@ use crate::raft::{Cmd, Raft, RaftLogId, Reply};
 /// How long a write waits for a quorum to renew its leader's lease before
 /// it fails as NOT_LEADER (retriable).
 const LEASE_RENEW_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// How long a write at a replica without a live leader waits for one to be
+/// elected before it answers NOT_LEADER without a hint (an election takes
+/// 0.2-1.5 s after the old leader's node is found down).
+const LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// Between two looks at the group's leader while waiting for one.
+const LEADER_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Why a queued batch failed.
 #[derive(Debug, Clone)]
@@ -271,6 +279,15 @@ impl Partition {
         match &self.engine {
             Engine::Local(_) => true,
             Engine::Raft(r) => r.sleeper.quorum_reachable(),
+        }
+    }
+
+    /// Resolves when [`Self::quorum_reachable`] turns false (never on a
+    /// single node).
+    pub async fn quorum_lost(&self) {
+        match &self.engine {
+            Engine::Local(_) => std::future::pending().await,
+            Engine::Raft(r) => r.sleeper.quorum_lost().await,
         }
     }
 
@@ -559,12 +576,35 @@ impl RaftEngine {
         }
     }
 
+    /// The current leader id if this node leads. Otherwise NOT_LEADER with
+    /// a hint; when no live leader is known (an election is under way, or
+    /// the known leader's node stopped answering), waits up to
+    /// [`LEADER_WAIT`] for one, so the client is told where to go the
+    /// moment the election ends instead of polling for it.
+    async fn await_leader(
+        &self,
+    ) -> Result<openraft::vote::leader_id_adv::LeaderId<u64, u64>, BrokerError> {
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        let mut metrics = self.raft.metrics();
+        loop {
+            match self.check_leader() {
+                Err(BrokerError::NotLeader { leader: None })
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    // Liveness changes without a metrics change: poll too.
+                    let _ = tokio::time::timeout(LEADER_POLL, metrics.changed()).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
     /// Dedup and propose, in call order, under this leadership.
     async fn propose(
         &self,
         batch: VerifiedBatch,
     ) -> Result<(watch::Receiver<Outcome>, bool), BrokerError> {
-        let leader = self.check_leader()?;
+        let leader = self.await_leader().await?;
         self.check_quorum()?;
         let mut seq = self.sequencer.lock().await;
         self.renew_lease().await?;

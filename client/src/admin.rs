@@ -110,6 +110,18 @@ impl Router {
         addrs.get(i % addrs.len().max(1)).map(|a| (*a).clone())
     }
 
+    /// The next known broker after `current` that is not `avoid` (`None`
+    /// if there is no other).
+    pub(crate) fn next_avoiding(&self, current: &str, avoid: &str) -> Option<String> {
+        let m = self.clients.lock();
+        let addrs: Vec<&String> = m.keys().collect();
+        let at = addrs.iter().position(|a| *a == current).unwrap_or(0);
+        (1..=addrs.len())
+            .map(|k| addrs[(at + k) % addrs.len()])
+            .find(|a| *a != current && *a != avoid)
+            .cloned()
+    }
+
     /// The address the router was seeded with.
     pub(crate) fn bootstrap(&self) -> &str {
         &self.bootstrap

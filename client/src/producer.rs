@@ -73,7 +73,8 @@ pub struct ProducerConfig {
     /// drawn uniformly from `[0, retry_backoff · 2^n]`, the bound capped at
     /// `retry_backoff_max`. Default 50 ms.
     pub retry_backoff: Duration,
-    /// Largest bound of a retry delay. Default 2 s.
+    /// Largest bound of a retry delay. Default 1 s (Kafka's
+    /// `retry.backoff.max.ms`).
     pub retry_backoff_max: Duration,
 }
 
@@ -88,7 +89,7 @@ impl Default for ProducerConfig {
             delivery_timeout: Duration::from_secs(120),
             request_timeout: Duration::from_secs(10),
             retry_backoff: Duration::from_millis(50),
-            retry_backoff_max: Duration::from_secs(2),
+            retry_backoff_max: Duration::from_secs(1),
         }
     }
 }
@@ -241,6 +242,7 @@ impl Producer {
                     shared_id: Some(self.shared_id.clone()),
                     muxes: self.muxes.clone(),
                     next_sequence: 0,
+                    no_quorum: None,
                 };
                 tasks.spawn(w.run(rx));
                 tx
@@ -358,7 +360,14 @@ struct Worker {
     /// The producer's per-broker multiplexers.
     muxes: Muxes,
     next_sequence: u32,
+    /// The broker that last answered NOT_ENOUGH_REPLICAS, and when.
+    no_quorum: Option<(String, Instant)>,
 }
+
+/// How long a broker that answered NOT_ENOUGH_REPLICAS is not returned to
+/// on another broker's hint (about the time the other side of a cut takes
+/// to elect a leader).
+const NO_QUORUM_SHUN: Duration = Duration::from_secs(2);
 
 /// One batch for a broker's multiplexer, with where its answer goes.
 type MuxItem = (
@@ -568,9 +577,22 @@ async fn run_mux(
 
 impl Worker {
     /// After a failure, moves to the partition's leader (hinted) or to the
-    /// next known broker.
+    /// next known broker. A hint back to a broker that just answered
+    /// NOT_ENOUGH_REPLICAS is not followed for [`NO_QUORUM_SHUN`]: the
+    /// hinting broker has not noticed the cut yet, and the other side is
+    /// electing; the next other broker is tried instead.
     fn reroute(&mut self, err: &ClientError) {
-        if let Some(next) = self.router.next(&self.addr, err)
+        if err.code() == Some(ErrorCode::NotEnoughReplicas) {
+            self.no_quorum = Some((self.addr.clone(), Instant::now()));
+        }
+        let mut next = self.router.next(&self.addr, err);
+        if let (Some(n), Some((cut_off, at))) = (&next, &self.no_quorum)
+            && n == cut_off
+            && at.elapsed() < NO_QUORUM_SHUN
+        {
+            next = self.router.next_avoiding(&self.addr, cut_off);
+        }
+        if let Some(next) = next
             && next != self.addr
             && let Ok(c) = self.router.client(&next)
         {
@@ -894,9 +916,12 @@ impl Worker {
             Err(e) if e.is_retriable() && !self.expired(&batch) => {
                 batch.attempts += 1;
                 // A hint to another broker is followed at once (the worker
-                // moved there in `reroute`); other failures back off.
-                let hinted =
-                    matches!(&e, ClientError::NotLeader { leader: Some(l), .. } if *l == self.addr);
+                // moved there in `reroute`), and so is a leader that lost its
+                // quorum (the worker moved to the next broker, which waits
+                // for the election on the other side to end and points to
+                // its winner); other failures back off.
+                let hinted = matches!(&e, ClientError::NotLeader { leader: Some(l), .. } if *l == self.addr)
+                    || e.code() == Some(ErrorCode::NotEnoughReplicas);
                 if !(hinted && batch.attempts <= 2) {
                     *retry_at = Some(Instant::now() + self.backoff(batch.attempts));
                 }

@@ -503,10 +503,13 @@ impl NetLab {
     /// Creates the namespaces and the bridge. Panics (with the reason)
     /// when not root or iproute2 is missing: partition tests never skip.
     pub fn new(n: usize) -> Self {
+        // Unique per lab, also between the tests of one process.
+        static LABS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let k = LABS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let pid = std::process::id();
         let lab = NetLab {
-            tag: format!("st{}", pid % 1_000_000),
-            subnet: (pid % 250) as u8,
+            tag: format!("st{}{}", pid % 100_000, (b'a' + (k % 26) as u8) as char),
+            subnet: ((pid + k) % 250) as u8,
             n,
             blackholes: Vec::new(),
         };

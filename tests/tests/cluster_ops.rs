@@ -262,7 +262,33 @@ async fn init_add_node_past_retention_reassign_transfer_and_remove() {
             .is_ok_and(|d| d.partition_info[0].leader == Some(4))
     })
     .await;
+    // A transfer to the node that already leads moves nothing and says so.
+    let out = cli(
+        &first,
+        &[
+            "cluster",
+            "transfer-leader",
+            "--topic",
+            "r",
+            "-p",
+            "0",
+            "--to",
+            "4",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "transfer: {}", stderr(&out));
+    assert!(
+        stdout(&out).contains("r/0 is already led by node 4; nothing to do"),
+        "{}",
+        stdout(&out)
+    );
     produce(&first, "r", produced, produced + 1_000).await;
+    assert_eq!(
+        admin2.describe_topic("r").await.unwrap().partition_info[0].leader,
+        Some(4),
+        "the no-op transfer moved leadership"
+    );
     let total = produced + 1_000;
     let mut c = strata_tests::reader(&n4.grpc, "r").await;
     let mut next: Option<u64> = None;

@@ -75,7 +75,7 @@ pub const ROUND: Duration = Duration::from_millis(250);
 /// A peer that has not answered a probe for this long is down.
 pub const DOWN_AFTER: Duration = Duration::from_millis(1_000);
 /// A write on a leader whose last quorum acknowledgement is older than
-/// this renews the lease first (a sleeping group's lease is 1.6 s).
+/// this renews the lease first (a sleeping group's lease is 1.25 s).
 pub const LEASE_FRESH: Duration = Duration::from_millis(800);
 /// How long a survivor that is not the designated candidate waits before
 /// it wakes a group whose leader died.
@@ -124,6 +124,10 @@ struct SleepState {
     asleep: bool,
     /// Since when the group, asleep, has had no leader to count on.
     orphaned_since: Option<Instant>,
+    /// Woken here to stand for election: until the group has a live
+    /// leader, every round nudges it to try again (see
+    /// [`Hibernation::orphans`]).
+    campaigning: bool,
 }
 
 impl Sleeper {
@@ -232,6 +236,7 @@ impl Sleeper {
         }
         st.asleep = true;
         st.orphaned_since = None;
+        st.campaigning = false;
         self.raft.runtime_config().tick(false);
     }
 }
@@ -351,7 +356,9 @@ impl Hibernation {
         }
     }
 
-    fn is_up(&self, node: u64) -> bool {
+    /// Whether `node` answers this node's probes (this node and nodes not
+    /// probed yet count as up).
+    pub fn is_up(&self, node: u64) -> bool {
         node == self.node_id || self.peers.lock().get(&node).is_none_or(|p| p.up)
     }
 
@@ -534,6 +541,7 @@ impl Hibernation {
         let mut to_wake: Vec<(bool, String, Arc<Sleeper>)> = Vec::new();
         let mut pending = false;
         let mut campaigning = 0usize;
+        let mut nudge: Vec<Raft> = Vec::new();
         for (name, s) in self.groups.lock().iter() {
             let wake = {
                 let mut st = s.state.lock();
@@ -542,6 +550,22 @@ impl Hibernation {
                 if !st.asleep {
                     if m.state != ServerState::Leader {
                         campaigning += 1;
+                    }
+                    if st.campaigning {
+                        let led = m.state == ServerState::Leader
+                            || vote_leader(&m.vote).is_some_and(|l| self.is_up(l));
+                        if led {
+                            st.campaigning = false;
+                        } else {
+                            // Voters that heard the old leader lately refuse
+                            // (pre-)votes until their lease lapses, and a
+                            // refused candidate would wait a whole election
+                            // timeout before it tries again: try every round
+                            // instead, so the election ends within a round of
+                            // the lease's end.
+                            pending = true;
+                            nudge.push(s.raft.clone());
+                        }
                     }
                     continue;
                 }
@@ -597,9 +621,15 @@ impl Hibernation {
             pending = true;
         }
         self.orphans_pending.store(pending, Ordering::Relaxed);
+        for raft in nudge {
+            tokio::spawn(async move {
+                let _ = raft.trigger().elect(true).await;
+            });
+        }
         let mut woken = 0usize;
         for (_, name, s) in to_wake.into_iter().take(budget) {
             if s.wake() {
+                s.state.lock().campaigning = true;
                 woken += 1;
                 tracing::debug!(group = name, "woken to stand for election");
             }

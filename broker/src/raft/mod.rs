@@ -235,11 +235,14 @@ pub fn raft_config(
     //   node-level probe detects a dead leader (see `hibernate`), so the
     //   interval only bounds RPCs. Their lease (the maximum election
     //   timeout) is what a follower that heard from its leader just before
-    //   it died waits before voting for another.
+    //   it died waits before voting for another: 1.25 s, so that with the
+    //   probe's 1-1.25 s to find the leader's node down a cut-off leader's
+    //   partitions have a new one about 1.5 s after the cut (clients are
+    //   through within 3 s; `tests/partition.rs`).
     let (heartbeat, election_min, election_max) = if tick {
         (100, 500, 1_000)
     } else {
-        (250, 800, 1_600)
+        (250, 750, 1_250)
     };
     let c = openraft::Config {
         cluster_name: cluster_name.to_owned(),

@@ -462,16 +462,30 @@ impl Strata for GrpcService {
                     }
                     continue;
                 }
-                // At the tail.
+                // At the tail. A replica whose group lost its quorum will see
+                // nothing new (a leader cut off from its followers, while the
+                // other side may elect one and go on): the wait ends with
+                // NOT_ENOUGH_REPLICAS, so the consumer looks elsewhere.
+                let cut_off = || {
+                    BrokerError::NotEnoughReplicas(
+                        "no new records can commit here; read from another broker".into(),
+                    )
+                    .to_status()
+                };
                 if follow {
                     tokio::select! {
                         changed = hw_rx.changed() => if changed.is_err() { return },
                         _ = tx.closed() => return,
+                        () = partition.quorum_lost() => {
+                            let _ = tx.send(Err(cut_off())).await;
+                            return;
+                        }
                     }
                 } else if tokio::time::Instant::now() < deadline {
                     tokio::select! {
                         changed = hw_rx.changed() => if changed.is_err() { return },
                         _ = tokio::time::sleep_until(deadline) => {}
+                        () = partition.quorum_lost() => return,
                     }
                 } else {
                     return;

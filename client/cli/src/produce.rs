@@ -53,6 +53,15 @@ pub struct ProduceArgs {
     /// Hide the progress bar.
     #[arg(long)]
     quiet: bool,
+    /// How long a record may take to be acknowledged, retries included,
+    /// before it is reported as not delivered (a record whose batch reached
+    /// a broker may then have been written or not, and says so).
+    #[arg(long, default_value_t = 120_000, value_name = "MS")]
+    delivery_timeout_ms: u64,
+    /// How long a broker may leave a request unanswered before the
+    /// producer retries elsewhere (the partition's leader as then known).
+    #[arg(long, default_value_t = 10_000, value_name = "MS")]
+    request_timeout_ms: u64,
 }
 
 /// Deliveries awaited at most this far behind the send.
@@ -66,6 +75,8 @@ pub async fn run(broker: &str, a: ProduceArgs) -> anyhow::Result<()> {
         } else {
             Compression::Lz4
         },
+        delivery_timeout: Duration::from_millis(a.delivery_timeout_ms),
+        request_timeout: Duration::from_millis(a.request_timeout_ms),
         ..ProducerConfig::default()
     };
     let producer = Producer::connect(broker, config).await?;

@@ -1,0 +1,242 @@
+//! Idempotence through quorum loss, with real processes: a long-lived
+//! idempotent producer keeps sending to a partition whose leader survives
+//! while both its followers are killed with SIGKILL and later restarted.
+//! Every record must end up in the log exactly once (no duplicates, no
+//! gaps, nothing lost), and while the quorum is gone the leader answers
+//! with NOT_ENOUGH_REPLICAS (retriable) rather than NOT_LEADER without a
+//! leader, and its `/metrics` say the partition has no quorum.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use strata_client::{Admin, ErrorCode, Producer, ProducerConfig, Record, TopicConfig};
+use strata_proto::batch::{Compression, encode_batch};
+use strata_proto::pb;
+use strata_tests::{http, leader, poll_until_async, start_cluster, wait_for_brokers};
+
+fn rec(value: String) -> Record {
+    Record {
+        key: None,
+        value: value.into(),
+        headers: vec![],
+        timestamp_ms: 0,
+    }
+}
+
+/// The value of `strata_partition{topic="q",partition="0",figure=…}` in a
+/// node's `/metrics` (`None`: not exported).
+fn partition_gauge(http_addr: &str, figure: &str) -> Option<i64> {
+    let (status, body) = http(http_addr, "GET", "/metrics", b"");
+    assert_eq!(status, 200);
+    let prefix = format!("strata_partition{{figure=\"{figure}\",partition=\"0\",topic=\"q\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|v| v.trim().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_producer_through_lost_followers_writes_each_record_exactly_once() {
+    strata_tests::init_test_logging();
+    let (root, _tmp) = strata_tests::test_dir();
+    let mut nodes = start_cluster(root.as_path());
+    let admin = Admin::connect(&nodes[0].grpc).await.unwrap();
+    wait_for_brokers(&admin, 3).await;
+    admin
+        .create_topic("q", 1, 3, TopicConfig::default())
+        .await
+        .unwrap();
+    let mut l = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while l.is_none() {
+        assert!(Instant::now() < deadline, "no leader for q/0");
+        l = leader(&mut nodes, "q").await;
+    }
+    let l = l.unwrap() as usize;
+    let followers: Vec<usize> = (1..=3).filter(|i| *i != l).collect();
+    let leader_grpc = nodes[l - 1].grpc.clone();
+    let leader_http = nodes[l - 1].http.clone();
+    assert_eq!(partition_gauge(&leader_http, "leading"), Some(1));
+    assert_eq!(partition_gauge(&leader_http, "quorum"), Some(1));
+    assert_eq!(partition_gauge(&leader_http, "leader"), Some(l as i64));
+
+    // One long-lived producer, ~200 records/s, every value unique.
+    let producer = Producer::connect(
+        &leader_grpc,
+        ProducerConfig {
+            linger: Duration::from_millis(2),
+            ..ProducerConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let offsets = Arc::new(Mutex::new(BTreeMap::<u64, String>::new()));
+    let sender = {
+        let (producer, stop, acked, failures, offsets) = (
+            producer.clone(),
+            stop.clone(),
+            acked.clone(),
+            failures.clone(),
+            offsets.clone(),
+        );
+        tokio::spawn(async move {
+            let mut waits = tokio::task::JoinSet::new();
+            let mut sent = 0u64;
+            // Bounded: at most 200 s of sending.
+            while !stop.load(Ordering::Relaxed) && sent < 40_000 {
+                let value = format!("v{sent}");
+                let d = producer
+                    .send("q", rec(value.clone()), Some(0))
+                    .await
+                    .unwrap();
+                let (acked, failures, offsets) = (acked.clone(), failures.clone(), offsets.clone());
+                waits.spawn(async move {
+                    match d.await {
+                        Ok(m) => {
+                            offsets.lock().unwrap().insert(m.offset.unwrap(), value);
+                            acked.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => failures.lock().unwrap().push(format!("{value}: {e}")),
+                    }
+                });
+                sent += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            while waits.join_next().await.is_some() {}
+            sent
+        })
+    };
+
+    let rounds: usize = std::env::var("STRATA_QUORUM_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    for round in 0..rounds {
+        let before = acked.load(Ordering::Relaxed);
+        let a = acked.clone();
+        poll_until_async("acknowledgements flow", Duration::from_secs(30), || {
+            let a = a.clone();
+            async move { a.load(Ordering::Relaxed) >= before + 200 }
+        })
+        .await;
+        for f in &followers {
+            nodes[f - 1].kill9();
+        }
+        // The leader notices it has lost its quorum (its probes go
+        // unanswered) and says so, in its metrics and to producers.
+        let h = leader_http.clone();
+        poll_until_async(
+            "the leader reports no quorum",
+            Duration::from_secs(10),
+            || {
+                let h = h.clone();
+                async move { partition_gauge(&h, "quorum") == Some(0) }
+            },
+        )
+        .await;
+        assert_eq!(partition_gauge(&leader_http, "leading"), Some(1));
+        let mut batch = Vec::new();
+        encode_batch(&[rec("probe".into())], Compression::None, None, &mut batch).unwrap();
+        let mut raw = pb::strata_client::StrataClient::connect(format!("http://{leader_grpc}"))
+            .await
+            .unwrap();
+        let refused = raw
+            .produce(pb::ProduceRequest {
+                topic: "q".into(),
+                partition: 0,
+                batch: batch.into(),
+                acks: pb::Acks::All as i32,
+            })
+            .await
+            .expect_err("a leader without quorum acknowledged a write");
+        let e = strata_client::ClientError::from(refused);
+        assert_eq!(e.code(), Some(ErrorCode::NotEnoughReplicas), "{e}");
+        assert!(e.is_retriable());
+        // The quorum stays away while the producer keeps sending and
+        // retrying (the leader's lease lapses: proposals are refused).
+        let stalled = acked.load(Ordering::Relaxed);
+        // The fault's duration (the leader's lease lapses meanwhile), not a
+        // wait for state.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(
+            acked.load(Ordering::Relaxed),
+            stalled,
+            "round {round}: records were acknowledged without a quorum"
+        );
+        for f in &followers {
+            nodes[f - 1].restart();
+        }
+        let h = leader_http.clone();
+        poll_until_async("the quorum is back", Duration::from_secs(30), || {
+            let h = h.clone();
+            async move { partition_gauge(&h, "quorum") == Some(1) }
+        })
+        .await;
+    }
+    let before = acked.load(Ordering::Relaxed);
+    let a = acked.clone();
+    poll_until_async("acknowledgements resume", Duration::from_secs(60), || {
+        let a = a.clone();
+        async move { a.load(Ordering::Relaxed) >= before + 200 }
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let sent = tokio::time::timeout(Duration::from_secs(150), sender)
+        .await
+        .expect("every record settles within the delivery timeout")
+        .unwrap();
+    let failures = failures.lock().unwrap().clone();
+    assert!(failures.is_empty(), "records failed: {failures:?}");
+    assert_eq!(acked.load(Ordering::Relaxed), sent);
+
+    // The log holds every record exactly once, at the offset it was
+    // acknowledged with.
+    let mut c = strata_tests::reader(&leader_grpc, "q").await;
+    let mut log: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (log.len() as u64) < sent {
+        assert!(
+            Instant::now() < deadline,
+            "read {} of {sent} records",
+            log.len()
+        );
+        for r in c.poll(Duration::from_millis(500)).await.unwrap() {
+            assert_eq!(r.offset, log.len() as u64, "offsets are dense");
+            log.push(String::from_utf8(r.value.to_vec()).unwrap());
+        }
+    }
+    let end = admin
+        .list_offsets("q", 0, strata_client::OffsetSpec::Latest)
+        .await
+        .unwrap()
+        .offset;
+    let mut seen = BTreeMap::<&str, u32>::new();
+    for v in &log {
+        *seen.entry(v.as_str()).or_default() += 1;
+    }
+    let duplicates: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    let missing: Vec<u64> = (0..sent)
+        .filter(|i| !seen.contains_key(format!("v{i}").as_str()))
+        .collect();
+    println!(
+        "quorum loss: {rounds} rounds, {sent} records sent, {} in the log (end {end}), {} duplicated, {} missing",
+        log.len(),
+        duplicates.len(),
+        missing.len()
+    );
+    assert!(duplicates.is_empty(), "duplicates: {duplicates:?}");
+    assert!(missing.is_empty(), "missing: {missing:?}");
+    assert_eq!(end, sent, "the log holds more than was sent");
+    for (offset, value) in offsets.lock().unwrap().iter() {
+        assert_eq!(
+            &log[*offset as usize], value,
+            "acknowledged offset {offset}"
+        );
+    }
+}
