@@ -55,6 +55,9 @@ pub struct Broker {
     metrics: Metrics,
     topics: RwLock<HashMap<String, Arc<Topic>>>,
     cluster: Option<Arc<Cluster>>,
+    /// The (gRPC, HTTP) addresses the listeners are bound to, once bound:
+    /// what clients are told (a configured port 0 is not an address).
+    bound: std::sync::OnceLock<(String, String)>,
 }
 
 /// A topic as the services describe it, in either mode.
@@ -105,6 +108,7 @@ impl Broker {
             metrics,
             topics: RwLock::new(HashMap::new()),
             cluster: None,
+            bound: std::sync::OnceLock::new(),
         };
         for record in broker.meta.topics()? {
             let topic = broker.open_topic(record)?;
@@ -130,6 +134,22 @@ impl Broker {
     /// The cluster, if this broker is a cluster node.
     pub fn cluster(&self) -> Option<&Arc<Cluster>> {
         self.cluster.as_ref()
+    }
+
+    /// Records the addresses the listeners are bound to (once).
+    pub fn set_bound(&self, grpc: std::net::SocketAddr, http: std::net::SocketAddr) {
+        let _ = self.bound.set((grpc.to_string(), http.to_string()));
+    }
+
+    /// The (gRPC, HTTP) addresses clients are told: the bound ones once
+    /// known, else the configured ones.
+    pub fn advertised(&self) -> (String, String) {
+        self.bound.get().cloned().unwrap_or_else(|| {
+            (
+                self.config.grpc_addr.to_string(),
+                self.config.http_addr.to_string(),
+            )
+        })
     }
 
     /// Partitions of a topic.

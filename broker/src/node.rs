@@ -75,6 +75,7 @@ pub async fn run(
     let http_local = http_listener
         .local_addr()
         .map_err(|e| NodeError::Serve(e.to_string()))?;
+    b.set_bound(grpc_local, http_local);
     let mut raft_server = None;
     let mut raft_line = String::new();
     let b = match config.raft_addr {

@@ -845,12 +845,19 @@ impl Worker {
             Some(p) => p,
             None => {
                 let client = self.client.clone();
+                let timeout = self.config.request_timeout;
                 let init = || async move {
-                    let r = client
-                        .clone()
-                        .init_producer(pb::InitProducerRequest {})
-                        .await?
-                        .into_inner();
+                    let r = tokio::time::timeout(
+                        timeout,
+                        client.clone().init_producer(pb::InitProducerRequest {}),
+                    )
+                    .await
+                    .map_err(|_| {
+                        ClientError::Unavailable(format!(
+                            "no producer id from the broker within {timeout:?}"
+                        ))
+                    })??
+                    .into_inner();
                     Ok::<_, ClientError>((r.producer_id, r.producer_epoch as u16))
                 };
                 let p = match &self.shared_id {

@@ -234,6 +234,17 @@ impl BrokerProcess {
         c.wait().unwrap().success()
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, …) to the running broker.
+    pub fn signal(&self, signal: &str) {
+        let c = self.child.as_ref().expect("a running broker");
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &c.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "sending SIG{signal} failed");
+    }
+
     /// Starts the broker again on the same data directory (new ports).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "restart of a running broker");

@@ -10,8 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use prost::Message;
 use strata_client::{
-    Acks, Admin, ClientError, Compression, Consumer, ConsumerConfig, Producer, ProducerConfig,
-    Record, ResetPolicy, Seek, TopicConfig,
+    Acks, Admin, ClientError, Compression, Consumer, ConsumerConfig, OffsetSpec, Producer,
+    ProducerConfig, Record, ResetPolicy, Seek, TopicConfig,
 };
 use strata_proto::pb::{self, ErrorCode, ErrorDetail};
 use strata_tests::{BrokerProcess, cli, http, poll_until, poll_until_async, raw_grpc};
@@ -1065,4 +1065,127 @@ async fn produce_batches_answers_each_batch_and_survives_a_failed_one() {
     );
     assert_eq!(all[&(0, 4)], Bytes::from("c1"));
     assert_eq!(all[&(1, 2)], Bytes::from("d0"));
+}
+
+/// A stopped (SIGSTOP) broker does not hold a producer: its requests time
+/// out, every record sent meanwhile fails within the delivery timeout
+/// saying whether it may have been written, none is written twice when the
+/// broker resumes and reads what was queued on its sockets, a record that
+/// never reached it is not written at all, and the producer goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_broker_times_requests_out_and_nothing_is_written_twice() {
+    strata_tests::init_test_logging();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(&dir.path().join("data"), &[]);
+    let admin = Admin::connect(&broker.grpc).await.unwrap();
+    // Started on port 0: the metadata names the port it is bound to (a
+    // client that learned ":0" would alternate with a dead address).
+    let meta = admin.metadata(&[]).await.unwrap();
+    assert_eq!(meta.brokers.len(), 1);
+    assert_eq!(meta.brokers[0].grpc_addr, broker.grpc);
+    admin
+        .create_topic("s", 1, 1, TopicConfig::default())
+        .await
+        .unwrap();
+    let producer = Producer::connect(
+        &broker.grpc,
+        ProducerConfig {
+            linger: Duration::from_millis(1),
+            batch_bytes_max: 1024,
+            delivery_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_millis(500),
+            retry_backoff_max: Duration::from_millis(200),
+            ..ProducerConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut acked = BTreeMap::new();
+    for i in 0..100 {
+        let m = producer
+            .send_and_wait("s", rec(None, format!("v{i}")), Some(0))
+            .await
+            .unwrap();
+        acked.insert(m.offset.unwrap(), format!("v{i}"));
+    }
+
+    broker.signal("STOP");
+    let stopped = std::time::Instant::now();
+    let mut deliveries = Vec::new();
+    for i in 100..300 {
+        let d = producer
+            .send("s", rec(None, format!("v{i}")), Some(0))
+            .await
+            .unwrap();
+        deliveries.push((format!("v{i}"), d));
+    }
+    let mut maybe_written = HashSet::new();
+    let mut not_written = HashSet::new();
+    for (value, d) in deliveries {
+        match tokio::time::timeout(Duration::from_secs(10), d)
+            .await
+            .expect("a record sent to a stopped broker stays unresolved")
+        {
+            Err(ClientError::DeliveryTimedOut {
+                outcome_unknown, ..
+            }) => {
+                if outcome_unknown {
+                    maybe_written.insert(value);
+                } else {
+                    not_written.insert(value);
+                }
+            }
+            other => panic!("{value}: {other:?}"),
+        }
+    }
+    let resolved_in = stopped.elapsed();
+    broker.signal("CONT");
+    println!(
+        "stopped broker: 200 records failed within {resolved_in:?} ({} may have been written, {} were not)",
+        maybe_written.len(),
+        not_written.len()
+    );
+    assert!(
+        resolved_in < Duration::from_millis(4_500),
+        "failing took {resolved_in:?}"
+    );
+
+    // The producer goes on once the broker is back.
+    for i in 300..400 {
+        let m = tokio::time::timeout(
+            Duration::from_secs(30),
+            producer.send_and_wait("s", rec(None, format!("v{i}")), Some(0)),
+        )
+        .await
+        .expect("the producer recovers")
+        .unwrap();
+        acked.insert(m.offset.unwrap(), format!("v{i}"));
+    }
+    let end = admin
+        .list_offsets("s", 0, OffsetSpec::Latest)
+        .await
+        .unwrap()
+        .offset;
+    let mut c = strata_tests::reader(&broker.grpc, "s").await;
+    let mut log = Vec::new();
+    while (log.len() as u64) < end {
+        for r in c.poll(Duration::from_millis(500)).await.unwrap() {
+            log.push(String::from_utf8(r.value.to_vec()).unwrap());
+        }
+    }
+    let mut counts = BTreeMap::<&str, u32>::new();
+    for v in &log {
+        *counts.entry(v.as_str()).or_default() += 1;
+    }
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "written twice: {twice:?}");
+    for v in &not_written {
+        assert!(
+            !counts.contains_key(v.as_str()),
+            "{v} was reported not written"
+        );
+    }
+    for (offset, v) in &acked {
+        assert_eq!(&log[*offset as usize], v, "acknowledged offset {offset}");
+    }
 }

@@ -556,11 +556,14 @@ impl Strata for GrpcService {
                         http_addr: n.http_addr.clone(),
                     })
                     .collect(),
-                None => vec![pb::BrokerInfo {
-                    node_id: c.node_id,
-                    grpc_addr: c.grpc_addr.to_string(),
-                    http_addr: c.http_addr.to_string(),
-                }],
+                None => {
+                    let (grpc_addr, http_addr) = self.broker.advertised();
+                    vec![pb::BrokerInfo {
+                        node_id: c.node_id,
+                        grpc_addr,
+                        http_addr,
+                    }]
+                }
             };
             Ok(pb::MetadataResponse {
                 brokers,
