@@ -129,11 +129,12 @@ impl Router {
 }
 
 /// Between HTTP/2 pings on every connection, idle or not.
-const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(2);
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
 /// A connection whose ping is unanswered this long is closed, and what was
 /// in flight on it is retried elsewhere: a stopped (SIGSTOP) or unreachable
-/// broker is left within about 5 s instead of when TCP gives up.
-const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+/// broker is left within about 3 s instead of when TCP gives up (a busy
+/// broker answers pings from its connection task, well within this).
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn endpoint(addr: &str) -> Result<Endpoint> {
     let url = if addr.starts_with("http://") {

@@ -239,4 +239,92 @@ async fn idempotent_producer_through_lost_followers_writes_each_record_exactly_o
             "acknowledged offset {offset}"
         );
     }
+    // The leader exports every replica's lag, zero once caught up.
+    let h = leader_http.clone();
+    poll_until_async("every replica caught up", Duration::from_secs(30), || {
+        let h = h.clone();
+        async move { (1..=3).all(|r| replica_lag(&h, r) == Some(0)) }
+    })
+    .await;
+}
+
+/// `strata_partition_replica_lag_entries` of q/0's replica on node
+/// `replica`, as a node's `/metrics` export it.
+fn replica_lag(http_addr: &str, replica: u64) -> Option<i64> {
+    let (_, body) = http(http_addr, "GET", "/metrics", b"");
+    let prefix = format!(
+        "strata_partition_replica_lag_entries{{partition=\"0\",replica=\"{replica}\",topic=\"q\"}} "
+    );
+    body.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|v| v.trim().parse().unwrap())
+}
+
+/// A leader stopped with SIGSTOP (alive to TCP, answering nothing) is left
+/// behind: the others elect a leader and a producer that was writing to
+/// it moves there within seconds, losing and duplicating nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_leader_is_left_within_seconds() {
+    strata_tests::init_test_logging();
+    let (root, _tmp) = strata_tests::test_dir();
+    let mut nodes = start_cluster(root.as_path());
+    let admin = Admin::connect(&nodes[0].grpc).await.unwrap();
+    wait_for_brokers(&admin, 3).await;
+    admin
+        .create_topic("q", 1, 3, TopicConfig::default())
+        .await
+        .unwrap();
+    let mut l = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while l.is_none() {
+        assert!(Instant::now() < deadline, "no leader for q/0");
+        l = leader(&mut nodes, "q").await;
+    }
+    let l = l.unwrap() as usize;
+    let producer = Producer::connect(&nodes[l - 1].grpc, ProducerConfig::default())
+        .await
+        .unwrap();
+    let mut values = Vec::new();
+    for i in 0..100 {
+        producer
+            .send_and_wait("q", rec(format!("v{i}")), Some(0))
+            .await
+            .unwrap();
+        values.push(format!("v{i}"));
+    }
+    nodes[l - 1].signal("STOP");
+    let stopped = Instant::now();
+    // One record at a time: how long until the first write after the
+    // stop is acknowledged (by the new leader).
+    let mut first_ack = None;
+    for i in 100..200 {
+        let m = tokio::time::timeout(
+            Duration::from_secs(30),
+            producer.send_and_wait("q", rec(format!("v{i}")), Some(0)),
+        )
+        .await
+        .expect("the producer moves to the new leader")
+        .unwrap();
+        first_ack.get_or_insert(stopped.elapsed());
+        assert!(m.offset.is_some());
+        values.push(format!("v{i}"));
+    }
+    let first_ack = first_ack.unwrap();
+    println!("stopped leader: the first write after SIGSTOP was acknowledged {first_ack:?} later");
+    assert!(
+        first_ack < Duration::from_secs(6),
+        "writes resumed only {first_ack:?} after the leader stopped"
+    );
+    nodes[l - 1].signal("CONT");
+    let other = (1..=3).find(|i| *i != l).unwrap();
+    let mut c = strata_tests::reader(&nodes[other - 1].grpc, "q").await;
+    let mut log = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while log.len() < values.len() {
+        assert!(Instant::now() < deadline, "read {} records", log.len());
+        for r in c.poll(Duration::from_millis(500)).await.unwrap() {
+            log.push(String::from_utf8(r.value.to_vec()).unwrap());
+        }
+    }
+    assert_eq!(log, values, "the log holds each record once, in order");
 }
