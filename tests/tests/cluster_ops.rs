@@ -80,6 +80,18 @@ fn batches(dir: &std::path::Path, from: u64, to: u64) -> Vec<(u64, Vec<u8>)> {
     out
 }
 
+/// `strata cluster transfer-leader` of r/0 to node 4.
+const TRANSFER_R0_TO_4: [&str; 8] = [
+    "cluster",
+    "transfer-leader",
+    "--topic",
+    "r",
+    "-p",
+    "0",
+    "--to",
+    "4",
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_add_node_past_retention_reassign_transfer_and_remove() {
     init_test_logging();
@@ -240,20 +252,7 @@ async fn init_add_node_past_retention_reassign_transfer_and_remove() {
 
     // Leadership moves to the new node, which then serves produce and
     // reads from its first retained offset on.
-    let out = cli(
-        &first,
-        &[
-            "cluster",
-            "transfer-leader",
-            "--topic",
-            "r",
-            "-p",
-            "0",
-            "--to",
-            "4",
-        ],
-        None,
-    );
+    let out = cli(&first, &TRANSFER_R0_TO_4, None);
     assert!(out.status.success(), "transfer: {}", stderr(&out));
     let a = &admin2;
     poll_until_async("node 4 leads r/0", Duration::from_secs(20), || async move {
@@ -263,20 +262,7 @@ async fn init_add_node_past_retention_reassign_transfer_and_remove() {
     })
     .await;
     // A transfer to the node that already leads moves nothing and says so.
-    let out = cli(
-        &first,
-        &[
-            "cluster",
-            "transfer-leader",
-            "--topic",
-            "r",
-            "-p",
-            "0",
-            "--to",
-            "4",
-        ],
-        None,
-    );
+    let out = cli(&first, &TRANSFER_R0_TO_4, None);
     assert!(out.status.success(), "transfer: {}", stderr(&out));
     assert!(
         stdout(&out).contains("r/0 is already led by node 4; nothing to do"),

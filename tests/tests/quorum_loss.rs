@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,7 +17,9 @@ use std::time::{Duration, Instant};
 use strata_client::{Admin, ErrorCode, Producer, ProducerConfig, Record, TopicConfig};
 use strata_proto::batch::{Compression, encode_batch};
 use strata_proto::pb;
-use strata_tests::{http, leader, poll_until_async, start_cluster, wait_for_brokers};
+use strata_tests::{
+    BrokerProcess, http, leader, poll_until_async, start_cluster, wait_for_brokers,
+};
 
 fn rec(value: String) -> Record {
     Record {
@@ -27,22 +30,10 @@ fn rec(value: String) -> Record {
     }
 }
 
-/// The value of `strata_partition{topic="q",partition="0",figure=…}` in a
-/// node's `/metrics` (`None`: not exported).
-fn partition_gauge(http_addr: &str, figure: &str) -> Option<i64> {
-    let (status, body) = http(http_addr, "GET", "/metrics", b"");
-    assert_eq!(status, 200);
-    let prefix = format!("strata_partition{{figure=\"{figure}\",partition=\"0\",topic=\"q\"}} ");
-    body.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map(|v| v.trim().parse().unwrap())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idempotent_producer_through_lost_followers_writes_each_record_exactly_once() {
-    strata_tests::init_test_logging();
-    let (root, _tmp) = strata_tests::test_dir();
-    let mut nodes = start_cluster(root.as_path());
+/// Three nodes and topic `q` (one partition, RF=3) with an elected
+/// leader; answers the nodes, an admin client and the leader's node id.
+async fn cluster_with_q(root: &Path) -> (Vec<BrokerProcess>, Admin, usize) {
+    let mut nodes = start_cluster(root);
     let admin = Admin::connect(&nodes[0].grpc).await.unwrap();
     wait_for_brokers(&admin, 3).await;
     admin
@@ -55,7 +46,44 @@ async fn idempotent_producer_through_lost_followers_writes_each_record_exactly_o
         assert!(Instant::now() < deadline, "no leader for q/0");
         l = leader(&mut nodes, "q").await;
     }
-    let l = l.unwrap() as usize;
+    (nodes, admin, l.unwrap() as usize)
+}
+
+/// The value of the metric line `name{labels}` in a node's `/metrics`
+/// (`None`: not exported). Labels are given as the exposition sorts them.
+fn metric(http_addr: &str, name: &str, labels: &str) -> Option<i64> {
+    let (status, body) = http(http_addr, "GET", "/metrics", b"");
+    assert_eq!(status, 200);
+    let prefix = format!("{name}{{{labels}}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|v| v.trim().parse().unwrap())
+}
+
+/// `strata_partition{figure=…}` of q/0.
+fn partition_gauge(http_addr: &str, figure: &str) -> Option<i64> {
+    metric(
+        http_addr,
+        "strata_partition",
+        &format!("figure=\"{figure}\",partition=\"0\",topic=\"q\""),
+    )
+}
+
+/// `strata_partition_replica_lag_entries` of q/0's replica on node
+/// `replica`.
+fn replica_lag(http_addr: &str, replica: u64) -> Option<i64> {
+    metric(
+        http_addr,
+        "strata_partition_replica_lag_entries",
+        &format!("partition=\"0\",replica=\"{replica}\",topic=\"q\""),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_producer_through_lost_followers_writes_each_record_exactly_once() {
+    strata_tests::init_test_logging();
+    let (root, _tmp) = strata_tests::test_dir();
+    let (mut nodes, admin, l) = cluster_with_q(&root).await;
     let followers: Vec<usize> = (1..=3).filter(|i| *i != l).collect();
     let leader_grpc = nodes[l - 1].grpc.clone();
     let leader_http = nodes[l - 1].http.clone();
@@ -248,18 +276,6 @@ async fn idempotent_producer_through_lost_followers_writes_each_record_exactly_o
     .await;
 }
 
-/// `strata_partition_replica_lag_entries` of q/0's replica on node
-/// `replica`, as a node's `/metrics` export it.
-fn replica_lag(http_addr: &str, replica: u64) -> Option<i64> {
-    let (_, body) = http(http_addr, "GET", "/metrics", b"");
-    let prefix = format!(
-        "strata_partition_replica_lag_entries{{partition=\"0\",replica=\"{replica}\",topic=\"q\"}} "
-    );
-    body.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map(|v| v.trim().parse().unwrap())
-}
-
 /// A leader stopped with SIGSTOP (alive to TCP, answering nothing) is left
 /// behind: the others elect a leader and a producer that was writing to
 /// it moves there within seconds, losing and duplicating nothing.
@@ -267,20 +283,7 @@ fn replica_lag(http_addr: &str, replica: u64) -> Option<i64> {
 async fn a_stopped_leader_is_left_within_seconds() {
     strata_tests::init_test_logging();
     let (root, _tmp) = strata_tests::test_dir();
-    let mut nodes = start_cluster(root.as_path());
-    let admin = Admin::connect(&nodes[0].grpc).await.unwrap();
-    wait_for_brokers(&admin, 3).await;
-    admin
-        .create_topic("q", 1, 3, TopicConfig::default())
-        .await
-        .unwrap();
-    let mut l = None;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while l.is_none() {
-        assert!(Instant::now() < deadline, "no leader for q/0");
-        l = leader(&mut nodes, "q").await;
-    }
-    let l = l.unwrap() as usize;
+    let (nodes, _admin, l) = cluster_with_q(&root).await;
     let producer = Producer::connect(&nodes[l - 1].grpc, ProducerConfig::default())
         .await
         .unwrap();
