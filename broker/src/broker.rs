@@ -9,7 +9,7 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 
 use bytes::Bytes;
-use strata_proto::batch::{VerifiedBatch, verify_batch};
+use strata_proto::batch::{VerifiedBatch, admit_batch};
 
 use crate::cluster::Cluster;
 use crate::config::BrokerConfig;
@@ -571,7 +571,7 @@ impl Broker {
         batch: Bytes,
     ) -> Result<Submitted, BrokerError> {
         let p = self.partition(topic, partition)?;
-        let verified: VerifiedBatch = verify_batch(batch, &p.batch_limits())?;
+        let verified: VerifiedBatch = admit_batch(batch, &p.batch_limits())?;
         p.submit(verified).await
     }
 

@@ -529,36 +529,27 @@ pub fn decode_records(bytes: Bytes, limits: &BatchLimits) -> Result<Vec<Record>,
     verify_batch(bytes, limits)?.records(limits)
 }
 
-fn decode_payload(
+/// Where one record's fields lie in a decompressed payload.
+struct RecordSpan<'a> {
+    key: Option<std::ops::Range<usize>>,
+    value: std::ops::Range<usize>,
+    /// (key, value) of each header.
+    headers: &'a [(std::ops::Range<usize>, std::ops::Range<usize>)],
+    timestamp_ms: i64,
+}
+
+/// Walks the records of a decompressed payload, checking every field's
+/// framing against the record's and the payload's bounds, the declared
+/// record count (exactly that many records fill the payload), key lengths
+/// (-1 or ≥ 0), header keys (UTF-8) and timestamps (at most the batch's
+/// max); hands each record's spans to `visit`. Nothing is allocated but the
+/// reused list of header spans.
+fn walk_records(
     header: &BatchHeader,
-    bytes: &Bytes,
-    limits: &BatchLimits,
-) -> Result<Vec<Record>, BatchError> {
-    let body = bytes.slice(BATCH_HEADER_LEN..);
-    let ulen = header.uncompressed_len as usize;
-    if ulen > limits.uncompressed_bytes_max {
-        return Err(BatchError::TooLarge {
-            size: ulen,
-            max: limits.uncompressed_bytes_max,
-        });
-    }
-    let payload: Bytes = match header.compression {
-        Compression::None => body,
-        Compression::Lz4 => {
-            let mut buf = vec![0u8; ulen];
-            let n = lz4_flex::block::decompress_into(&body, &mut buf)
-                .map_err(|e| BatchError::Malformed(format!("LZ4 payload: {e}")))?;
-            if n != ulen {
-                return Err(BatchError::Malformed(format!(
-                    "LZ4 payload decompressed to {n} bytes, header says {ulen}"
-                )));
-            }
-            Bytes::from(buf)
-        }
-    };
-    let mut records = Vec::with_capacity(header.record_count as usize);
+    p: &[u8],
+    mut visit: impl FnMut(RecordSpan<'_>),
+) -> Result<(), BatchError> {
     let mut at = 0usize;
-    let p = &payload[..];
     let need = |at: usize, n: usize, what: &str| -> Result<(), BatchError> {
         if at.checked_add(n).is_none_or(|end| end > p.len()) {
             return Err(BatchError::Malformed(format!(
@@ -568,6 +559,7 @@ fn decode_payload(
         }
         Ok(())
     };
+    let mut headers = Vec::new();
     for i in 0..header.record_count {
         need(at, 4, "record length")?;
         let rec_len = le_u32(p, at) as usize;
@@ -596,36 +588,37 @@ fn decode_payload(
             None
         } else {
             inner(at, key_len as usize, "key")?;
-            let k = payload.slice(at..at + key_len as usize);
             at += key_len as usize;
-            Some(k)
+            Some(at - key_len as usize..at)
         };
         inner(at, 4, "value length")?;
         let value_len = le_u32(p, at) as usize;
         at += 4;
         inner(at, value_len, "value")?;
-        let value = payload.slice(at..at + value_len);
+        let value = at..at + value_len;
         at += value_len;
         inner(at, 2, "header count")?;
         let header_count = le_u16(p, at) as usize;
         at += 2;
-        let mut headers = Vec::with_capacity(header_count.min(64));
+        headers.clear();
         for _ in 0..header_count {
             inner(at, 2, "header key length")?;
             let hk = le_u16(p, at) as usize;
             at += 2;
             inner(at, hk, "header key")?;
-            let key = std::str::from_utf8(&p[at..at + hk])
-                .map_err(|_| BatchError::Malformed(format!("record {i}: header key is not UTF-8")))?
-                .to_owned();
+            if std::str::from_utf8(&p[at..at + hk]).is_err() {
+                return Err(BatchError::Malformed(format!(
+                    "record {i}: header key is not UTF-8"
+                )));
+            }
+            let key = at..at + hk;
             at += hk;
             inner(at, 4, "header value length")?;
             let hv = le_u32(p, at) as usize;
             at += 4;
             inner(at, hv, "header value")?;
-            let value = payload.slice(at..at + hv);
+            headers.push((key, at..at + hv));
             at += hv;
-            headers.push(Header { key, value });
         }
         if at != rec_end {
             return Err(BatchError::Malformed(format!(
@@ -640,20 +633,112 @@ fn decode_payload(
                 header.max_timestamp_ms
             )));
         }
-        records.push(Record {
+        visit(RecordSpan {
             key,
             value,
-            headers,
+            headers: &headers,
             timestamp_ms,
         });
     }
     if at != p.len() {
         return Err(BatchError::Malformed(format!(
-            "{} bytes left after the last record",
-            p.len() - at
+            "{} bytes left after the last record (the batch declares {} records)",
+            p.len() - at,
+            header.record_count
         )));
     }
+    Ok(())
+}
+
+/// Decompresses an LZ4 payload into `buf` (resized to the declared length).
+fn decompress_lz4(body: &[u8], ulen: usize, buf: &mut Vec<u8>) -> Result<(), BatchError> {
+    buf.clear();
+    buf.resize(ulen, 0);
+    let n = lz4_flex::block::decompress_into(body, buf).map_err(|e| {
+        BatchError::Malformed(format!(
+            "LZ4 payload: {e} (the payload must be an LZ4 block without a size prefix)"
+        ))
+    })?;
+    if n != ulen {
+        return Err(BatchError::Malformed(format!(
+            "LZ4 payload decompressed to {n} bytes, header says {ulen}"
+        )));
+    }
+    Ok(())
+}
+
+fn check_payload_limit(header: &BatchHeader, limits: &BatchLimits) -> Result<(), BatchError> {
+    let ulen = header.uncompressed_len as usize;
+    if ulen > limits.uncompressed_bytes_max {
+        return Err(BatchError::TooLarge {
+            size: ulen,
+            max: limits.uncompressed_bytes_max,
+        });
+    }
+    Ok(())
+}
+
+fn decode_payload(
+    header: &BatchHeader,
+    bytes: &Bytes,
+    limits: &BatchLimits,
+) -> Result<Vec<Record>, BatchError> {
+    check_payload_limit(header, limits)?;
+    let body = bytes.slice(BATCH_HEADER_LEN..);
+    let payload: Bytes = match header.compression {
+        Compression::None => body,
+        Compression::Lz4 => {
+            let mut buf = Vec::new();
+            decompress_lz4(&body, header.uncompressed_len as usize, &mut buf)?;
+            Bytes::from(buf)
+        }
+    };
+    let mut records = Vec::with_capacity(header.record_count as usize);
+    walk_records(header, &payload, |r| {
+        records.push(Record {
+            key: r.key.map(|k| payload.slice(k)),
+            value: payload.slice(r.value),
+            headers: r
+                .headers
+                .iter()
+                .map(|(k, v)| Header {
+                    key: String::from_utf8_lossy(&payload[k.clone()]).into_owned(),
+                    value: payload.slice(v.clone()),
+                })
+                .collect(),
+            timestamp_ms: r.timestamp_ms,
+        });
+    })?;
     Ok(records)
+}
+
+/// What the broker runs on every batch a client sends before it appends
+/// it: [`verify_batch`] (header, limits, CRC) and then every record's
+/// framing and the declared record count, decompressing an LZ4 payload into
+/// a per-thread buffer that is reused, so a batch that would be stored but
+/// not readable is refused instead.
+pub fn admit_batch(bytes: Bytes, limits: &BatchLimits) -> Result<VerifiedBatch, BatchError> {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    /// Kept between batches at most (a larger one is freed after use).
+    const SCRATCH_KEEP: usize = 4 << 20;
+    let v = verify_batch(bytes, limits)?;
+    check_payload_limit(&v.header, limits)?;
+    let body = &v.bytes[BATCH_HEADER_LEN..];
+    match v.header.compression {
+        Compression::None => walk_records(&v.header, body, |_| {})?,
+        Compression::Lz4 => SCRATCH.with(|s| {
+            let mut buf = s.borrow_mut();
+            let r = decompress_lz4(body, v.header.uncompressed_len as usize, &mut buf)
+                .and_then(|()| walk_records(&v.header, &buf, |_| {}));
+            if buf.capacity() > SCRATCH_KEEP {
+                *buf = Vec::new();
+            }
+            r
+        })?,
+    }
+    Ok(v)
 }
 
 #[cfg(test)]
@@ -732,6 +817,145 @@ mod tests {
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = decode_records(Bytes::from(bytes), &BatchLimits::default());
         }
+    }
+
+    /// A batch with these header fields around `body`, its CRC valid: what
+    /// a client that gets the record framing wrong would send.
+    fn framed(
+        record_count: u32,
+        compression: Compression,
+        uncompressed_len: u32,
+        max_ts: i64,
+        body: &[u8],
+    ) -> Bytes {
+        let mut out = Vec::new();
+        put_u32(&mut out, (BATCH_HEADER_LEN + body.len()) as u32);
+        put_u32(&mut out, 0);
+        out.push(BATCH_FORMAT_VERSION);
+        out.push(compression.code());
+        put_u16(&mut out, 0);
+        put_u32(&mut out, record_count);
+        put_i64(&mut out, 1_000);
+        put_i64(&mut out, max_ts);
+        put_u64(&mut out, NO_PRODUCER_ID);
+        put_u32(&mut out, 0);
+        put_u16(&mut out, 0);
+        put_u16(&mut out, 0);
+        put_u32(&mut out, uncompressed_len);
+        out.extend_from_slice(body);
+        let crc = crc32fast::hash(&out[CRC_COVERS_FROM..]);
+        out[4..8].copy_from_slice(&crc.to_le_bytes());
+        Bytes::from(out)
+    }
+
+    /// The raw payload of `records`.
+    fn payload(records: &[Record]) -> Vec<u8> {
+        let b = encode(records, Compression::None);
+        b[BATCH_HEADER_LEN..].to_vec()
+    }
+
+    fn three() -> Vec<Record> {
+        (0..3)
+            .map(|i| rec(Some(b"k"), format!("value {i}").as_bytes(), 1_000 + i))
+            .collect()
+    }
+
+    #[test]
+    fn admission_refuses_what_the_header_and_crc_cannot_see() {
+        let limits = BatchLimits::default();
+        let good = payload(&three());
+        let n = good.len() as u32;
+        let raw = |count: u32, body: &[u8]| {
+            framed(count, Compression::None, body.len() as u32, 1_002, body)
+        };
+        // What the issue found accepted and stored, then unreadable.
+        let mut past_end = good.clone();
+        past_end[0..4].copy_from_slice(&1_000u32.to_le_bytes()); // record length
+        let mut key_past_end = good.clone();
+        key_past_end[8..12].copy_from_slice(&1_000i32.to_le_bytes());
+        let mut negative_key = good.clone();
+        negative_key[8..12].copy_from_slice(&(-7i32).to_le_bytes());
+        let mut late = good.clone();
+        late[4..8].copy_from_slice(&50i32.to_le_bytes()); // ts 1_050 > max 1_002
+        let mut bad_header_key = payload(&[Record {
+            key: None,
+            value: Bytes::from_static(b"v"),
+            headers: vec![Header {
+                key: "hk".into(),
+                value: Bytes::from_static(b"hv"),
+            }],
+            timestamp_ms: 1_000,
+        }]);
+        let hk_at = bad_header_key.len() - 2 - 4 - 2;
+        bad_header_key[hk_at] = 0xff;
+        let random: Vec<u8> = (0..200u32).map(|i| (i * 37 % 251) as u8).collect();
+        let lz4 = lz4_flex::block::compress(&good);
+        let lz4_prefixed = lz4_flex::block::compress_prepend_size(&good);
+        let bomb = lz4_flex::block::compress(&vec![0u8; 932_067 * 18]);
+        let cases: Vec<(&str, Bytes, &str)> = vec![
+            ("count 4 for 3 records", raw(4, &good), "runs past the end"),
+            (
+                "count 2 for 3 records",
+                raw(2, &good),
+                "left after the last record",
+            ),
+            ("record length past the end", raw(3, &past_end), "runs past"),
+            (
+                "key length past the end",
+                raw(3, &key_past_end),
+                "key runs past",
+            ),
+            (
+                "negative key length",
+                raw(3, &negative_key),
+                "key length -7",
+            ),
+            (
+                "timestamp above the max",
+                raw(3, &late),
+                "exceeds the batch's max",
+            ),
+            ("random payload", raw(3, &random), "past"),
+            (
+                "LZ4 flag on raw bytes",
+                framed(3, Compression::Lz4, n, 1_002, &good),
+                "LZ4",
+            ),
+            (
+                "LZ4 with a size prefix",
+                framed(3, Compression::Lz4, n, 1_002, &lz4_prefixed),
+                "LZ4",
+            ),
+            (
+                "invalid LZ4",
+                framed(3, Compression::Lz4, n, 1_002, &random),
+                "LZ4",
+            ),
+            (
+                "non-UTF-8 header key",
+                raw(1, &bad_header_key),
+                "header key is not UTF-8",
+            ),
+            (
+                "an LZ4 bomb claiming 932,067 records",
+                framed(932_067, Compression::Lz4, 932_067 * 18, 1_002, &bomb),
+                "runs past the record's end",
+            ),
+        ];
+        for (what, batch, why) in cases {
+            // Header and CRC are fine: only admission sees the damage.
+            let limits = BatchLimits {
+                uncompressed_bytes_max: 32 << 20,
+                ..limits
+            };
+            assert!(verify_batch(batch.clone(), &limits).is_ok(), "{what}");
+            let e = admit_batch(batch, &limits).expect_err(what);
+            assert!(e.to_string().contains(why), "{what}: {e}");
+        }
+        // A good batch is admitted, raw or compressed.
+        admit_batch(raw(3, &good), &limits).unwrap();
+        admit_batch(framed(3, Compression::Lz4, n, 1_002, &lz4), &limits).unwrap();
+        admit_batch(encode(&three(), Compression::Lz4), &limits).unwrap();
     }
 
     #[test]

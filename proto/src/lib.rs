@@ -14,7 +14,8 @@ pub mod time;
 
 pub use batch::{
     BatchError, BatchHeader, BatchLimits, Compression, EncodeError, Header, ProducerInfo, Record,
-    VerifiedBatch, decode_records, encode_batch, parse_header, verify_batch, verify_slice,
+    VerifiedBatch, admit_batch, decode_records, encode_batch, parse_header, verify_batch,
+    verify_slice,
 };
 pub use time::now_ms;
 

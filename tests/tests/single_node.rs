@@ -595,6 +595,32 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let err = raw.produce(produce(bad)).await.unwrap_err();
     assert_eq!(status_code(&err), ErrorCode::CorruptBatch);
     assert!(err.message().contains("CRC mismatch"), "{}", err.message());
+    // A valid header and CRC around records that do not parse: a record
+    // count of 2 for 3 records (the CRC recomputed), refused before it is
+    // stored (it used to be acknowledged and then be unreadable).
+    let mut lying = Vec::new();
+    strata_proto::encode_batch(
+        &[
+            rec(None, "a".into()),
+            rec(None, "b".into()),
+            rec(None, "c".into()),
+        ],
+        Compression::Lz4,
+        None,
+        &mut lying,
+    )
+    .unwrap();
+    lying[12..16].copy_from_slice(&2u32.to_le_bytes());
+    let crc = crc32fast::hash(&lying[8..]);
+    lying[4..8].copy_from_slice(&crc.to_le_bytes());
+    let err = raw.produce(produce(lying)).await.unwrap_err();
+    assert_eq!(status_code(&err), ErrorCode::CorruptBatch, "{err}");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("left after the last record"),
+        "{}",
+        err.message()
+    );
     // Unknown partition.
     let mut ok = Vec::new();
     strata_proto::encode_batch(&[rec(None, "x".into())], Compression::None, None, &mut ok).unwrap();

@@ -404,8 +404,15 @@ async fn query_inner(
     let mut records = Vec::new();
     let mut next = start;
     'outer: for b in batches {
+        // Stored data that does not decode is the broker's fault, not the
+        // reader's: a server error naming where.
         let decoded = strata_proto::decode_records(b.bytes.clone(), &BatchLimits::UNLIMITED)
-            .map_err(BrokerError::CorruptBatch)?;
+            .map_err(|e| {
+                BrokerError::Storage(crate::log::LogError::Invalid(format!(
+                    "the stored batch at offset {} does not decode: {e}",
+                    b.base_offset
+                )))
+            })?;
         for (i, r) in decoded.iter().enumerate() {
             let offset = b.base_offset + i as u64;
             if offset < start {
