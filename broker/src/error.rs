@@ -2,7 +2,6 @@
 //! codes: the stable [`ErrorCode`] of the proto, gRPC statuses (with an
 //! encoded `ErrorDetail`) and HTTP statuses.
 
-use prost::Message;
 use strata_proto::BatchError;
 use strata_proto::pb::{ErrorCode, ErrorDetail};
 
@@ -219,7 +218,9 @@ impl BrokerError {
             }
             ErrorCode::StorageError | ErrorCode::Unspecified => Code::Internal,
         };
-        tonic::Status::with_details(code, self.to_string(), self.detail().encode_to_vec().into())
+        let message = self.to_string();
+        let details = strata_proto::status::encode_details(code as i32, &message, &self.detail());
+        tonic::Status::with_details(code, message, details.into())
     }
 
     /// The HTTP status.
@@ -231,8 +232,7 @@ impl BrokerError {
     /// broker (one this node forwarded a request to); `None` without a
     /// Strata error detail.
     pub fn code_of(status: &tonic::Status) -> Option<(&'static str, axum::http::StatusCode)> {
-        use prost::Message;
-        let d = strata_proto::pb::ErrorDetail::decode(status.details()).ok()?;
+        let d = strata_proto::status::decode_details(status.details())?;
         let code = ErrorCode::try_from(d.code).ok()?;
         Some((code.as_str_name(), http_status_of(status.code())))
     }

@@ -3,8 +3,7 @@
 //! (one place), so callers match on `OffsetOutOfRange`, `UnknownTopic`, …
 //! rather than on strings.
 
-use prost::Message;
-use strata_proto::pb::{self, ErrorDetail};
+use strata_proto::pb;
 
 /// The broker's stable error codes (`ErrorCode` in `proto/strata.proto`;
 /// a retired code is never reused), as [`ClientError::code`] reports them.
@@ -164,9 +163,7 @@ impl ClientError {
 
 impl From<tonic::Status> for ClientError {
     fn from(s: tonic::Status) -> Self {
-        let detail = ErrorDetail::decode(s.details())
-            .ok()
-            .filter(|d| d.code != 0);
+        let detail = strata_proto::status::decode_details(s.details()).filter(|d| d.code != 0);
         let Some(d) = detail else {
             return match s.code() {
                 tonic::Code::Unavailable

@@ -449,14 +449,17 @@ impl Muxes {
 
 /// Answers a batch from its result in a `ProduceBatches` response.
 fn answer(r: pb::ProduceResult) -> std::result::Result<pb::ProduceResponse, tonic::Status> {
-    use prost::Message;
     match r.outcome {
         Some(pb::produce_result::Outcome::Ok(ok)) => Ok(ok),
-        Some(pb::produce_result::Outcome::Error(d)) => Err(tonic::Status::with_details(
-            tonic::Code::Aborted,
-            d.message.clone(),
-            d.encode_to_vec().into(),
-        )),
+        Some(pb::produce_result::Outcome::Error(d)) => {
+            let details =
+                strata_proto::status::encode_details(tonic::Code::Aborted as i32, &d.message, &d);
+            Err(tonic::Status::with_details(
+                tonic::Code::Aborted,
+                d.message.clone(),
+                details.into(),
+            ))
+        }
         None => Err(tonic::Status::internal(
             "a produce result without an outcome",
         )),

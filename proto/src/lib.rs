@@ -10,6 +10,8 @@
 
 pub mod batch;
 pub mod partitioner;
+#[cfg(feature = "grpc")]
+pub mod status;
 pub mod time;
 
 pub use batch::{

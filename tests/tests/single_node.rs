@@ -8,12 +8,11 @@ use std::io::BufRead;
 use std::time::Duration;
 
 use bytes::Bytes;
-use prost::Message;
 use strata_client::{
     Acks, Admin, ClientError, Compression, Consumer, ConsumerConfig, OffsetSpec, Producer,
     ProducerConfig, Record, ResetPolicy, Seek, TopicConfig,
 };
-use strata_proto::pb::{self, ErrorCode, ErrorDetail};
+use strata_proto::pb::{self, ErrorCode};
 use strata_tests::{BrokerProcess, cli, http, poll_until, poll_until_async, raw_grpc};
 
 fn rec(key: Option<String>, value: String) -> Record {
@@ -63,7 +62,12 @@ async fn read_all(addr: &str, topic: &str) -> BTreeMap<(u32, u64), Bytes> {
 }
 
 fn status_code(s: &tonic::Status) -> ErrorCode {
-    ErrorCode::try_from(ErrorDetail::decode(s.details()).unwrap().code).unwrap()
+    ErrorCode::try_from(
+        strata_proto::status::decode_details(s.details())
+            .unwrap()
+            .code,
+    )
+    .unwrap()
 }
 
 async fn raw_client(addr: &str) -> pb::strata_client::StrataClient<tonic::transport::Channel> {
@@ -475,7 +479,7 @@ async fn retention_deletes_old_data_and_old_offsets_are_out_of_range() {
         .await
         .unwrap_err();
     assert_eq!(status_code(&err), ErrorCode::OffsetOutOfRange);
-    let d = ErrorDetail::decode(err.details()).unwrap();
+    let d = strata_proto::status::decode_details(err.details()).unwrap();
     assert!(d.log_start_offset.unwrap() > 0);
     let out = cli(
         &broker.grpc,
