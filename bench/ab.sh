@@ -6,6 +6,7 @@
 # the medians of the rounds, not single figures).
 #
 #   bench/ab.sh A_BIN_DIR B_BIN_DIR [ROUNDS] [RECORDS]
+#   PRODUCE_ARGS=--lz4 bench/ab.sh …    (extra flags for `bench produce`)
 #
 # A_BIN_DIR and B_BIN_DIR hold release builds of `strata-broker` and
 # `strata` (e.g. a worktree of the old commit's target/release and this
@@ -50,7 +51,8 @@ run() {
   done
   [[ -n "$addr" ]] || { echo "$label: broker did not start" >&2; cat "$data/broker.log" >&2; exit 1; }
   local p c
-  p=$("$dir/strata" -b "$addr" bench produce ab --records "$records" --json)
+  # shellcheck disable=SC2086 # PRODUCE_ARGS is a list of flags
+  p=$("$dir/strata" -b "$addr" bench produce ab --records "$records" --json ${PRODUCE_ARGS:-})
   c=$("$dir/strata" -b "$addr" bench consume ab --json)
   echo "$label produce $p"
   echo "$label consume $c"

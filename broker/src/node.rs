@@ -184,7 +184,7 @@ pub async fn run(
             // Large flow-control windows: batches are up to megabytes.
             .initial_stream_window_size(Some(8 << 20))
             .initial_connection_window_size(Some(32 << 20))
-            .add_service(svc)
+            .add_service(crate::service::rich_status::RichStatus(svc))
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stop.changed().await;
             })

@@ -625,6 +625,15 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         "{}",
         err.message()
     );
+    // A message over the broker's gRPC limit (16 MiB) is refused by tonic
+    // before any handler runs; it still carries the rich status details.
+    let err = raw
+        .clone()
+        .max_encoding_message_size(64 << 20)
+        .produce(produce(vec![0u8; 17 << 20]))
+        .await
+        .unwrap_err();
+    assert_eq!(status_code(&err), ErrorCode::BatchTooLarge, "{err}");
     // Unknown partition.
     let mut ok = Vec::new();
     strata_proto::encode_batch(&[rec(None, "x".into())], Compression::None, None, &mut ok).unwrap();

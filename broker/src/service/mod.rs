@@ -3,6 +3,7 @@
 
 pub mod grpc;
 pub mod http;
+pub mod rich_status;
 
 /// A gRPC client of another broker (for requests this node forwards on a
 /// client's behalf: describe offsets, HTTP ingest).
