@@ -56,6 +56,13 @@ pub struct BrokerConfig {
     pub fetch_bytes_default: u32,
     /// Largest HTTP request body. Default 8 MiB.
     pub http_body_bytes_max: usize,
+    /// How long an HTTP client may take to send a request's headers, and
+    /// then its body, before the connection is closed (408 for a body).
+    /// Default 10 s.
+    pub http_read_timeout_ms: u64,
+    /// Open HTTP connections at most; further clients wait to be accepted.
+    /// Default 1024.
+    pub http_connections_max: usize,
     /// Largest gRPC message. Default 16 MiB.
     pub grpc_message_bytes_max: usize,
     /// Most records one HTTP read returns. Default 10,000.
@@ -129,6 +136,8 @@ impl Default for BrokerConfig {
             retention_check_ms: 60_000,
             fetch_bytes_default: 1 << 20,
             http_body_bytes_max: 8 << 20,
+            http_read_timeout_ms: 10_000,
+            http_connections_max: 1024,
             grpc_message_bytes_max: 16 << 20,
             http_records_max: 10_000,
             writer_queue_depth: 4096,
@@ -158,11 +167,13 @@ impl BrokerConfig {
         }
         if self.fetch_bytes_default == 0
             || self.http_records_max == 0
+            || self.http_read_timeout_ms == 0
+            || self.http_connections_max == 0
             || self.writer_queue_depth == 0
             || self.writer_threads == 0
         {
             return Err(ConfigError::Invalid(
-                "fetch_bytes_default, http_records_max, writer_queue_depth and writer_threads must be positive"
+                "fetch_bytes_default, http_records_max, http_read_timeout_ms, http_connections_max, writer_queue_depth and writer_threads must be positive"
                     .into(),
             ));
         }

@@ -191,7 +191,12 @@ pub async fn run(
     };
     let http = {
         let mut stop = stop_rx.clone();
-        axum::serve(http_listener, http::router(broker.clone())).with_graceful_shutdown(
+        let c = broker.config();
+        http::serve(
+            http_listener,
+            http::router(broker.clone()),
+            Duration::from_millis(c.http_read_timeout_ms),
+            c.http_connections_max,
             async move {
                 let _ = stop.changed().await;
             },

@@ -66,8 +66,9 @@ struct Sequencer {
 /// How a produce ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProduceOutcome {
-    /// Offset of the batch's first record (0 when `acks=none`).
-    pub base_offset: u64,
+    /// Offset of the batch's first record (`None` when `acks=none`: the
+    /// batch was answered once queued).
+    pub base_offset: Option<u64>,
     /// Records in the batch.
     pub record_count: u32,
     /// The batch was a retry of one already appended.
@@ -121,7 +122,7 @@ impl Submitted {
         let (record_count, duplicate) = (self.record_count, self.duplicate);
         if acks == Acks::None && !duplicate {
             return Ok(ProduceOutcome {
-                base_offset: 0,
+                base_offset: None,
                 record_count,
                 duplicate,
             });
@@ -142,7 +143,7 @@ impl Submitted {
                     .await
                     .map_err(|_| BrokerError::ShuttingDown)?;
                 Ok(ProduceOutcome {
-                    base_offset,
+                    base_offset: Some(base_offset),
                     record_count,
                     duplicate,
                 })

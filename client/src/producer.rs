@@ -905,8 +905,7 @@ impl Worker {
         match r {
             Ok(resp) => {
                 for (i, p) in batch.records.drain(..).enumerate() {
-                    let offset =
-                        (self.config.acks != Acks::None).then_some(resp.base_offset + i as u64);
+                    let offset = resp.base_offset.map(|b| b + i as u64);
                     let _ = p.done.send(Ok(RecordMetadata {
                         partition: self.partition,
                         offset,

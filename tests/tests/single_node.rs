@@ -751,14 +751,14 @@ async fn idempotent_retries_never_duplicate_and_sequences_are_enforced() {
         }
     };
     let first = raw.produce(batch(0, 0, 3)).await.unwrap().into_inner();
-    assert_eq!((first.base_offset, first.duplicate), (0, false));
+    assert_eq!((first.base_offset, first.duplicate), (Some(0), false));
     let second = raw.produce(batch(0, 3, 2)).await.unwrap().into_inner();
-    assert_eq!(second.base_offset, 3);
+    assert_eq!(second.base_offset, Some(3));
     // A retry of either batch gets the original offsets and appends nothing.
     let again = raw.produce(batch(0, 0, 3)).await.unwrap().into_inner();
-    assert_eq!((again.base_offset, again.duplicate), (0, true));
+    assert_eq!((again.base_offset, again.duplicate), (Some(0), true));
     let again = raw.produce(batch(0, 3, 2)).await.unwrap().into_inner();
-    assert_eq!((again.base_offset, again.duplicate), (3, true));
+    assert_eq!((again.base_offset, again.duplicate), (Some(3), true));
     // A gap is refused; an older epoch is fenced once a newer one wrote.
     let err = raw.produce(batch(0, 9, 1)).await.unwrap_err();
     assert_eq!(status_code(&err), ErrorCode::OutOfOrderSequence, "{err}");
@@ -1012,8 +1012,14 @@ async fn produce_stream_is_ordered_and_stops_at_the_first_error() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(responses.message().await.unwrap().unwrap().base_offset, 0);
-    assert_eq!(responses.message().await.unwrap().unwrap().base_offset, 1);
+    assert_eq!(
+        responses.message().await.unwrap().unwrap().base_offset,
+        Some(0)
+    );
+    assert_eq!(
+        responses.message().await.unwrap().unwrap().base_offset,
+        Some(1)
+    );
     let err = responses.message().await.unwrap_err();
     assert_eq!(status_code(&err), ErrorCode::CorruptBatch);
     let values: Vec<Bytes> = read_all(&broker.grpc, "s").await.into_values().collect();
@@ -1022,6 +1028,16 @@ async fn produce_stream_is_ordered_and_stops_at_the_first_error() {
         vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")],
         "nothing after the error was appended"
     );
+    // ACKS_NONE is answered once queued: without an offset, not a fake 0.
+    let r = raw
+        .produce(pb::ProduceRequest {
+            acks: pb::Acks::None as i32,
+            ..batch("d", false)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.base_offset, r.record_count), (None, 1));
 }
 
 /// `ProduceBatches` from a raw client, as an outside client would use it:
@@ -1072,15 +1088,19 @@ async fn produce_batches_answers_each_batch_and_survives_a_failed_one() {
         Some(pb::produce_result::Outcome::Ok(o)) => (o.base_offset, o.record_count),
         other => panic!("batch {i}: {other:?}"),
     };
-    assert_eq!(ok(0), (0, 3));
+    assert_eq!(ok(0), (Some(0), 3));
     match &r.results[1].outcome {
         Some(pb::produce_result::Outcome::Error(d)) => {
             assert_eq!(d.code, ErrorCode::UnknownPartition as i32, "{d:?}")
         }
         other => panic!("batch 1: {other:?}"),
     }
-    assert_eq!(ok(2), (0, 2));
-    assert_eq!(ok(3), (3, 2), "batches of one partition keep their order");
+    assert_eq!(ok(2), (Some(0), 2));
+    assert_eq!(
+        ok(3),
+        (Some(3), 2),
+        "batches of one partition keep their order"
+    );
     // The stream goes on after the failed batch.
     tx.send(pb::ProduceBatchesRequest {
         batches: vec![item(1, batch(1, "d"))],
@@ -1093,7 +1113,7 @@ async fn produce_batches_answers_each_batch_and_survives_a_failed_one() {
             pb::ProduceResult {
                 outcome: Some(pb::produce_result::Outcome::Ok(o)),
             },
-        ] => assert_eq!((o.base_offset, o.record_count), (2, 1)),
+        ] => assert_eq!((o.base_offset, o.record_count), (Some(2), 1)),
         other => panic!("{other:?}"),
     }
     let all = read_all(&broker.grpc, "m").await;
@@ -1227,4 +1247,111 @@ async fn a_stopped_broker_times_requests_out_and_nothing_is_written_twice() {
     for (offset, v) in &acked {
         assert_eq!(&log[*offset as usize], v, "acknowledged offset {offset}");
     }
+}
+
+/// Every HTTP error is the OpenAPI document's JSON error (unknown route,
+/// wrong method, unparsable path parameter, body over the limit, repeated
+/// header keys), repeated header keys travel in `header_list`, and slow
+/// clients are cut off: headers not sent in time close the connection, a
+/// body not sent in time gets 408.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_errors_are_json_and_slow_clients_are_cut_off() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("broker.toml");
+    std::fs::write(
+        &config,
+        "http_read_timeout_ms = 500\nhttp_body_bytes_max = 2048\nhttp_connections_max = 4\n",
+    )
+    .unwrap();
+    let broker = BrokerProcess::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let admin = Admin::connect(&broker.grpc).await.unwrap();
+    admin
+        .create_topic("h", 1, 1, TopicConfig::default())
+        .await
+        .unwrap();
+    let json_error = |(status, body): (u16, String), want: u16, code: &str| {
+        assert_eq!(status, want, "{body}");
+        let v: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body:?}"));
+        assert_eq!(v["error"]["code"], code, "{body}");
+        v["error"]["message"].as_str().unwrap().to_owned()
+    };
+    let h = broker.http.as_str();
+    json_error(http(h, "GET", "/nope", b""), 404, "INVALID_REQUEST");
+    json_error(
+        http(h, "DELETE", "/v1/topics/h/records", b""),
+        405,
+        "INVALID_REQUEST",
+    );
+    let m = json_error(
+        http(h, "GET", "/v1/topics/h/partitions/-1/records", b""),
+        400,
+        "INVALID_REQUEST",
+    );
+    assert!(m.contains("invalid path"), "{m}");
+    let big = format!(r#"{{"records":[{{"value":"{}"}}]}}"#, "x".repeat(4096));
+    json_error(
+        http(h, "POST", "/v1/topics/h/records", big.as_bytes()),
+        413,
+        "BATCH_TOO_LARGE",
+    );
+    let m = json_error(
+        http(
+            h,
+            "POST",
+            "/v1/topics/h/records",
+            br#"{"records":[{"value":"x","headers":{"a":"1","a":"2"}}]}"#,
+        ),
+        400,
+        "INVALID_REQUEST",
+    );
+    assert!(m.contains("header_list"), "{m}");
+    // Repeated keys through header_list are kept, in order.
+    let (status, body) = http(
+        h,
+        "POST",
+        "/v1/topics/h/records",
+        br#"{"records":[{"value":"x","headers":{"z":"0"},"header_list":[{"key":"a","value":"1"},{"key":"a","value":"2"}]}]}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http(h, "GET", "/v1/topics/h/partitions/0/records?offset=0", b"");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["records"][0]["header_list"],
+        serde_json::json!([
+            {"key": "z", "value": "0"},
+            {"key": "a", "value": "1"},
+            {"key": "a", "value": "2"}
+        ])
+    );
+
+    // Headers that never finish: the connection is closed.
+    let started = std::time::Instant::now();
+    let mut s = std::net::TcpStream::connect(h).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a connection with unfinished headers stayed open {:?}",
+        started.elapsed()
+    );
+    // A body that never finishes: 408.
+    let mut s = std::net::TcpStream::connect(h).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        b"POST /v1/topics/h/records HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"rec",
+    )
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("did not arrive within 500 ms"), "{text}");
 }

@@ -1,7 +1,11 @@
 //! The HTTP API (axum): JSON ingest and query of records, health, metrics
 //! and the OpenAPI document (`docs/openapi.json`). Bodies are parsed by
-//! hand so malformed JSON gets a 400 that says what is wrong; errors are
-//! mapped only through [`BrokerError::http_status`].
+//! hand so malformed JSON gets a 400 that says what is wrong; every error,
+//! including unknown routes (404), wrong methods (405), unparsable path
+//! parameters (400), bodies over the limit (413) and bodies that are too
+//! slow (408), is the JSON `Error` of the OpenAPI document; broker errors
+//! are mapped only through [`BrokerError::http_status`]. [`serve`] runs the
+//! connections: bounded in number, with a deadline on request headers.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,8 +13,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -36,7 +41,6 @@ struct AppState {
 
 /// The router over `broker`.
 pub fn router(broker: Arc<Broker>) -> Router {
-    let limit = broker.config().http_body_bytes_max;
     Router::new()
         .route("/v1/topics/{topic}/records", post(ingest))
         .route(
@@ -49,7 +53,26 @@ pub fn router(broker: Arc<Broker>) -> Router {
             "/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
         )
-        .layer(DefaultBodyLimit::max(limit))
+        .fallback(
+            |method: axum::http::Method, uri: axum::http::Uri| async move {
+                ApiError(
+                    StatusCode::NOT_FOUND,
+                    "INVALID_REQUEST".into(),
+                    format!("no such resource: {method} {}", uri.path()),
+                    None,
+                )
+            },
+        )
+        .method_not_allowed_fallback(
+            |method: axum::http::Method, uri: axum::http::Uri| async move {
+                ApiError(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "INVALID_REQUEST".into(),
+                    format!("{method} is not allowed on {}", uri.path()),
+                    None,
+                )
+            },
+        )
         .with_state(AppState {
             broker,
             round_robin: Arc::new(AtomicU32::new(0)),
@@ -113,9 +136,54 @@ struct IngestRecord {
     key: Option<String>,
     value: String,
     #[serde(default)]
-    headers: BTreeMap<String, String>,
+    headers: UniqueHeaders,
+    /// Headers in order, repeated keys allowed (after `headers`).
+    #[serde(default)]
+    header_list: Vec<HeaderItem>,
     partition: Option<u32>,
     timestamp_ms: Option<i64>,
+}
+
+/// One header of a `header_list`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeaderItem {
+    key: String,
+    value: String,
+}
+
+/// A `headers` object whose keys must not repeat (JSON parsers keep one
+/// value of a repeated key and drop the others silently; a repeated key is
+/// refused instead, and `header_list` carries repeated keys).
+#[derive(Debug, Default)]
+struct UniqueHeaders(Vec<(String, String)>);
+
+impl<'de> Deserialize<'de> for UniqueHeaders {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = UniqueHeaders;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of header names to string values")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out: Vec<(String, String)> = Vec::new();
+                while let Some((k, v)) = m.next_entry::<String, String>()? {
+                    if out.iter().any(|(seen, _)| *seen == k) {
+                        return Err(serde::de::Error::custom(format!(
+                            "header {k:?} appears twice in `headers`; use `header_list` for repeated keys"
+                        )));
+                    }
+                    out.push((k, v));
+                }
+                Ok(UniqueHeaders(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 fn decode(s: &str, enc: Encoding, what: &str, i: usize) -> Result<bytes::Bytes, ApiError> {
@@ -128,13 +196,58 @@ fn decode(s: &str, enc: Encoding, what: &str, i: usize) -> Result<bytes::Bytes, 
     }
 }
 
+/// The path parameters, or a JSON 400 saying which one does not parse.
+fn path_params<T>(p: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
+    p.map(|Path(t)| t)
+        .map_err(|e| bad_request(format!("invalid path: {}", e.body_text())))
+}
+
+/// Reads a request body: 413 past `http_body_bytes_max`, 408 when it does
+/// not arrive within `http_read_timeout_ms`.
+async fn read_body(st: &AppState, body: Body) -> Result<Bytes, ApiError> {
+    let c = st.broker.config();
+    let limit = c.http_body_bytes_max;
+    let timeout = std::time::Duration::from_millis(c.http_read_timeout_ms);
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                Err(ApiError(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "BATCH_TOO_LARGE".into(),
+                    format!("the request body exceeds http_body_bytes_max ({limit} bytes)"),
+                    None,
+                ))
+            } else {
+                Err(bad_request(format!("reading the request body: {e}")))
+            }
+        }
+        Err(_) => Err(ApiError(
+            StatusCode::REQUEST_TIMEOUT,
+            "INVALID_REQUEST".into(),
+            format!(
+                "the request body did not arrive within {} ms",
+                c.http_read_timeout_ms
+            ),
+            None,
+        )),
+    }
+}
+
 async fn ingest(
     State(st): State<AppState>,
-    Path(topic): Path<String>,
-    body: Bytes,
+    topic: Result<Path<String>, PathRejection>,
+    body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
     let started = Instant::now();
-    let r = ingest_inner(&st, &topic, &body).await;
+    let r = async {
+        let topic = path_params(topic)?;
+        let body = read_body(&st, body).await?;
+        ingest_inner(&st, &topic, &body).await
+    }
+    .await;
     let outcome = match &r {
         Ok(_) => "ok".to_owned(),
         Err(e) => e.1.to_ascii_lowercase(),
@@ -168,11 +281,18 @@ async fn ingest_inner(
         let value = decode(&r.value, body.encoding, "value", i)?;
         let headers = r
             .headers
+            .0
             .iter()
-            .map(|(k, v)| {
+            .map(|(k, v)| (k, v, "headers"))
+            .chain(
+                r.header_list
+                    .iter()
+                    .map(|h| (&h.key, &h.value, "header_list")),
+            )
+            .map(|(k, v, what)| {
                 Ok(Header {
                     key: k.clone(),
-                    value: decode(v, body.encoding, "headers", i)?,
+                    value: decode(v, body.encoding, what, i)?,
                 })
             })
             .collect::<Result<Vec<_>, ApiError>>()?;
@@ -223,7 +343,9 @@ async fn ingest_inner(
         // In a cluster, a partition led by another node is produced there
         // (over gRPC), so any node accepts HTTP ingest.
         let base_offset = match st.broker.produce(topic, p, batch.clone(), Acks::All).await {
-            Ok(o) => o.base_offset,
+            Ok(o) => o
+                .base_offset
+                .ok_or_else(|| BrokerError::InvalidRequest("acks=all produced no offset".into()))?,
             Err(BrokerError::NotLeader {
                 leader: Some(leader),
             }) => forward_produce(&leader, topic, p, batch).await?,
@@ -326,7 +448,9 @@ async fn forward_produce(
             Some((code, http)) => ApiError(http, code.into(), s.message().to_owned(), None),
             None => unavailable(s.message().to_owned()),
         })?;
-    Ok(r.into_inner().base_offset)
+    r.into_inner()
+        .base_offset
+        .ok_or_else(|| unavailable(format!("the leader at {leader} answered without an offset")))
 }
 
 #[derive(Debug, Deserialize)]
@@ -340,12 +464,17 @@ struct QueryParams {
 
 async fn query(
     State(st): State<AppState>,
-    Path((topic, partition)): Path<(String, u32)>,
+    path: Result<Path<(String, u32)>, PathRejection>,
     params: Result<Query<QueryParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let started = Instant::now();
-    let Query(q) = params.map_err(|e| bad_request(format!("invalid query: {}", e.body_text())))?;
-    let r = query_inner(&st, &topic, partition, q).await;
+    let r = async {
+        let (topic, partition) = path_params(path)?;
+        let Query(q) =
+            params.map_err(|e| bad_request(format!("invalid query: {}", e.body_text())))?;
+        query_inner(&st, &topic, partition, q).await
+    }
+    .await;
     let outcome = match &r {
         Ok(_) => "ok".to_owned(),
         Err(e) => e.1.to_ascii_lowercase(),
@@ -437,7 +566,10 @@ async fn query_inner(
                 "timestamp_ms": r.timestamp_ms,
                 "key": r.key.as_ref().map(|k| enc(k, e)),
                 "value": enc(&r.value, e),
+                // A map for convenience (a repeated key keeps its last
+                // value) and the list, in order, with every header.
                 "headers": r.headers.iter().map(|h| (h.key.clone(), enc(&h.value, e))).collect::<BTreeMap<_, _>>(),
+                "header_list": r.headers.iter().map(|h| json!({"key": h.key, "value": enc(&h.value, e)})).collect::<Vec<_>>(),
                 "encoding": e,
             }));
             next = offset + 1;
@@ -464,6 +596,62 @@ async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         st.broker.metrics().render(st.broker.as_ref()),
     )
+}
+
+/// Serves `router` on `listener` until `stop` resolves: at most
+/// `connections_max` connections open at once (the next client waits to be
+/// accepted), a connection that does not send a request's headers within
+/// `read_timeout` is closed, and on `stop` open connections are closed
+/// once their requests are answered.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    read_timeout: std::time::Duration,
+    connections_max: usize,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let slots = Arc::new(tokio::sync::Semaphore::new(connections_max));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    tokio::pin!(stop);
+    loop {
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+            () = &mut stop => break,
+        };
+        let (stream, _) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting an HTTP connection failed");
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = hyper_util::service::TowerToHyperService::new(router.clone());
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    graceful.shutdown().await;
 }
 
 #[cfg(test)]
