@@ -203,7 +203,7 @@ pub async fn run(
         )
     };
     let grpc_task = tokio::spawn(grpc);
-    let http_task = tokio::spawn(async move { http.await });
+    let http_task = tokio::spawn(http);
     shutdown.await;
     tracing::info!("shutting down: draining requests and flushing partitions");
     let _ = stop_tx.send(true);
