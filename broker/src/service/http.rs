@@ -55,21 +55,17 @@ pub fn router(broker: Arc<Broker>) -> Router {
         )
         .fallback(
             |method: axum::http::Method, uri: axum::http::Uri| async move {
-                ApiError(
+                invalid_request(
                     StatusCode::NOT_FOUND,
-                    "INVALID_REQUEST".into(),
                     format!("no such resource: {method} {}", uri.path()),
-                    None,
                 )
             },
         )
         .method_not_allowed_fallback(
             |method: axum::http::Method, uri: axum::http::Uri| async move {
-                ApiError(
+                invalid_request(
                     StatusCode::METHOD_NOT_ALLOWED,
-                    "INVALID_REQUEST".into(),
                     format!("{method} is not allowed on {}", uri.path()),
-                    None,
                 )
             },
         )
@@ -95,12 +91,12 @@ impl From<BrokerError> for ApiError {
 }
 
 fn bad_request(msg: impl Into<String>) -> ApiError {
-    ApiError(
-        StatusCode::BAD_REQUEST,
-        "INVALID_REQUEST".into(),
-        msg.into(),
-        None,
-    )
+    invalid_request(StatusCode::BAD_REQUEST, msg)
+}
+
+/// An `INVALID_REQUEST` error with HTTP status `status`.
+fn invalid_request(status: StatusCode, msg: impl Into<String>) -> ApiError {
+    ApiError(status, "INVALID_REQUEST".into(), msg.into(), None)
 }
 
 impl IntoResponse for ApiError {
@@ -224,14 +220,12 @@ async fn read_body(st: &AppState, body: Body) -> Result<Bytes, ApiError> {
                 Err(bad_request(format!("reading the request body: {e}")))
             }
         }
-        Err(_) => Err(ApiError(
+        Err(_) => Err(invalid_request(
             StatusCode::REQUEST_TIMEOUT,
-            "INVALID_REQUEST".into(),
             format!(
                 "the request body did not arrive within {} ms",
                 c.http_read_timeout_ms
             ),
-            None,
         )),
     }
 }
