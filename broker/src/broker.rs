@@ -17,6 +17,7 @@ use crate::error::BrokerError;
 use crate::log::{PartitionLog, SyncObserver, WriterConfig, WriterPool};
 use crate::meta::{MetaStore, TopicRecord};
 use crate::metrics::{Metrics, PartitionFigures, PartitionSource};
+use crate::producer_id::ProducerIdKey;
 use crate::raft::MetaCmd;
 use crate::settings::{TopicSettings, validate_topic_name};
 use crate::topic::{Acks, Partition, ProduceOutcome, Submitted};
@@ -58,6 +59,10 @@ pub struct Broker {
     /// The (gRPC, HTTP) addresses the listeners are bound to, once bound:
     /// what clients are told (a configured port 0 is not an address).
     bound: std::sync::OnceLock<(String, String)>,
+    /// The key that issues and checks producer ids: the metadata store's
+    /// on a single node; in a cluster the metadata group's, once known
+    /// here (it never changes once set).
+    producer_key: std::sync::OnceLock<ProducerIdKey>,
 }
 
 /// A topic as the services describe it, in either mode.
@@ -96,6 +101,7 @@ impl Broker {
             ))
         })?;
         let meta = MetaStore::open(&config.data_dir.join("meta"))?;
+        let producer_key = std::sync::OnceLock::new();
         let writer_pool = WriterPool::new(config.writer_threads).map_err(|e| {
             BrokerError::Storage(crate::log::LogError::Invalid(format!(
                 "cannot start the writer threads: {e}"
@@ -109,6 +115,7 @@ impl Broker {
             topics: RwLock::new(HashMap::new()),
             cluster: None,
             bound: std::sync::OnceLock::new(),
+            producer_key,
         };
         for record in broker.meta.topics()? {
             let topic = broker.open_topic(record)?;
@@ -129,6 +136,36 @@ impl Broker {
     pub fn with_cluster(mut self, cluster: Arc<Cluster>) -> Self {
         self.cluster = Some(cluster);
         self
+    }
+
+    /// The producer-id key, if known here. A single node's comes from its
+    /// metadata store (created on first use); a cluster node's from the
+    /// metadata group's image, waited for up to `wait` if not applied
+    /// here yet.
+    async fn producer_key(
+        &self,
+        wait: std::time::Duration,
+    ) -> Result<Option<ProducerIdKey>, BrokerError> {
+        if let Some(k) = self.producer_key.get() {
+            return Ok(Some(*k));
+        }
+        let key = match &self.cluster {
+            Some(c) => c.producer_id_key(wait).await,
+            None => Some(self.meta.producer_id_key()?),
+        };
+        Ok(key.map(|k| *self.producer_key.get_or_init(|| k)))
+    }
+
+    /// Refuses an idempotent batch whose producer id this cluster did not
+    /// issue (`UNKNOWN_PRODUCER`, nothing written).
+    async fn check_producer_id(&self, id: u64) -> Result<(), BrokerError> {
+        match self.producer_key(KEY_WAIT).await? {
+            Some(k) if k.verify(id) => Ok(()),
+            Some(_) => Err(BrokerError::UnknownProducer(id)),
+            // A cluster node whose metadata has not caught up with the
+            // key's creation in time: retriable, like a follower's lag.
+            None => Err(BrokerError::NotLeader { leader: None }),
+        }
     }
 
     /// The cluster, if this broker is a cluster node.
@@ -307,6 +344,7 @@ impl Broker {
                 &self.writer_pool,
                 writer,
                 Some(observer),
+                self.config.producer_expiry(),
             )?))
         };
         // Opening (recovery, or creating the first segment) is mostly
@@ -572,24 +610,59 @@ impl Broker {
     ) -> Result<Submitted, BrokerError> {
         let p = self.partition(topic, partition)?;
         let verified: VerifiedBatch = admit_batch(batch, &p.batch_limits())?;
+        let header = verified.header();
+        if let Some(info) = header.producer {
+            self.check_producer_id(info.producer_id).await?;
+        }
+        self.check_timestamp(header.max_timestamp_ms)?;
         p.submit(verified).await
     }
 
-    /// Issues an idempotent-producer id (epoch 0): 63 random bits from the
-    /// operating system, so any node issues one on its own (a producer
-    /// depends only on its partitions' groups, not on reaching the
-    /// metadata leader) and no client can guess another's id to write
-    /// under it. Two ids collide with probability below 10⁻⁷ after a
-    /// million producers.
+    /// Refuses a batch dated more than `message_timestamp_after_max_ms`
+    /// ahead of this broker's clock (`INVALID_TIMESTAMP`, nothing written):
+    /// time retention trusts record timestamps.
+    fn check_timestamp(&self, max_timestamp_ms: i64) -> Result<(), BrokerError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let limit = i64::try_from(self.config.message_timestamp_after_max_ms).unwrap_or(i64::MAX);
+        if max_timestamp_ms.saturating_sub(now) > limit {
+            return Err(BrokerError::InvalidTimestamp {
+                timestamp_ms: max_timestamp_ms,
+                now_ms: now,
+                after_max_ms: self.config.message_timestamp_after_max_ms,
+            });
+        }
+        Ok(())
+    }
+
+    /// Issues an idempotent-producer id (epoch 0), on this node alone: 48
+    /// random bits from the operating system and a tag keyed by the
+    /// cluster's secret (`producer_id`), so producing depends only on its
+    /// partitions' groups, ids cannot be guessed, and ids never issued are
+    /// refused. In a cluster the first id ever asked for creates the key
+    /// (one metadata write in the cluster's life).
     pub async fn init_producer(&self) -> Result<(u64, u16), BrokerError> {
-        let id = getrandom::u64().map_err(|e| {
-            BrokerError::Storage(crate::log::LogError::Invalid(format!(
-                "the operating system's random source failed: {e}"
-            )))
-        })?;
-        // Positive as a signed 64-bit number (Kafka's producer ids are),
-        // and never 0.
-        Ok(((id >> 1).max(1), 0))
+        let key = match (
+            self.producer_key(std::time::Duration::ZERO).await?,
+            &self.cluster,
+        ) {
+            (Some(k), _) => k,
+            (None, Some(c)) => {
+                let new = ProducerIdKey::generate().map_err(|e| {
+                    BrokerError::Storage(crate::log::LogError::Invalid(e.to_string()))
+                })?;
+                c.meta_command(MetaCmd::SetProducerIdKey(new)).await?;
+                self.producer_key(KEY_WAIT)
+                    .await?
+                    .ok_or(BrokerError::NotLeader { leader: None })?
+            }
+            (None, None) => unreachable!("a single node always has its key"),
+        };
+        let id = key
+            .issue()
+            .map_err(|e| BrokerError::Storage(crate::log::LogError::Invalid(e.to_string())))?;
+        Ok((id, 0))
     }
 
     /// Commits a group's offsets on a topic.
@@ -666,7 +739,8 @@ impl Broker {
         Ok(self.meta.all_committed()?)
     }
 
-    /// Runs retention on every partition; returns the segments deleted.
+    /// Runs retention on every partition, and forgets idle idempotent
+    /// producers; returns the segments deleted.
     pub async fn enforce_retention(&self) -> usize {
         let mut deleted = 0;
         let partitions: Vec<Arc<Partition>> = match &self.cluster {
@@ -677,14 +751,16 @@ impl Broker {
                 .flat_map(|t| t.partitions.clone())
                 .collect(),
         };
-        {
-            for p in &partitions {
-                match p.enforce_retention().await {
-                    Ok(r) => deleted += r.segments_deleted,
-                    Err(e) => {
-                        tracing::error!(topic = %p.topic, partition = p.id, error = %e, "retention failed")
-                    }
+        let expiry = self.config.producer_expiry();
+        for p in &partitions {
+            match p.enforce_retention().await {
+                Ok(r) => deleted += r.segments_deleted,
+                Err(e) => {
+                    tracing::error!(topic = %p.topic, partition = p.id, error = %e, "retention failed")
                 }
+            }
+            if let Err(e) = p.expire_producers(expiry).await {
+                tracing::warn!(topic = %p.topic, partition = p.id, error = %e, "expiring idle producers failed");
             }
         }
         deleted
@@ -701,6 +777,10 @@ impl Broker {
         }
     }
 }
+/// How long a cluster node waits to learn the producer-id key it has not
+/// applied yet.
+const KEY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Threads that open one topic's partitions.
 const OPEN_THREADS: usize = 16;
 
@@ -711,7 +791,7 @@ impl PartitionSource for Broker {
         }
         let mut out = Vec::new();
         for t in self.topics() {
-            for s in self.partition_status(&t) {
+            for (s, p) in self.partition_status(&t).into_iter().zip(&t.partitions) {
                 out.push(PartitionFigures {
                     topic: t.record.name.clone(),
                     partition: s.partition,
@@ -719,6 +799,7 @@ impl PartitionSource for Broker {
                     segments: s.segments as u64,
                     high_watermark: s.high_watermark,
                     log_start_offset: s.log_start_offset,
+                    producers: p.producer_count() as u64,
                     replica: None,
                 });
             }

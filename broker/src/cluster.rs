@@ -26,6 +26,7 @@ use crate::log::{
     LogConfig, PartitionLog, PartitionWriter, SyncObserver, WriterConfig, WriterPool,
 };
 use crate::metrics::Metrics;
+use crate::producer_id::ProducerIdKey;
 use crate::raft::channels::Channels;
 use crate::raft::hibernate::Hibernation;
 use crate::raft::meta::{LeaderRecord, TopicMeta, place};
@@ -356,6 +357,7 @@ impl Cluster {
                     segments: segments as u64,
                     high_watermark: h.partition.high_watermark(),
                     log_start_offset: h.partition.log_start_offset(),
+                    producers: h.partition.producer_count() as u64,
                     replica: Some(crate::metrics::ReplicaFigures {
                         leader: st.leader.unwrap_or(0),
                         leading,
@@ -432,6 +434,26 @@ impl Cluster {
         match st.meta() {
             Some(m) => f(m),
             None => f(&MetaState::default()),
+        }
+    }
+
+    /// The cluster's producer-id key as applied here, waiting up to
+    /// `timeout` for it: a node whose metadata lags behind the key's
+    /// creation (the first InitProducer, at another node) learns it within
+    /// a replication round.
+    pub async fn producer_id_key(&self, timeout: Duration) -> Option<ProducerIdKey> {
+        let mut applied = self.meta_sm.applied_watch.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(k) = self.with_meta(|m| m.producer_id_key) {
+                return Some(k);
+            }
+            if tokio::time::timeout_at(deadline, applied.changed())
+                .await
+                .is_err()
+            {
+                return None;
+            }
         }
     }
 

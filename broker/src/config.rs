@@ -80,6 +80,23 @@ pub struct BrokerConfig {
     pub raft_hibernate: bool,
     /// Partitions a topic may have. Default 1024.
     pub partitions_max: u32,
+    /// An idempotent producer not seen for this long is forgotten by a
+    /// partition (its next batch starts it afresh, so a retry of a batch
+    /// sent before that could be written twice). Checked every
+    /// `retention_check_ms`. Default 86,400,000 (1 day, Kafka's
+    /// `producer.id.expiration.ms`).
+    pub producer_id_expiration_ms: u64,
+    /// Idempotent producers a partition keeps at most; past it, the least
+    /// recently seen are forgotten (on a single node as a new producer
+    /// arrives, in a cluster at the next check). Default 10,000.
+    pub producers_per_partition_max: u32,
+    /// A batch whose newest record timestamp is more than this far ahead
+    /// of the broker's clock is refused with INVALID_TIMESTAMP (time
+    /// retention keeps a segment until its newest timestamp is old enough,
+    /// so one record dated in the future would pin the partition's log).
+    /// Default 3,600,000 (1 hour, Kafka 4's
+    /// `log.message.timestamp.after.max.ms`).
+    pub message_timestamp_after_max_ms: u64,
     /// Raft peer listen address. Set: this broker is a cluster node
     /// (partitions replicated by Raft, metadata in the metadata group).
     /// Unset (the default): a standalone single-node broker.
@@ -144,6 +161,9 @@ impl Default for BrokerConfig {
             writer_threads: 8,
             raft_hibernate: true,
             partitions_max: 1024,
+            producer_id_expiration_ms: 86_400_000,
+            producers_per_partition_max: 10_000,
+            message_timestamp_after_max_ms: 3_600_000,
             raft_addr: None,
             peers: Vec::new(),
             meta_snapshot_entries: 10_000,
@@ -153,6 +173,14 @@ impl Default for BrokerConfig {
 }
 
 impl BrokerConfig {
+    /// How long and how many idempotent producers a partition keeps.
+    pub fn producer_expiry(&self) -> crate::dedup::Expiry {
+        crate::dedup::Expiry {
+            idle_ms: self.producer_id_expiration_ms,
+            producers_max: self.producers_per_partition_max,
+        }
+    }
+
     /// Parses a TOML config file's text; unknown keys are errors.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         Ok(toml::from_str(text)?)
@@ -187,6 +215,11 @@ impl BrokerConfig {
         if !peers.is_empty() && self.raft_addr.is_none() {
             return Err(ConfigError::Invalid(
                 "peers need raft_addr (cluster mode)".into(),
+            ));
+        }
+        if self.producer_id_expiration_ms == 0 || self.producers_per_partition_max == 0 {
+            return Err(ConfigError::Invalid(
+                "producer_id_expiration_ms and producers_per_partition_max must be positive".into(),
             ));
         }
         if self.partitions_max == 0 {

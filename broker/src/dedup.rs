@@ -12,6 +12,13 @@
 //! monotonic (an older epoch changes nothing), so entries may be replayed
 //! over a newer image, as a restarted state machine does.
 //!
+//! Producer state is bounded: every producer carries the time it was last
+//! seen (`last_seen_ms`, a clock the caller supplies), and
+//! [`ProducerTable::expire`] forgets producers idle for too long and, past
+//! a maximum count, the least recently seen (Kafka's
+//! `producer.id.expiration.ms`). A producer forgotten is unknown again: its
+//! next batch starts it afresh, as after a restart.
+//!
 //! Pure data: no I/O, no Raft, no async.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -69,6 +76,19 @@ pub struct ProducerState<T> {
     pub last_sequence: u32,
     /// Its last batches, oldest first, at most [`DEDUP_WINDOW`].
     pub recent: VecDeque<RecentBatch<T>>,
+    /// When it was last seen, by the clock of whoever keeps the table (a
+    /// replicated clock in a state machine, wall time on a single node).
+    pub last_seen_ms: u64,
+}
+
+/// How long producers are kept, and how many.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Expiry {
+    /// A producer not seen for this long is forgotten.
+    pub idle_ms: u64,
+    /// At most this many producers are kept; the least recently seen (then
+    /// the lowest id) go first.
+    pub producers_max: u32,
 }
 
 /// The producers of one partition, by producer id. Ordered, so that a
@@ -126,6 +146,7 @@ impl<T> ProducerTable<T> {
                     epoch: s.epoch,
                     last_sequence: s.last_sequence,
                     recent,
+                    last_seen_ms: s.last_seen_ms,
                 };
                 (*id, state)
             })
@@ -174,10 +195,86 @@ impl<T> ProducerTable<T> {
         Ok(None)
     }
 
-    /// Records a batch of producer `p`: a newer epoch resets the window; an
-    /// older epoch, or a batch already in the window, changes nothing; the
-    /// window keeps the last [`DEDUP_WINDOW`] batches.
-    pub fn remember(&mut self, p: ProducerInfo, record_count: u32, outcome: T) {
+    /// Number of producers kept.
+    pub fn len(&self) -> usize {
+        self.producers.len()
+    }
+
+    /// Whether no producer is kept.
+    pub fn is_empty(&self) -> bool {
+        self.producers.is_empty()
+    }
+
+    /// Puts a producer's state as it is (loading an older image).
+    pub fn insert(&mut self, producer_id: u64, state: ProducerState<T>) {
+        self.producers.insert(producer_id, state);
+    }
+
+    /// Forgets one producer.
+    pub fn forget(&mut self, producer_id: u64) {
+        self.producers.remove(&producer_id);
+    }
+
+    /// Whether some producer is due to be forgotten at `now_ms` under
+    /// `expiry` (idle too long, or too many).
+    pub fn expiry_due(&self, now_ms: u64, expiry: Expiry) -> bool {
+        self.producers.len() > expiry.producers_max as usize
+            || self
+                .producers
+                .values()
+                .any(|s| s.last_seen_ms.saturating_add(expiry.idle_ms) <= now_ms)
+    }
+
+    /// Forgets the producers not seen since `now_ms - expiry.idle_ms` and
+    /// seen before `seen_before_ms` (a producer seen at or after it may
+    /// have been active just now: see the state machine's clock), then,
+    /// while more than `expiry.producers_max` remain, the least recently
+    /// seen (ties: the lowest id). Returns the ids forgotten, in id order.
+    /// Deterministic: the same table and arguments forget the same ids.
+    pub fn expire(&mut self, now_ms: u64, seen_before_ms: u64, expiry: Expiry) -> Vec<u64> {
+        let mut gone: Vec<u64> = self
+            .producers
+            .iter()
+            .filter(|(_, s)| {
+                s.last_seen_ms < seen_before_ms
+                    && s.last_seen_ms.saturating_add(expiry.idle_ms) <= now_ms
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &gone {
+            self.producers.remove(id);
+        }
+        let max = expiry.producers_max as usize;
+        if self.producers.len() > max {
+            let mut by_age: Vec<(u64, u64)> = self
+                .producers
+                .iter()
+                .map(|(id, s)| (s.last_seen_ms, *id))
+                .collect();
+            by_age.sort_unstable();
+            let excess = self.producers.len() - max;
+            for (_, id) in by_age.into_iter().take(excess) {
+                self.producers.remove(&id);
+                gone.push(id);
+            }
+            gone.sort_unstable();
+        }
+        gone
+    }
+
+    /// Sets every producer's last-seen time to `now_ms` (state carried over
+    /// from before producers had one).
+    pub fn stamp_all(&mut self, now_ms: u64) {
+        for s in self.producers.values_mut() {
+            s.last_seen_ms = now_ms;
+        }
+    }
+
+    /// Records a batch of producer `p` seen at `now_ms`: a newer epoch
+    /// resets the window; an older epoch, or a batch already in the window,
+    /// changes nothing but the time; the window keeps the last
+    /// [`DEDUP_WINDOW`] batches.
+    pub fn remember(&mut self, p: ProducerInfo, record_count: u32, outcome: T, now_ms: u64) {
         assert!(
             record_count > 0,
             "a verified batch holds at least one record"
@@ -189,7 +286,9 @@ impl<T> ProducerTable<T> {
                 epoch: p.producer_epoch,
                 last_sequence: 0,
                 recent: VecDeque::new(),
+                last_seen_ms: now_ms,
             });
+        state.last_seen_ms = state.last_seen_ms.max(now_ms);
         if p.producer_epoch < state.epoch {
             return;
         }
@@ -227,8 +326,8 @@ mod tests {
     fn retries_in_the_window_answer_the_original_outcome() {
         let mut t = ProducerTable::default();
         assert_eq!(t.check(p(0, 0), 3), Ok(None));
-        t.remember(p(0, 0), 3, 100u64);
-        t.remember(p(0, 3), 2, 103);
+        t.remember(p(0, 0), 3, 100u64, 0);
+        t.remember(p(0, 3), 2, 103, 0);
         assert_eq!(t.check(p(0, 0), 3), Ok(Some(&100)));
         assert_eq!(t.check(p(0, 3), 2), Ok(Some(&103)));
         assert_eq!(t.check(p(0, 5), 1), Ok(None));
@@ -245,7 +344,7 @@ mod tests {
     #[test]
     fn epochs_fence_and_restart_the_sequence() {
         let mut t = ProducerTable::default();
-        t.remember(p(1, 0), 1, 0u64);
+        t.remember(p(1, 0), 1, 0u64, 0);
         assert!(matches!(
             t.check(p(0, 1), 1),
             Err(SequenceError::Fenced { current: 1, .. })
@@ -255,17 +354,17 @@ mod tests {
             Err(SequenceError::OutOfOrder { expected: 0, .. })
         ));
         assert_eq!(t.check(p(2, 0), 1), Ok(None));
-        t.remember(p(2, 0), 1, 1);
+        t.remember(p(2, 0), 1, 1, 0);
         assert_eq!(t.get(7).map(|s| (s.epoch, s.recent.len())), Some((2, 1)));
     }
 
     #[test]
     fn remembering_is_idempotent_and_monotonic() {
         let mut t = ProducerTable::default();
-        t.remember(p(1, 0), 2, 0u64);
+        t.remember(p(1, 0), 2, 0u64, 0);
         let before = t.clone();
-        t.remember(p(1, 0), 2, 0);
-        t.remember(p(0, 5), 1, 9);
+        t.remember(p(1, 0), 2, 0, 0);
+        t.remember(p(0, 5), 1, 9, 0);
         assert_eq!(t, before);
     }
 
@@ -273,7 +372,7 @@ mod tests {
     fn the_window_keeps_the_last_batches() {
         let mut t = ProducerTable::default();
         for i in 0..(DEDUP_WINDOW as u32 + 4) {
-            t.remember(p(0, i), 1, u64::from(i));
+            t.remember(p(0, i), 1, u64::from(i), 0);
         }
         let s = t.get(7).map(|s| s.recent.len());
         assert_eq!(s, Some(DEDUP_WINDOW));
@@ -284,18 +383,79 @@ mod tests {
         assert_eq!(t.check(p(0, 19), 1), Ok(Some(&19)));
     }
 
-    /// The table's serialized form is the one snapshots already hold
+    /// The table's serialized form is the snapshot format of version 2
     /// (epoch, last sequence, then (base sequence, record count, base
-    /// offset) per batch), so snapshots written before the table was
-    /// shared still load.
+    /// offset) per batch, then the last-seen time): version 1 (without the
+    /// time) still loads through `raft::sm`'s legacy image.
     #[test]
     fn serialized_form_matches_the_snapshot_format() {
         let mut t = ProducerTable::default();
-        t.remember(p(3, 10), 2, 42u64);
-        // (epoch, last sequence, [(base sequence, record count, offset)]).
-        type OldProducer = (u16, u32, VecDeque<(u32, u32, u64)>);
-        let old: BTreeMap<u64, OldProducer> =
-            BTreeMap::from([(7, (3, 11, VecDeque::from([(10, 2, 42)])))]);
-        assert_eq!(postcard::to_stdvec(&t).ok(), postcard::to_stdvec(&old).ok());
+        t.remember(p(3, 10), 2, 42u64, 5_000);
+        type Producer = (u16, u32, VecDeque<(u32, u32, u64)>, u64);
+        let wire: BTreeMap<u64, Producer> =
+            BTreeMap::from([(7, (3, 11, VecDeque::from([(10, 2, 42)]), 5_000))]);
+        assert_eq!(
+            postcard::to_stdvec(&t).ok(),
+            postcard::to_stdvec(&wire).ok()
+        );
+    }
+
+    fn q(id: u64) -> ProducerInfo {
+        ProducerInfo {
+            producer_id: id,
+            producer_epoch: 0,
+            base_sequence: 0,
+        }
+    }
+
+    const DAY: Expiry = Expiry {
+        idle_ms: 1_000,
+        producers_max: 3,
+    };
+
+    #[test]
+    fn idle_producers_are_forgotten_and_come_back_as_new() {
+        let mut t = ProducerTable::default();
+        t.remember(q(1), 1, 0u64, 100);
+        t.remember(q(2), 1, 1, 900);
+        assert!(!t.expiry_due(1_099, DAY));
+        assert!(t.expiry_due(1_100, DAY));
+        assert_eq!(t.expire(1_100, u64::MAX, DAY), vec![1]);
+        assert!(t.get(1).is_none() && t.get(2).is_some());
+        // Forgotten: any sequence starts it again.
+        assert_eq!(
+            t.check(
+                ProducerInfo {
+                    producer_id: 1,
+                    producer_epoch: 0,
+                    base_sequence: 77
+                },
+                1
+            ),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn a_producer_seen_at_or_after_the_cutoff_is_kept() {
+        let mut t = ProducerTable::default();
+        t.remember(q(1), 1, 0u64, 100);
+        // Seen at the clock's current value: it may have been active just
+        // now, whatever the idle time says.
+        assert_eq!(t.expire(5_000, 100, DAY), Vec::<u64>::new());
+        assert_eq!(t.expire(5_000, 101, DAY), vec![1]);
+    }
+
+    #[test]
+    fn past_the_maximum_the_least_recently_seen_go_first() {
+        let mut t = ProducerTable::default();
+        for (id, at) in [(5, 30), (1, 10), (9, 10), (2, 40), (3, 20)] {
+            t.remember(q(id), 1, 0u64, at);
+        }
+        assert!(t.expiry_due(0, DAY));
+        // 1 and 9 are the oldest (10), then 3 (20): 1 and 9 go.
+        assert_eq!(t.expire(0, u64::MAX, DAY), vec![1, 9]);
+        assert_eq!(t.len(), 3);
+        assert!(!t.expiry_due(0, DAY));
     }
 }

@@ -78,6 +78,21 @@ pub enum BrokerError {
         /// Current epoch.
         current: u16,
     },
+    /// An idempotent batch under a producer id this cluster never issued.
+    #[error("producer id {0} was not issued by this cluster (ask InitProducer for one)")]
+    UnknownProducer(u64),
+    /// A batch dated too far in the future.
+    #[error(
+        "batch timestamp {timestamp_ms} ms is more than {after_max_ms} ms ahead of the broker's clock ({now_ms} ms); see message_timestamp_after_max_ms"
+    )]
+    InvalidTimestamp {
+        /// The batch's newest record timestamp.
+        timestamp_ms: i64,
+        /// The broker's clock.
+        now_ms: i64,
+        /// The limit.
+        after_max_ms: u64,
+    },
     /// A malformed request.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
@@ -160,6 +175,8 @@ impl BrokerError {
             BrokerError::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequence,
             BrokerError::ProducerFenced { .. } => ErrorCode::ProducerFenced,
             BrokerError::InvalidRequest(_) => ErrorCode::InvalidRequest,
+            BrokerError::UnknownProducer(_) => ErrorCode::UnknownProducer,
+            BrokerError::InvalidTimestamp { .. } => ErrorCode::InvalidTimestamp,
             BrokerError::ShuttingDown => ErrorCode::ShuttingDown,
             BrokerError::NotLeader { .. } => ErrorCode::NotLeader,
             BrokerError::NotEnoughReplicas(_) => ErrorCode::NotEnoughReplicas,
@@ -208,6 +225,7 @@ impl BrokerError {
             | ErrorCode::InvalidConfig
             | ErrorCode::CorruptBatch
             | ErrorCode::BatchTooLarge
+            | ErrorCode::InvalidTimestamp
             | ErrorCode::InvalidRequest => Code::InvalidArgument,
             ErrorCode::OffsetOutOfRange => Code::OutOfRange,
             ErrorCode::OutOfOrderSequence

@@ -26,6 +26,7 @@ pub mod error;
 pub mod meta;
 pub mod metrics;
 pub mod node;
+pub mod producer_id;
 pub mod raft;
 pub mod service;
 pub mod settings;

@@ -1,5 +1,5 @@
 //! The metadata store: topics and their settings, committed consumer-group
-//! offsets, and the idempotent-producer id counter, in sled.
+//! offsets, and the secret key of idempotent-producer ids, in sled.
 //!
 //! Every write is flushed before it returns, so whatever the broker
 //! acknowledges survives a crash. Values are JSON (topics) or little-endian
@@ -8,6 +8,7 @@
 
 use std::path::Path;
 
+use crate::producer_id::ProducerIdKey;
 use crate::settings::TopicSettings;
 
 /// Errors of the metadata store.
@@ -127,6 +128,30 @@ impl MetaStore {
                 decode_offset(&k, &v).map(|(_, _, p, o)| (p, o))
             })
             .collect()
+    }
+
+    /// The node's producer-id key: the stored one, or a new one stored
+    /// (and flushed) before it is returned, so ids issued survive restarts.
+    pub fn producer_id_key(&self) -> Result<ProducerIdKey, MetaError> {
+        const KEY: &str = "producer-id-key";
+        if let Some(v) = self.db.get(KEY)? {
+            let k: [u8; 16] = v.as_ref().try_into().map_err(|_| MetaError::Corrupt {
+                key: KEY.into(),
+                reason: format!("{} bytes, expected 16", v.len()),
+            })?;
+            return Ok(ProducerIdKey(k));
+        }
+        let key = ProducerIdKey::generate().map_err(|e| MetaError::Corrupt {
+            key: KEY.into(),
+            reason: e.to_string(),
+        })?;
+        // Another opener of the same store cannot race: sled locks the
+        // directory. compare_and_swap keeps the first key regardless.
+        let _ = self
+            .db
+            .compare_and_swap(KEY, None as Option<&[u8]>, Some(&key.0[..]))?;
+        self.db.flush()?;
+        self.producer_id_key()
     }
 
     /// Every (group, topic, partition, offset).

@@ -26,6 +26,8 @@ pub struct PartitionFigures {
     pub high_watermark: u64,
     /// First readable offset.
     pub log_start_offset: u64,
+    /// Idempotent producers the partition's state keeps.
+    pub producers: u64,
     /// On a cluster node: the replica's Raft view.
     pub replica: Option<ReplicaFigures>,
 }
@@ -158,7 +160,8 @@ impl Metrics {
         let partition = must(IntGaugeVec::new(
             Opts::new(
                 "strata_partition",
-                "Partition figures: size_bytes, segments, high_watermark, log_start_offset; \
+                "Partition figures: size_bytes, segments, high_watermark, log_start_offset, \
+                 producers (idempotent producers kept); \
                  on a cluster node also leader (node id, 0: none known), leading (1 if this \
                  node leads), quorum (1 if this node sees a quorum of the voters alive) and term.",
             ),
@@ -222,6 +225,7 @@ impl Metrics {
                 ("segments", s.segments),
                 ("high_watermark", s.high_watermark),
                 ("log_start_offset", s.log_start_offset),
+                ("producers", s.producers),
             ];
             if let Some(r) = &s.replica {
                 figures.extend([

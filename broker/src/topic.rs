@@ -22,7 +22,7 @@ use openraft::impls::ProgressResponder;
 use strata_proto::batch::{BatchLimits, VerifiedBatch, parse_header};
 use tokio::sync::watch;
 
-use crate::dedup::ProducerTable;
+use crate::dedup::{Expiry, ProducerTable};
 use crate::error::BrokerError;
 use crate::log::{
     LogConfig, LogError, LogId, NewEntry, PartitionLog, PartitionWriter, Payload, RetentionReport,
@@ -61,6 +61,23 @@ type Outcome = Option<Result<u64, Failure>>;
 struct Sequencer {
     next_index: u64,
     producers: ProducerTable<watch::Receiver<Outcome>>,
+    /// How long and how many producers are kept (the count is enforced as
+    /// each new producer arrives).
+    expiry: Expiry,
+}
+
+/// Wall time in ms since the Unix epoch (0 before it).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// How long a replicated partition's clock may lag wall time while its
+/// producers are active before the leader advances it (producers are
+/// stamped with it, so it bounds how early one can be taken for idle).
+fn clock_step_ms(expiry: Expiry) -> u64 {
+    (expiry.idle_ms / 4).clamp(1, 60_000)
 }
 
 /// How a produce ended.
@@ -206,6 +223,7 @@ pub struct Partition {
 impl Partition {
     /// Opens the partition's log and rebuilds its producer state from the
     /// newest segments.
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         topic: &str,
         id: u32,
@@ -214,11 +232,13 @@ impl Partition {
         pool: &WriterPool,
         writer_config: WriterConfig,
         observer: Option<SyncObserver>,
+        expiry: Expiry,
     ) -> Result<Self, BrokerError> {
         let next_index = log.last_log_id().map_or(0, |l| l.index + 1);
         let hw = log.durable_next_offset();
         let limits = batch_limits(log.config());
-        let producers = rebuild_producers(&log)?;
+        let mut producers = rebuild_producers(&log, now_ms())?;
+        producers.expire(now_ms(), u64::MAX, expiry);
         let writer = PartitionWriter::spawn_in(pool, log, writer_config, observer);
         Ok(Partition {
             topic: topic.to_owned(),
@@ -228,6 +248,7 @@ impl Partition {
             engine: Engine::Local(Mutex::new(Sequencer {
                 next_index,
                 producers,
+                expiry,
             })),
             hw: Arc::new(watch::channel(hw).0),
             limits: Mutex::new(limits),
@@ -428,7 +449,13 @@ impl Partition {
             .map_err(BrokerError::Storage)?;
         seq.next_index += 1;
         if let Some(p) = header.producer {
-            seq.producers.remember(p, header.record_count, rx.clone());
+            let known = seq.producers.get(p.producer_id).is_some();
+            seq.producers
+                .remember(p, header.record_count, rx.clone(), now_ms());
+            if !known && seq.producers.len() > seq.expiry.producers_max as usize {
+                let expiry = seq.expiry;
+                seq.producers.expire(now_ms(), u64::MAX, expiry);
+            }
         }
         Ok((rx, false))
     }
@@ -504,6 +531,31 @@ impl Partition {
             })?;
         report.log_start_offset = log_start_offset;
         Ok(report)
+    }
+
+    /// Forgets idle producers, and the least recently seen past the
+    /// maximum (`expiry`). On a single node at once, by wall time; in a
+    /// cluster the leader proposes `ExpireProducers` with its clock when
+    /// some producer is due (or the group's clock has fallen behind while
+    /// producers are active), so every replica forgets the same ones.
+    /// Returns how many producers were forgotten.
+    pub async fn expire_producers(&self, expiry: Expiry) -> Result<usize, BrokerError> {
+        match &self.engine {
+            Engine::Local(seq) => {
+                let mut seq = seq.lock();
+                seq.expiry = expiry;
+                Ok(seq.producers.expire(now_ms(), u64::MAX, expiry).len())
+            }
+            Engine::Raft(r) => r.expire_producers(expiry).await,
+        }
+    }
+
+    /// Idempotent producers this replica's state holds.
+    pub fn producer_count(&self) -> usize {
+        match &self.engine {
+            Engine::Local(seq) => seq.lock().producers.len(),
+            Engine::Raft(r) => r.sm.state().partition().map_or(0, |p| p.producers.len()),
+        }
     }
 
     /// Waits for everything queued to be durable.
@@ -600,6 +652,65 @@ impl RaftEngine {
         }
     }
 
+    /// See [`Partition::expire_producers`]. Proposed under the sequencer's
+    /// lock, so no batch is proposed between the command and its outcome:
+    /// the sequencer then forgets exactly the producers the group forgot
+    /// (it must never forget one the group still knows, or it would let a
+    /// gap into the log).
+    async fn expire_producers(&self, expiry: Expiry) -> Result<usize, BrokerError> {
+        let now = now_ms();
+        let due = |seq_len: usize| {
+            let st = self.sm.state();
+            let Some(p) = st.partition() else {
+                unreachable!("a partition's state machine holds a partition")
+            };
+            let stale_clock = now.saturating_sub(p.clock_ms) >= clock_step_ms(expiry)
+                && p.producers
+                    .iter()
+                    .any(|(_, s)| s.last_seen_ms >= p.clock_ms);
+            (p.clock_ms == 0 && !p.producers.is_empty())
+                || stale_clock
+                || p.producers.expiry_due(now, expiry)
+                || seq_len > expiry.producers_max as usize
+        };
+        if self.check_leader().is_err() {
+            return Ok(0);
+        }
+        let mut seq = self.sequencer.lock().await;
+        if !due(seq.producers.len()) {
+            return Ok(0);
+        }
+        self.renew_lease().await?;
+        let write = self.raft.client_write(Cmd::ExpireProducers {
+            now_ms: now,
+            expiry,
+        });
+        let r = tokio::time::timeout(LEASE_RENEW_TIMEOUT, write).await;
+        match r {
+            Ok(Ok(resp)) => {
+                let Reply::Expired(gone) = resp.data else {
+                    unreachable!("ExpireProducers answers Expired, got {:?}", resp.data)
+                };
+                for id in &gone {
+                    seq.producers.forget(*id);
+                }
+                if !gone.is_empty() {
+                    tracing::debug!(forgotten = gone.len(), "idle producers expired");
+                }
+                Ok(gone.len())
+            }
+            Ok(Err(e)) => Err(self.write_error(
+                &e.to_string(),
+                e.forward_to_leader().and_then(|f| f.leader_id),
+            )),
+            // It may still commit: the sequencer keeps the producers it
+            // would forget, which is safe (stricter than the group).
+            Err(_) => Err(BrokerError::NotEnoughReplicas(
+                "expiring producers: no commit within the lease timeout".into(),
+            )),
+        }
+    }
+
     /// Dedup and propose, in call order, under this leadership.
     async fn propose(
         &self,
@@ -676,7 +787,10 @@ impl RaftEngine {
             });
         }
         if let Some(p) = header.producer {
-            seq.producers.remember(p, header.record_count, rx.clone());
+            // The sequencer's times are not used: the group's clock ages
+            // producers (`expire_producers`).
+            seq.producers
+                .remember(p, header.record_count, rx.clone(), 0);
         }
         drop(seq);
         let hints = self.hints.clone();
@@ -719,6 +833,7 @@ fn batch_limits(config: &LogConfig) -> BatchLimits {
 /// unknown after a restart and may resume at any sequence (documented).
 fn rebuild_producers(
     log: &PartitionLog,
+    now_ms: u64,
 ) -> Result<ProducerTable<watch::Receiver<Outcome>>, BrokerError> {
     let segments = log.segments();
     let from = segments
@@ -737,7 +852,10 @@ fn rebuild_producers(
             let h = parse_header(&b.bytes)
                 .map_err(|e| BrokerError::Storage(LogError::Invalid(e.to_string())))?;
             let Some(p) = h.producer else { continue };
-            producers.remember(p, h.record_count, watch::channel(Some(Ok(b.base_offset))).1);
+            // Seen at the restart: the log does not say when (producer
+            // timestamps are the client's).
+            let outcome = watch::channel(Some(Ok(b.base_offset))).1;
+            producers.remember(p, h.record_count, outcome, now_ms);
         }
     }
     Ok(producers)

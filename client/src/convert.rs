@@ -184,6 +184,7 @@ impl From<pb::ErrorCode> for ErrorCode {
             P::UnknownProducer => ErrorCode::UnknownProducer,
             P::ShuttingDown => ErrorCode::ShuttingDown,
             P::NotEnoughReplicas => ErrorCode::NotEnoughReplicas,
+            P::InvalidTimestamp => ErrorCode::InvalidTimestamp,
         }
     }
 }
@@ -203,7 +204,7 @@ mod tests {
                 assert_eq!(format!("{wire:?}"), format!("{:?}", ErrorCode::from(wire)));
             }
         }
-        assert_eq!(known, 17, "a code was added to the proto: map it");
+        assert_eq!(known, 18, "a code was added to the proto: map it");
     }
 
     #[test]

@@ -38,13 +38,16 @@ pub enum ErrorCode {
     StorageError,
     /// The request is malformed.
     InvalidRequest,
-    /// The producer id was not issued or has expired.
+    /// The producer id was not issued by this cluster (the producer takes
+    /// a new one and resends: nothing was written).
     UnknownProducer,
     /// The broker is stopping.
     ShuttingDown,
     /// The partition's leader cannot reach a quorum of its replicas;
     /// retriable (a batch in flight has an unknown outcome until then).
     NotEnoughReplicas,
+    /// The batch is dated too far ahead of the broker's clock.
+    InvalidTimestamp,
 }
 
 /// What went wrong talking to Strata.

@@ -922,6 +922,20 @@ impl Worker {
                 batch.attempts += 1;
                 Some(batch)
             }
+            // The broker did not issue our producer id (it lost or never
+            // had the key, e.g. a data directory wiped): nothing was
+            // written, so the batch goes again under a new id.
+            Err(ClientError::Broker {
+                code: ErrorCode::UnknownProducer,
+                ..
+            }) if !self.expired(&batch) => {
+                *reset_producer = true;
+                batch.attempts += 1;
+                if batch.attempts > 1 {
+                    *retry_at = Some(Instant::now() + self.backoff(batch.attempts));
+                }
+                Some(batch)
+            }
             Err(e) if e.is_retriable() && !self.expired(&batch) => {
                 batch.attempts += 1;
                 // A hint to another broker is followed at once (the worker

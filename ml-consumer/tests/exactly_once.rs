@@ -94,7 +94,7 @@ async fn killed_and_resumed_training_is_bit_identical_to_an_uninterrupted_run() 
             key: None,
             value: Bytes::from(row.clone()),
             headers: vec![],
-            timestamp_ms: 1_800_000_000_000,
+            timestamp_ms: 1_700_000_000_000,
         };
         ds.push(
             producer

@@ -66,7 +66,7 @@ async fn train_status_predict_and_process_over_http() {
             key: None,
             value: Bytes::from(l.to_owned()),
             headers: vec![],
-            timestamp_ms: 1_800_000_000_000,
+            timestamp_ms: 1_700_000_000_000,
         };
         ds.push(producer.send("phish", r, Some(0)).await.unwrap());
     }

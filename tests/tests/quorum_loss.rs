@@ -331,3 +331,105 @@ async fn a_stopped_leader_is_left_within_seconds() {
     }
     assert_eq!(log, values, "the log holds each record once, in order");
 }
+
+/// Guards issue 12 item 3 in a cluster: any node issues producer ids that
+/// every partition leader accepts (the key is replicated metadata), an id
+/// never issued is refused with UNKNOWN_PRODUCER, and idle producers are
+/// forgotten by every replica alike (the leader replicates its clock in an
+/// `ExpireProducers` command; followers run no expiry of their own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_ids_from_any_node_and_idle_producers_expire_on_every_replica() {
+    let (root, _keep) = strata_tests::test_dir();
+    std::fs::create_dir_all(&root).unwrap();
+    let config = root.join("broker.toml");
+    std::fs::write(
+        &config,
+        "producer_id_expiration_ms = 3000\nretention_check_ms = 200\n",
+    )
+    .unwrap();
+    let mut nodes =
+        strata_tests::start_cluster_with(&root, true, &["--config", config.to_str().unwrap()]);
+    let admin = Admin::connect(&nodes[0].grpc).await.unwrap();
+    wait_for_brokers(&admin, 3).await;
+    admin
+        .create_topic("q", 1, 3, TopicConfig::default())
+        .await
+        .unwrap();
+    let mut l = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while l.is_none() {
+        assert!(Instant::now() < deadline, "no leader for q/0");
+        l = leader(&mut nodes, "q").await;
+    }
+    let l = l.unwrap() as usize;
+    let other = if l == 1 { 2 } else { 1 };
+    let connect = |addr: String| async move {
+        pb::strata_client::StrataClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap()
+    };
+    // Issued by a node that does not lead the partition.
+    let id = connect(nodes[other - 1].grpc.clone())
+        .await
+        .init_producer(pb::InitProducerRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .producer_id;
+    let raw = connect(nodes[l - 1].grpc.clone()).await;
+    let produce = |id: u64, seq: u32| {
+        let mut raw = raw.clone();
+        async move {
+            let mut batch = Vec::new();
+            let p = strata_proto::ProducerInfo {
+                producer_id: id,
+                producer_epoch: 0,
+                base_sequence: seq,
+            };
+            encode_batch(
+                &[rec(format!("{seq}"))],
+                Compression::None,
+                Some(p),
+                &mut batch,
+            )
+            .unwrap();
+            raw.produce(pb::ProduceRequest {
+                topic: "q".into(),
+                partition: 0,
+                batch: batch.into(),
+                acks: pb::Acks::All as i32,
+            })
+            .await
+            .map(|r| r.into_inner())
+            .map_err(strata_client::ClientError::from)
+        }
+    };
+    let e = produce(3, 0)
+        .await
+        .expect_err("an id never issued was accepted");
+    assert_eq!(e.code(), Some(ErrorCode::UnknownProducer), "{e}");
+    let first = produce(id, 0).await.unwrap();
+    assert_eq!(first.base_offset, Some(0));
+    let e = produce(id, 9).await.expect_err("a gap was accepted");
+    assert_eq!(e.code(), Some(ErrorCode::OutOfOrderSequence), "{e}");
+
+    // Every replica knows the producer, then forgets it.
+    let https: Vec<String> = nodes.iter().map(|n| n.http.clone()).collect();
+    for (want, what) in [
+        (1, "every replica knows the producer"),
+        (0, "every replica forgets it"),
+    ] {
+        let hs = https.clone();
+        poll_until_async(what, Duration::from_secs(20), || {
+            let hs = hs.clone();
+            async move {
+                hs.iter()
+                    .all(|h| partition_gauge(h, "producers") == Some(want))
+            }
+        })
+        .await;
+    }
+    // Forgotten: it starts afresh at any sequence.
+    let again = produce(id, 9).await.unwrap();
+    assert_eq!((again.base_offset, again.duplicate), (Some(1), false));
+}

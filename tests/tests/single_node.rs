@@ -788,7 +788,7 @@ async fn idempotent_retries_never_duplicate_and_sequences_are_enforced() {
         .unwrap();
     for t in [1000, 2000, 3000] {
         let r = Record {
-            timestamp_ms: 1_800_000_000_000 + t,
+            timestamp_ms: 1_700_000_000_000 + t,
             ..rec(None, format!("t{t}"))
         };
         p.send_and_wait("ts", r, None).await.unwrap();
@@ -797,7 +797,7 @@ async fn idempotent_retries_never_duplicate_and_sequences_are_enforced() {
         .list_offsets(
             "ts",
             0,
-            strata_client::OffsetSpec::Timestamp(1_800_000_001_500),
+            strata_client::OffsetSpec::Timestamp(1_700_000_001_500),
         )
         .await
         .unwrap();
@@ -806,11 +806,185 @@ async fn idempotent_retries_never_duplicate_and_sequences_are_enforced() {
         .list_offsets(
             "ts",
             0,
-            strata_client::OffsetSpec::Timestamp(1_900_000_000_000),
+            strata_client::OffsetSpec::Timestamp(1_800_000_000_000),
         )
         .await
         .unwrap();
     assert_eq!(o.offset, 3, "past the last record: the high watermark");
+}
+
+/// One `strata_partition{figure=…}` gauge of a partition from `/metrics`.
+fn partition_figure(http_addr: &str, topic: &str, partition: u32, figure: &str) -> Option<u64> {
+    let (_, body) = http(http_addr, "GET", "/metrics", b"");
+    let labels = format!(
+        "strata_partition{{figure=\"{figure}\",partition=\"{partition}\",topic=\"{topic}\"}}"
+    );
+    body.lines()
+        .find_map(|l| l.strip_prefix(labels.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Guards issue 12 item 3: a producer id never issued was accepted (a
+/// client writing under id 3 made the real owner's first batch a
+/// "duplicate"), and producer state never expired nor had a bound (20,000
+/// short-lived producers left thousands of ids in every partition).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_ids_are_checked_and_idle_producers_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("broker.toml");
+    std::fs::write(
+        &config,
+        "producer_id_expiration_ms = 3000\nproducers_per_partition_max = 2\nretention_check_ms = 100\n",
+    )
+    .unwrap();
+    let broker = BrokerProcess::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let admin = Admin::connect(&broker.grpc).await.unwrap();
+    admin
+        .create_topic("p", 1, 1, TopicConfig::default())
+        .await
+        .unwrap();
+    let mut raw = raw_client(&broker.grpc).await;
+    let batch = |id: u64, seq: u32| {
+        let mut out = Vec::new();
+        let p = strata_proto::ProducerInfo {
+            producer_id: id,
+            producer_epoch: 0,
+            base_sequence: seq,
+        };
+        strata_proto::encode_batch(
+            &[rec(None, format!("{id}-{seq}"))],
+            Compression::None,
+            Some(p),
+            &mut out,
+        )
+        .unwrap();
+        pb::ProduceRequest {
+            topic: "p".into(),
+            partition: 0,
+            batch: Bytes::from(out),
+            acks: 0,
+        }
+    };
+    let hw = || partition_figure(&broker.http, "p", 0, "high_watermark");
+
+    // Ids never issued are refused and write nothing: small ones a client
+    // would guess, and one issued by another broker (another key).
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = BrokerProcess::start(&other_dir.path().join("data"), &[]);
+    let foreign = raw_client(&other.grpc)
+        .await
+        .init_producer(pb::InitProducerRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .producer_id;
+    for fake in [3, 1 << 20, foreign] {
+        let err = raw.produce(batch(fake, 0)).await.unwrap_err();
+        assert_eq!(
+            status_code(&err),
+            ErrorCode::UnknownProducer,
+            "{fake}: {err}"
+        );
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    }
+    assert_eq!(hw(), Some(0));
+
+    let issue = || {
+        let mut raw = raw.clone();
+        async move {
+            raw.init_producer(pb::InitProducerRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .producer_id
+        }
+    };
+    let (a, b, c) = (issue().await, issue().await, issue().await);
+    assert!(a != b && b != c && a != c);
+    raw.produce(batch(a, 0)).await.unwrap();
+    // Known: a gap is refused.
+    let err = raw.produce(batch(a, 5)).await.unwrap_err();
+    assert_eq!(status_code(&err), ErrorCode::OutOfOrderSequence, "{err}");
+    raw.produce(batch(b, 0)).await.unwrap();
+    assert_eq!(partition_figure(&broker.http, "p", 0, "producers"), Some(2));
+    // A third producer: the partition keeps two (the least recently seen
+    // goes).
+    raw.produce(batch(c, 0)).await.unwrap();
+    assert_eq!(partition_figure(&broker.http, "p", 0, "producers"), Some(2));
+    let err = raw.produce(batch(c, 9)).await.unwrap_err();
+    assert_eq!(
+        status_code(&err),
+        ErrorCode::OutOfOrderSequence,
+        "c is kept: {err}"
+    );
+
+    // Idle for 3 s, every producer is forgotten; one coming back starts
+    // afresh (any sequence), as after a restart.
+    poll_until("idle producers expire", Duration::from_secs(15), || {
+        partition_figure(&broker.http, "p", 0, "producers") == Some(0)
+    });
+    let r = raw.produce(batch(c, 9)).await.unwrap().into_inner();
+    assert_eq!((r.base_offset, r.duplicate), (Some(3), false));
+    assert_eq!(hw(), Some(4));
+    drop(other);
+}
+
+/// Guards issue 12 item 6: time retention trusted producer timestamps, so
+/// one record dated in the future kept its segment, and everything after
+/// it, forever. Such a batch is now refused and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_dated_in_the_future_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(&dir.path().join("data"), &[]);
+    let admin = Admin::connect(&broker.grpc).await.unwrap();
+    admin
+        .create_topic("f", 1, 1, TopicConfig::default())
+        .await
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let mut raw = raw_client(&broker.grpc).await;
+    let produce = |ahead_ms: i64| {
+        let mut raw = raw.clone();
+        async move {
+            let r = Record {
+                timestamp_ms: now + ahead_ms,
+                ..rec(None, format!("{ahead_ms}"))
+            };
+            let mut out = Vec::new();
+            strata_proto::encode_batch(&[r], Compression::None, None, &mut out).unwrap();
+            raw.produce(pb::ProduceRequest {
+                topic: "f".into(),
+                partition: 0,
+                batch: Bytes::from(out),
+                acks: 0,
+            })
+            .await
+        }
+    };
+    // Two hours ahead: past the default hour.
+    let err = produce(2 * 3_600_000).await.unwrap_err();
+    assert_eq!(status_code(&err), ErrorCode::InvalidTimestamp, "{err}");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("message_timestamp_after_max_ms"),
+        "{err}"
+    );
+    // Ten minutes ahead (a skewed producer clock) and the past are fine.
+    produce(600_000).await.unwrap();
+    produce(-86_400_000).await.unwrap();
+    let _ = &mut raw;
+    let values: Vec<Bytes> = read_all(&broker.grpc, "f").await.into_values().collect();
+    assert_eq!(
+        values,
+        vec![Bytes::from("600000"), Bytes::from("-86400000")],
+        "the refused batch left nothing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

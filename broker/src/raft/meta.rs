@@ -11,6 +11,7 @@ use openraft::async_runtime::WatchReceiver;
 
 use super::{Cmd, NodeInfo, Raft, Reply, Tc};
 use crate::error::BrokerError;
+use crate::producer_id::ProducerIdKey;
 use crate::settings::TopicSettings;
 
 /// A topic as the cluster knows it.
@@ -103,6 +104,9 @@ pub enum MetaCmd {
     /// in one write, not one per partition). Appended last: older
     /// commands keep their encoding.
     SetLeaders(Vec<(String, u32, LeaderRecord)>),
+    /// Sets the cluster's producer-id key, unless one is set already (the
+    /// first proposed wins; it never changes after). Appended last.
+    SetProducerIdKey(ProducerIdKey),
 }
 
 /// Why a metadata command was refused.
@@ -137,8 +141,12 @@ pub struct MetaState {
     pub leaders: BTreeMap<(String, u32), LeaderRecord>,
     /// Committed offsets by (group, topic, partition).
     pub offsets: BTreeMap<(String, String, u32), u64>,
-    /// Producer ids handed out so far.
+    /// Producer ids handed out so far (by `AllocProducerId`, no longer
+    /// proposed).
     pub producer_ids: u64,
+    /// The secret that issues and checks producer ids (`producer_id`),
+    /// set once by the first node asked for a producer id.
+    pub producer_id_key: Option<ProducerIdKey>,
 }
 
 impl MetaState {
@@ -212,6 +220,9 @@ impl MetaState {
                 for (p, o) in offsets {
                     self.offsets.insert((group.clone(), topic.clone(), *p), *o);
                 }
+            }
+            MetaCmd::SetProducerIdKey(key) => {
+                self.producer_id_key.get_or_insert(*key);
             }
             MetaCmd::AllocProducerId => {
                 self.producer_ids += 1;

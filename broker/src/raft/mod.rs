@@ -37,6 +37,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use strata_proto::batch::{BatchLimits, VerifiedBatch, verify_batch};
 
+use crate::dedup::Expiry;
 use crate::log;
 
 pub use meta::{MetaCmd, MetaState};
@@ -77,6 +78,15 @@ pub enum Cmd {
     },
     /// A metadata-group command.
     Meta(MetaCmd),
+    /// Ages idempotent-producer state (partition groups): advances the
+    /// group's clock to `now_ms` (the leader's wall time) and forgets the
+    /// producers `expiry` says are gone, the same ones on every replica.
+    ExpireProducers {
+        /// The leader's clock when it proposed this.
+        now_ms: u64,
+        /// How long and how many producers are kept.
+        expiry: Expiry,
+    },
 }
 
 impl fmt::Display for Cmd {
@@ -88,6 +98,9 @@ impl fmt::Display for Cmd {
                 log_start_offset,
             } => write!(f, "trim(upto={upto}, start={log_start_offset})"),
             Cmd::Meta(m) => write!(f, "meta({m:?})"),
+            Cmd::ExpireProducers { now_ms, expiry } => {
+                write!(f, "expire-producers(now={now_ms}, {expiry:?})")
+            }
         }
     }
 }
@@ -101,6 +114,11 @@ enum CmdWire {
         log_start_offset: u64,
     },
     Meta(MetaCmd),
+    // Appended: older commands keep their encoding.
+    ExpireProducers {
+        now_ms: u64,
+        expiry: Expiry,
+    },
 }
 
 impl Serialize for Cmd {
@@ -115,6 +133,10 @@ impl Serialize for Cmd {
                 log_start_offset: *log_start_offset,
             },
             Cmd::Meta(m) => CmdWire::Meta(m.clone()),
+            Cmd::ExpireProducers { now_ms, expiry } => CmdWire::ExpireProducers {
+                now_ms: *now_ms,
+                expiry: *expiry,
+            },
         }
         .serialize(s)
     }
@@ -136,6 +158,7 @@ impl<'de> Deserialize<'de> for Cmd {
                 log_start_offset,
             },
             CmdWire::Meta(m) => Cmd::Meta(m),
+            CmdWire::ExpireProducers { now_ms, expiry } => Cmd::ExpireProducers { now_ms, expiry },
         })
     }
 }
@@ -154,6 +177,9 @@ pub enum Reply {
     Done(u64),
     /// A metadata command was refused; the state is unchanged.
     Refused(meta::Refusal),
+    /// `ExpireProducers` forgot these producers. Appended: older replies
+    /// keep their encoding.
+    Expired(Vec<u64>),
 }
 
 openraft::declare_raft_types!(

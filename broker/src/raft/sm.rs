@@ -13,8 +13,14 @@
 //! ordinary appends — so it ends with the same log start offset and the
 //! same bytes at the same offsets as the leader (shared/notes/openraft-0.10
 //! §3). The producer state in a pinned checkpoint may be newer than the trim
-//! point; applying producer updates is idempotent and monotonic, so
-//! replaying the entries after the trim point over it is harmless.
+//! point: it records the index it reflects (`producers_index`), and the
+//! entries up to it change nothing in it when they are replayed.
+//!
+//! **Producer expiry.** `ExpireProducers` carries the leader's clock and
+//! the expiry settings; applying it advances the group's clock and forgets
+//! producers idle for too long (and, past the maximum, the least recently
+//! seen), the same ones on every replica. A batch stamps its producer with
+//! the group's clock.
 //!
 //! **The metadata group** snapshots its whole image at the applied point.
 //!
@@ -60,17 +66,137 @@ pub struct PartitionState {
     pub next_offset: u64,
     /// First readable offset.
     pub log_start_offset: u64,
-    /// Idempotent producers; a batch's outcome is its base offset.
+    /// Idempotent producers; a batch's outcome is its base offset, and a
+    /// producer's last-seen time is `clock_ms` when its batch applied.
     pub producers: ProducerTable<u64>,
+    /// The group's clock: the latest time an `ExpireProducers` command
+    /// carried (the leader's wall time when it proposed it), so every
+    /// replica ages producers alike. 0 before the first.
+    pub clock_ms: u64,
+    /// `producers` reflects every entry up to this index. A pinned trim
+    /// image holds a table newer than its trim point: the entries after
+    /// the trim point that the table already reflects are not applied to
+    /// it again when a follower installs the image and replays them.
+    pub producers_index: u64,
 }
 
 /// What a group's state machine holds.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Machine {
     /// A partition group.
     Partition(PartitionState),
     /// The metadata group.
     Meta(MetaState),
+}
+
+/// The serialized forms of [`Machine`] (in snapshots and checkpoints),
+/// oldest first; a new form is a new variant, so every older file still
+/// loads. Only the newest forms are written.
+#[derive(Deserialize)]
+enum MachineWire {
+    /// Version 1: producers without a last-seen time, no clock.
+    PartitionV1(legacy::PartitionStateV1),
+    /// Version 1: no producer-id key.
+    MetaV1(legacy::MetaStateV1),
+    /// Version 2.
+    Partition(PartitionState),
+    /// Version 2.
+    Meta(MetaState),
+}
+
+impl Serialize for Machine {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // The variant indexes of `MachineWire`'s version 2.
+        match self {
+            Machine::Partition(p) => s.serialize_newtype_variant("MachineWire", 2, "Partition", p),
+            Machine::Meta(m) => s.serialize_newtype_variant("MachineWire", 3, "Meta", m),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Machine {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match MachineWire::deserialize(d)? {
+            MachineWire::PartitionV1(p) => Machine::Partition(p.into()),
+            MachineWire::MetaV1(m) => Machine::Meta(m.into()),
+            MachineWire::Partition(p) => Machine::Partition(p),
+            MachineWire::Meta(m) => Machine::Meta(m),
+        })
+    }
+}
+
+/// The state images of version 1, for loading files written before.
+mod legacy {
+    use std::collections::{BTreeMap, VecDeque};
+
+    use serde::Deserialize;
+
+    use super::PartitionState;
+    use crate::dedup::{ProducerState, ProducerTable, RecentBatch};
+    use crate::raft::NodeInfo;
+    use crate::raft::meta::{LeaderRecord, MetaState, TopicMeta};
+
+    #[derive(Deserialize)]
+    pub struct ProducerStateV1 {
+        epoch: u16,
+        last_sequence: u32,
+        recent: VecDeque<RecentBatch<u64>>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct PartitionStateV1 {
+        next_offset: u64,
+        log_start_offset: u64,
+        producers: BTreeMap<u64, ProducerStateV1>,
+    }
+
+    impl From<PartitionStateV1> for PartitionState {
+        /// Producers get last-seen time 0: the first `ExpireProducers`
+        /// stamps them with its time (a clock of 0 means none came yet).
+        fn from(p: PartitionStateV1) -> Self {
+            let mut producers = ProducerTable::default();
+            for (id, s) in p.producers {
+                producers.insert(
+                    id,
+                    ProducerState {
+                        epoch: s.epoch,
+                        last_sequence: s.last_sequence,
+                        recent: s.recent,
+                        last_seen_ms: 0,
+                    },
+                );
+            }
+            PartitionState {
+                next_offset: p.next_offset,
+                log_start_offset: p.log_start_offset,
+                producers,
+                clock_ms: 0,
+                producers_index: 0,
+            }
+        }
+    }
+
+    #[derive(Deserialize)]
+    pub struct MetaStateV1 {
+        nodes: BTreeMap<u64, NodeInfo>,
+        topics: BTreeMap<String, TopicMeta>,
+        leaders: BTreeMap<(String, u32), LeaderRecord>,
+        offsets: BTreeMap<(String, String, u32), u64>,
+        producer_ids: u64,
+    }
+
+    impl From<MetaStateV1> for MetaState {
+        fn from(m: MetaStateV1) -> Self {
+            MetaState {
+                nodes: m.nodes,
+                topics: m.topics,
+                leaders: m.leaders,
+                offsets: m.offsets,
+                producer_ids: m.producer_ids,
+                producer_id_key: None,
+            }
+        }
+    }
 }
 
 /// The state machine's state.
@@ -298,10 +424,29 @@ fn apply_cmd(st: &mut SmState, log_id: RaftLogId, cmd: Cmd) -> io::Result<(Reply
         (Machine::Partition(p), Cmd::Batch(b)) => {
             let base_offset = p.next_offset;
             p.next_offset += u64::from(b.record_count());
-            if let Some(info) = b.header().producer {
-                p.producers.remember(info, b.record_count(), base_offset);
+            if log_id.index > p.producers_index {
+                p.producers_index = log_id.index;
+                if let Some(info) = b.header().producer {
+                    p.producers
+                        .remember(info, b.record_count(), base_offset, p.clock_ms);
+                }
             }
             Reply::Appended { base_offset }
+        }
+        (Machine::Partition(p), Cmd::ExpireProducers { now_ms, expiry }) => {
+            let before = p.clock_ms;
+            p.clock_ms = p.clock_ms.max(now_ms);
+            if log_id.index <= p.producers_index {
+                return Ok((Reply::Expired(Vec::new()), None));
+            }
+            p.producers_index = log_id.index;
+            if before == 0 {
+                // Producers from before the first clock have no time yet.
+                p.producers.stamp_all(p.clock_ms);
+            }
+            // A producer stamped with the clock's last value (`before`) may
+            // have been active at any time since: it is kept.
+            Reply::Expired(p.producers.expire(p.clock_ms, before, expiry))
         }
         (
             Machine::Partition(p),
@@ -316,6 +461,8 @@ fn apply_cmd(st: &mut SmState, log_id: RaftLogId, cmd: Cmd) -> io::Result<(Reply
                     next_offset: log_start_offset,
                     log_start_offset,
                     producers: p.producers.clone(),
+                    clock_ms: p.clock_ms,
+                    producers_index: p.producers_index.max(log_id.index),
                 };
                 let meta = SnapshotMeta {
                     last_log_id: Some(upto),
@@ -458,5 +605,154 @@ impl RaftSnapshotBuilder<Tc> for Builder {
             meta,
             snapshot: data,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, VecDeque};
+
+    use super::*;
+    use crate::dedup::Expiry;
+    use strata_proto::batch::{BatchLimits, ProducerInfo, Record, encode_batch, verify_batch};
+
+    fn state(machine: Machine) -> SmState {
+        SmState {
+            applied: None,
+            memberships: Vec::new(),
+            machine,
+            current: None,
+            pinned: None,
+            checkpointed: (None, std::time::Instant::now()),
+        }
+    }
+
+    fn log_id(index: u64) -> RaftLogId {
+        crate::raft::from_log_id(crate::log::LogId::new(1, 1, index))
+    }
+
+    fn batch(producer_id: u64, base_sequence: u32) -> Cmd {
+        let mut out = Vec::new();
+        let p = ProducerInfo {
+            producer_id,
+            producer_epoch: 0,
+            base_sequence,
+        };
+        let r = Record {
+            key: None,
+            value: bytes::Bytes::from_static(b"v"),
+            headers: vec![],
+            timestamp_ms: 0,
+        };
+        encode_batch(&[r], strata_proto::Compression::None, Some(p), &mut out).expect("encode");
+        Cmd::Batch(verify_batch(out.into(), &BatchLimits::UNLIMITED).expect("verify"))
+    }
+
+    const EXPIRY: Expiry = Expiry {
+        idle_ms: 1_000,
+        producers_max: 10,
+    };
+
+    fn partition(st: &SmState) -> &PartitionState {
+        st.partition().expect("a partition")
+    }
+
+    /// Snapshots and checkpoints written before producers had a last-seen
+    /// time (version 1) still load; the first clock stamps their producers.
+    #[test]
+    fn version_1_images_load() {
+        type OldProducers = BTreeMap<u64, (u16, u32, VecDeque<(u32, u32, u64)>)>;
+        #[derive(Serialize)]
+        enum OldMachine {
+            Partition(u64, u64, OldProducers),
+            Meta(MetaV1),
+        }
+        #[derive(Serialize, Default)]
+        struct MetaV1 {
+            nodes: BTreeMap<u64, crate::raft::NodeInfo>,
+            topics: BTreeMap<String, crate::raft::meta::TopicMeta>,
+            leaders: BTreeMap<(String, u32), crate::raft::meta::LeaderRecord>,
+            offsets: BTreeMap<(String, String, u32), u64>,
+            producer_ids: u64,
+        }
+        let old = OldMachine::Partition(
+            12,
+            2,
+            BTreeMap::from([(7, (0, 4, VecDeque::from([(4, 1, 11)])))]),
+        );
+        let Machine::Partition(p) = decode::<Machine>(&encode(&old).expect("encode")).expect("v1")
+        else {
+            panic!("a partition")
+        };
+        assert_eq!((p.next_offset, p.log_start_offset, p.clock_ms), (12, 2, 0));
+        assert_eq!(
+            p.producers
+                .get(7)
+                .map(|s| (s.last_sequence, s.last_seen_ms)),
+            Some((4, 0))
+        );
+        let meta = OldMachine::Meta(MetaV1 {
+            producer_ids: 9,
+            ..Default::default()
+        });
+        let Machine::Meta(m) = decode::<Machine>(&encode(&meta).expect("encode")).expect("v1")
+        else {
+            panic!("meta")
+        };
+        assert_eq!((m.producer_ids, m.producer_id_key), (9, None));
+        // And the current form round-trips.
+        let now = Machine::Partition(p);
+        assert_eq!(
+            decode::<Machine>(&encode(&now).expect("encode")).expect("v2"),
+            now
+        );
+    }
+
+    /// Every replica forgets the same producers, by the leader's clock in
+    /// the command, and replaying entries an image already reflects (a
+    /// follower installing a trim image) changes nothing.
+    #[test]
+    fn expiry_follows_the_replicated_clock_and_replays_change_nothing() {
+        let mut st = state(Machine::Partition(PartitionState::default()));
+        let tick = |now_ms| Cmd::ExpireProducers {
+            now_ms,
+            expiry: EXPIRY,
+        };
+        apply_cmd(&mut st, log_id(1), batch(1, 0)).expect("apply");
+        // The first clock stamps producers seen before it.
+        let (r, _) = apply_cmd(&mut st, log_id(2), tick(10_000)).expect("apply");
+        assert_eq!(r, Reply::Expired(vec![]));
+        assert_eq!(
+            partition(&st).producers.get(1).map(|s| s.last_seen_ms),
+            Some(10_000)
+        );
+        let (r, _) = apply_cmd(&mut st, log_id(3), tick(10_500)).expect("apply");
+        assert_eq!(r, Reply::Expired(vec![]), "1 was seen 500 ms ago");
+        apply_cmd(&mut st, log_id(4), batch(2, 0)).expect("apply");
+        // Producer 2 was stamped with the clock's value (10,500) and may
+        // have been active at any time since: kept at 11,200 although
+        // 10,500 + 1,000 <= 11,200 would say idle; 1 (10,000) is gone.
+        let (r, _) = apply_cmd(&mut st, log_id(5), tick(11_200)).expect("apply");
+        assert_eq!(r, Reply::Expired(vec![1]));
+        let (r, _) = apply_cmd(&mut st, log_id(6), tick(11_600)).expect("apply");
+        assert_eq!(r, Reply::Expired(vec![2]));
+        assert!(partition(&st).producers.is_empty());
+
+        // Replaying entries 4..=6 over an image that reflects them (index
+        // 6) changes nothing; a later batch applies.
+        let image = partition(&st).clone();
+        let mut replica = state(Machine::Partition(image.clone()));
+        for (i, c) in [(4, batch(2, 0)), (5, tick(11_200)), (6, tick(11_600))] {
+            apply_cmd(&mut replica, log_id(i), c).expect("apply");
+        }
+        let Machine::Partition(p) = &replica.machine else {
+            unreachable!()
+        };
+        assert_eq!(p.producers, image.producers);
+        apply_cmd(&mut replica, log_id(7), batch(3, 0)).expect("apply");
+        assert_eq!(
+            partition(&replica).producers.get(3).map(|s| s.last_seen_ms),
+            Some(11_600)
+        );
     }
 }
