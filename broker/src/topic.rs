@@ -97,7 +97,9 @@ pub struct ProduceOutcome {
 pub enum Acks {
     /// Once durable. On a single node `Leader` means the same.
     All,
-    /// Once durable on the leader.
+    /// Asked for as "durable on the leader": answered as `All` (a quorum's
+    /// fsync), since a replicated write reports nothing earlier; on a
+    /// single node the two are the same.
     Leader,
     /// Once queued (no offset is returned).
     None,
@@ -523,12 +525,7 @@ impl Partition {
                 log_start_offset,
             })
             .await
-            .map_err(|e| {
-                r.write_error(
-                    &e.to_string(),
-                    e.forward_to_leader().and_then(|f| f.leader_id),
-                )
-            })?;
+            .map_err(|e| r.client_write_failed(&e))?;
         report.log_start_offset = log_start_offset;
         Ok(report)
     }
@@ -622,6 +619,50 @@ impl RaftEngine {
         }
     }
 
+    /// How a failed `client_write` (a trim, an expiry) reads to clients.
+    fn client_write_failed(
+        &self,
+        e: &openraft::errors::RaftError<
+            crate::raft::Tc,
+            openraft::errors::ClientWriteError<crate::raft::Tc>,
+        >,
+    ) -> BrokerError {
+        use openraft::errors::{ClientWriteError, RaftError};
+        match e {
+            RaftError::APIError(
+                ClientWriteError::ForwardToLeader(f) | ClientWriteError::LogEntryDiscarded(f),
+            ) => self.write_error("write refused", f.leader_id),
+            RaftError::APIError(ClientWriteError::PreconditionFailed(p)) => {
+                BrokerError::InvalidRequest(format!("write precondition failed: {p}"))
+            }
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+                BrokerError::InvalidRequest(format!("membership change refused: {c}"))
+            }
+            RaftError::Fatal(f) => fatal(f),
+        }
+    }
+
+    /// How a failed read-index check (a new leadership's first write)
+    /// reads to clients.
+    fn read_index_failed(
+        &self,
+        e: &openraft::errors::RaftError<
+            crate::raft::Tc,
+            openraft::errors::LinearizableReadError<crate::raft::Tc>,
+        >,
+    ) -> BrokerError {
+        use openraft::errors::{LinearizableReadError, RaftError};
+        match e {
+            RaftError::APIError(LinearizableReadError::ForwardToLeader(f)) => {
+                self.write_error("leadership lost", f.leader_id)
+            }
+            RaftError::APIError(LinearizableReadError::QuorumNotEnough(q)) => {
+                BrokerError::NotEnoughReplicas(q.to_string())
+            }
+            RaftError::Fatal(f) => fatal(f),
+        }
+    }
+
     fn write_error(&self, why: &str, leader: Option<u64>) -> BrokerError {
         tracing::debug!(why, "replicated write failed");
         BrokerError::NotLeader {
@@ -699,10 +740,7 @@ impl RaftEngine {
                 }
                 Ok(gone.len())
             }
-            Ok(Err(e)) => Err(self.write_error(
-                &e.to_string(),
-                e.forward_to_leader().and_then(|f| f.leader_id),
-            )),
+            Ok(Err(e)) => Err(self.client_write_failed(&e)),
             // It may still commit: the sequencer keeps the producers it
             // would forget, which is safe (stricter than the group).
             Err(_) => Err(BrokerError::NotEnoughReplicas(
@@ -727,7 +765,7 @@ impl RaftEngine {
             self.raft
                 .ensure_linearizable(ReadPolicy::ReadIndex)
                 .await
-                .map_err(|e| self.write_error(&e.to_string(), None))?;
+                .map_err(|e| self.read_index_failed(&e))?;
             let st = self.sm.state();
             let Some(p) = st.partition() else {
                 unreachable!("a partition's state machine holds a partition")
@@ -755,9 +793,9 @@ impl RaftEngine {
             .with_leader(leader)
             .responder(responder)
             .await;
-        if submitted.is_err() {
+        if let Err(f) = submitted {
             seq.leader = None;
-            return Err(BrokerError::ShuttingDown);
+            return Err(fatal(&f));
         }
         // openraft refuses a proposal (lease lapsed, leadership moving) as
         // it takes it from its queue, answering at once. A request through
@@ -765,9 +803,9 @@ impl RaftEngine {
         // log before the sequence is remembered: a refused batch consumes
         // no sequence (else every retry would get its cached failure, and a
         // later batch of the producer could enter the log past the gap).
-        if self.raft.with_raft_state(|_| ()).await.is_err() {
+        if let Err(f) = self.raft.with_raft_state(|_| ()).await {
             seq.leader = None;
-            return Err(BrokerError::ShuttingDown);
+            return Err(fatal(&f));
         }
         let early = match done.try_recv() {
             Ok(r) => Some(r),
@@ -819,6 +857,23 @@ impl RaftEngine {
     }
 }
 
+/// A group whose Raft core stopped: the node is shutting down (retriable
+/// at another broker), or the replica's storage failed or its core
+/// panicked (`STORAGE_ERROR` with the cause; the other replicas elect
+/// another leader), never "not the leader".
+fn fatal(f: &openraft::errors::Fatal<crate::raft::Tc>) -> BrokerError {
+    use openraft::errors::Fatal;
+    match f {
+        Fatal::Stopped => BrokerError::ShuttingDown,
+        Fatal::StorageError(e) => BrokerError::Storage(LogError::Invalid(format!(
+            "this replica's storage failed and its Raft group stopped: {e}"
+        ))),
+        Fatal::Panicked => BrokerError::Storage(LogError::Invalid(
+            "this replica's Raft group stopped after a panic".into(),
+        )),
+    }
+}
+
 fn batch_limits(config: &LogConfig) -> BatchLimits {
     BatchLimits {
         batch_bytes_max: config.batch_bytes_max as usize,
@@ -859,4 +914,29 @@ fn rebuild_producers(
         }
     }
     Ok(producers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_proto::pb::ErrorCode;
+
+    /// Guards issue 12 item 6: every Raft write failure was answered
+    /// NOT_LEADER (or SHUTTING_DOWN), so clients retried a replica whose
+    /// storage had failed as if leadership had merely moved.
+    #[test]
+    fn a_stopped_group_is_not_reported_as_a_leader_change() {
+        use openraft::errors::Fatal;
+        assert_eq!(fatal(&Fatal::Stopped).code(), ErrorCode::ShuttingDown);
+        let panicked = fatal(&Fatal::Panicked);
+        assert_eq!(panicked.code(), ErrorCode::StorageError);
+        assert!(panicked.to_string().contains("panic"), "{panicked}");
+        use openraft::errors::ErrorSource as _;
+        let io = openraft::StorageError::<crate::raft::Tc>::write(
+            openraft::impls::BoxedErrorSource::from_string("disk gone"),
+        );
+        let failed = fatal(&Fatal::StorageError(io));
+        assert_eq!(failed.code(), ErrorCode::StorageError);
+        assert!(failed.to_string().contains("disk gone"), "{failed}");
+    }
 }

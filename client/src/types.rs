@@ -199,7 +199,9 @@ pub enum Acks {
     /// Once durable on a quorum (the default).
     #[default]
     All,
-    /// Once durable on the leader.
+    /// Accepted for compatibility; the broker answers it as [`Acks::All`]
+    /// (once durable on a quorum), the only point a replicated write
+    /// offers.
     Leader,
     /// Fire and forget: no offsets are returned.
     None,

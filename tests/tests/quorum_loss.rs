@@ -186,6 +186,21 @@ async fn idempotent_producer_through_lost_followers_writes_each_record_exactly_o
         let e = strata_client::ClientError::from(refused);
         assert_eq!(e.code(), Some(ErrorCode::NotEnoughReplicas), "{e}");
         assert!(e.is_retriable());
+        // ACKS_LEADER has ACKS_ALL's guarantee (documented in the proto):
+        // the leader alone does not acknowledge.
+        let mut batch = Vec::new();
+        encode_batch(&[rec("probe".into())], Compression::None, None, &mut batch).unwrap();
+        let refused = raw
+            .produce(pb::ProduceRequest {
+                topic: "q".into(),
+                partition: 0,
+                batch: batch.into(),
+                acks: pb::Acks::Leader as i32,
+            })
+            .await
+            .expect_err("a leader without quorum acknowledged an ACKS_LEADER write");
+        let e = strata_client::ClientError::from(refused);
+        assert_eq!(e.code(), Some(ErrorCode::NotEnoughReplicas), "{e}");
         // The quorum stays away while the producer keeps sending and
         // retrying (the leader's lease lapses: proposals are refused).
         let stalled = acked.load(Ordering::Relaxed);

@@ -16,8 +16,11 @@ use strata_proto::now_ms;
 /// Acknowledgement level, as a flag (shared with `bench produce`).
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum AcksArg {
+    /// Once fsynced on a quorum of the partition's replicas (the default).
     All,
+    /// Accepted for compatibility; answered as `all`.
     Leader,
+    /// Once queued at the broker; no offset is reported.
     None,
 }
 
