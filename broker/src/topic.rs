@@ -502,10 +502,15 @@ impl Partition {
     /// are rolled.
     pub async fn enforce_retention(&self) -> Result<RetentionReport, BrokerError> {
         let r = match &self.engine {
-            Engine::Local(_) => return Ok(self.writer.write().enforce_retention()?),
+            // Deleting segment files blocks: off the async workers.
+            Engine::Local(_) => {
+                return Ok(crate::raft::blocking(|| {
+                    self.writer.write().enforce_retention()
+                })?);
+            }
             Engine::Raft(r) => r,
         };
-        self.writer.write().roll_if_due()?;
+        crate::raft::blocking(|| self.writer.write().roll_if_due())?;
         let point = self.writer.read().retention_point();
         let mut report = RetentionReport {
             log_start_offset: self.log_start_offset(),

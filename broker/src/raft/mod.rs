@@ -221,6 +221,20 @@ pub fn from_log_id(id: log::LogId) -> RaftLogId {
     )
 }
 
+/// Runs blocking file I/O (an fsync, a rename) from async code without
+/// stalling the other tasks of the runtime worker it runs on: on the
+/// multi-threaded runtime the worker hands its other tasks to the rest
+/// first (`block_in_place`); elsewhere (a current-thread test runtime) it
+/// just runs.
+pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 /// Encodes a value for the log or the wire.
 pub fn encode<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
     postcard::to_stdvec(v).map_err(io::Error::other)

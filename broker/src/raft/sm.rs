@@ -356,12 +356,16 @@ impl GroupSm {
         &self.shared
     }
 
+    /// Writes the snapshot file (fsynced; off the async workers).
     fn save(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
-        write_atomic(
-            self.shared.storage.as_ref(),
-            &self.shared.dir.join(SNAPSHOT_FILE),
-            &encode(&(meta, data))?,
-        )
+        let bytes = encode(&(meta, data))?;
+        super::blocking(|| {
+            write_atomic(
+                self.shared.storage.as_ref(),
+                &self.shared.dir.join(SNAPSHOT_FILE),
+                &bytes,
+            )
+        })
     }
 
     /// Saves a partition's applied state when enough was applied since the
@@ -521,7 +525,7 @@ impl RaftStateMachine<Tc> for GroupSm {
                 r.send(reply);
             }
         }
-        self.maybe_checkpoint()?;
+        super::blocking(|| self.maybe_checkpoint())?;
         Ok(())
     }
 

@@ -270,11 +270,8 @@ impl RaftLogStorage<Tc> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &RaftVote) -> Result<(), io::Error> {
-        write_atomic(
-            self.storage.as_ref(),
-            &self.dir.join(VOTE_FILE),
-            &encode(vote)?,
-        )?;
+        let bytes = encode(vote)?;
+        super::blocking(|| write_atomic(self.storage.as_ref(), &self.dir.join(VOTE_FILE), &bytes))?;
         *self.shared.vote.lock() = Some(*vote);
         Ok(())
     }
@@ -285,11 +282,13 @@ impl RaftLogStorage<Tc> for LogStore {
         let path = self.dir.join(COMMITTED_FILE);
         let tmp = tmp_path(&path);
         let bytes = encode(&committed)?;
-        let f = self.storage.open(&tmp, true)?;
-        f.set_len(0)?;
-        f.write_all_at(&bytes, 0)?;
-        drop(f);
-        self.storage.rename(&tmp, &path)
+        super::blocking(|| {
+            let f = self.storage.open(&tmp, true)?;
+            f.set_len(0)?;
+            f.write_all_at(&bytes, 0)?;
+            drop(f);
+            self.storage.rename(&tmp, &path)
+        })
     }
 
     async fn read_committed(&mut self) -> Result<Option<RaftLogId>, io::Error> {
@@ -306,20 +305,27 @@ impl RaftLogStorage<Tc> for LogStore {
             .map(to_new_entry)
             .collect::<io::Result<Vec<_>>>()?;
         let writer = &self.shared.writer;
-        writer.write().append(&entries).map_err(io_err)?;
-        writer
-            .flush_async(Box::new(move |r| {
-                callback.io_completed(r.map(|_| ()).map_err(io_err));
-            }))
-            .map_err(io_err)
+        // The append may roll a segment (an fsync and index files) and the
+        // flush request waits while the writer's queue is full: both off
+        // the async workers.
+        super::blocking(|| {
+            writer.write().append(&entries).map_err(io_err)?;
+            writer
+                .flush_async(Box::new(move |r| {
+                    callback.io_completed(r.map(|_| ()).map_err(io_err));
+                }))
+                .map_err(io_err)
+        })
     }
 
     async fn truncate_after(&mut self, last: Option<RaftLogId>) -> Result<(), io::Error> {
-        self.shared
-            .writer
-            .write()
-            .truncate_after(last.map(|l| l.index))
-            .map_err(io_err)
+        super::blocking(|| {
+            self.shared
+                .writer
+                .write()
+                .truncate_after(last.map(|l| l.index))
+                .map_err(io_err)
+        })
     }
 
     async fn purge(&mut self, upto: RaftLogId) -> Result<(), io::Error> {
@@ -329,10 +335,12 @@ impl RaftLogStorage<Tc> for LogStore {
             .at
             .filter(|(index, _)| *index == upto.index)
             .map(|(_, next_offset)| next_offset);
-        self.shared
-            .writer
-            .write()
-            .purge(to_log_id(&upto), hint)
-            .map_err(io_err)
+        super::blocking(|| {
+            self.shared
+                .writer
+                .write()
+                .purge(to_log_id(&upto), hint)
+                .map_err(io_err)
+        })
     }
 }
