@@ -562,3 +562,284 @@ async fn restarted_replica_resumes_from_its_state_checkpoint() {
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("over-http"), "{body}");
 }
+
+/// Guards against `reassign` writing the new placement before the group's
+/// membership changed: every node reconciled at once, so the leader being
+/// moved away shut its replica down (and deleted its directory) while it
+/// was still a voter and the one running the reassign, the call failed
+/// half-way, and the new replica was placed but never joined.
+///
+/// Under paced idempotent load, the partition moves away from its leader
+/// to the two other replicas plus a new node: the call succeeds, no
+/// acknowledged record is lost, every one sits at its acknowledged offset
+/// on the new replicas (byte-identical), and the old leader's directory
+/// goes only after a majority of the new voters no longer count it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reassign_away_from_the_leader_under_load_loses_nothing() {
+    init_test_logging();
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = start_cluster_with(dir.path(), true, &[]);
+    let admin = Admin::connect(&nodes[0].grpc).await.unwrap();
+    wait_for_brokers(&admin, 3).await;
+    let addrs = free_addrs("127.0.0.4", 3);
+    let mut n4 = BrokerProcess::start(
+        &dir.path().join("n4"),
+        &[
+            "--raft-addr",
+            &addrs[0],
+            "--grpc-addr",
+            &addrs[1],
+            "--http-addr",
+            &addrs[2],
+            "--node-id",
+            "4",
+        ],
+    );
+    let out = cli(
+        &nodes[0].grpc,
+        &["cluster", "add-node", "--id", "4", "--raft-addr", &addrs[0]],
+        None,
+    );
+    assert!(out.status.success(), "add-node: {}", stderr(&out));
+    wait_for_brokers(&admin, 4).await;
+    // Three of the four nodes hold the partition; it moves from its
+    // leader to the fourth.
+    admin
+        .create_topic("mv", 1, 3, TopicConfig::default())
+        .await
+        .unwrap();
+    let placed = admin.describe_topic("mv").await.unwrap().partition_info[0]
+        .replicas
+        .clone();
+    let leader = {
+        let a = &admin;
+        poll_until_async("mv has a leader", Duration::from_secs(20), || async move {
+            a.describe_topic("mv")
+                .await
+                .is_ok_and(|d| d.partition_info[0].leader.is_some())
+        })
+        .await;
+        admin.describe_topic("mv").await.unwrap().partition_info[0]
+            .leader
+            .unwrap()
+    };
+    let spare = (1..=4u64).find(|n| !placed.contains(n)).unwrap();
+    let target: Vec<u64> = placed
+        .iter()
+        .copied()
+        .filter(|n| *n != leader)
+        .chain([spare])
+        .collect();
+    let leader_grpc = if leader == 4 {
+        n4.grpc.clone()
+    } else {
+        nodes[leader as usize - 1].grpc.clone()
+    };
+    let leader_dir = dir.path().join(format!("n{leader}/topics/mv/0"));
+    assert!(leader_dir.exists(), "{} missing", leader_dir.display());
+    let grpc_of = |n: u64| {
+        if n == 4 {
+            n4.grpc.clone()
+        } else {
+            nodes[n as usize - 1].grpc.clone()
+        }
+    };
+    let target_grpc: Vec<String> = target.iter().map(|n| grpc_of(*n)).collect();
+
+    // Paced idempotent load, bounded: 4,000 records at ~1 per ms.
+    let bootstrap = grpc_of(target[0]);
+    let total: u64 = 4_000;
+    let load = tokio::spawn(async move {
+        let p = Producer::connect(
+            &bootstrap,
+            ProducerConfig {
+                batch_bytes_max: 2 << 10,
+                ..ProducerConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        let mut waits = Vec::new();
+        for i in 0..total {
+            waits.push((i, p.send("mv", rec(i), Some(0)).await.unwrap()));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let mut acked = Vec::new();
+        let mut failed = Vec::new();
+        for (i, w) in waits {
+            match w.await {
+                Ok(m) => acked.push((i, m.offset.unwrap())),
+                Err(e) => failed.push((i, e.to_string())),
+            }
+        }
+        p.close().await.unwrap();
+        (acked, failed)
+    });
+    let a = &admin;
+    poll_until_async("load under way", Duration::from_secs(30), || async move {
+        a.describe_topic("mv")
+            .await
+            .is_ok_and(|d| d.partition_info[0].high_watermark >= 500)
+    })
+    .await;
+
+    // Watches the old leader's directory against the new voters' view
+    // while the reassignment runs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (stop, leader_dir, target_grpc) =
+            (stop.clone(), leader_dir.clone(), target_grpc.clone());
+        tokio::spawn(async move {
+            let mut admins = Vec::new();
+            for g in &target_grpc {
+                admins.push(Admin::connect(g).await.unwrap());
+            }
+            let mut violations = Vec::new();
+            let mut gone_seen = false;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let gone = !leader_dir.exists();
+                if gone && !gone_seen {
+                    gone_seen = true;
+                    // Sampled after the directory went: at least a
+                    // majority of the new replicas must already have left
+                    // the old leader out of the voters.
+                    let mut out = 0;
+                    let mut views = Vec::new();
+                    for a in &admins {
+                        let s = a.node_status().await;
+                        let voters = s.ok().and_then(|s| {
+                            s.replicas
+                                .into_iter()
+                                .find(|r| r.topic == "mv")
+                                .map(|r| r.voters)
+                        });
+                        if voters
+                            .as_ref()
+                            .is_some_and(|v| !v.is_empty() && !v.contains(&leader))
+                        {
+                            out += 1;
+                        }
+                        views.push(voters);
+                    }
+                    if out * 2 <= admins.len() {
+                        violations.push(format!(
+                            "node {leader}'s replica was deleted while the new replicas' voters were {views:?}"
+                        ));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            violations
+        })
+    };
+    let list = target
+        .iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let out = tokio::task::spawn_blocking(move || {
+        cli(
+            &leader_grpc,
+            &["cluster", "reassign", "mv", "-p", "0", "--replicas", &list],
+            None,
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "reassign away from leader {leader} to {target:?} failed: {}",
+        stderr(&out)
+    );
+    let (acked, failed) = load.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "deliveries failed: {:?}",
+        &failed[..failed.len().min(5)]
+    );
+    assert_eq!(acked.len() as u64, total);
+
+    // The group is the new replica set; the old leader's data is gone.
+    let (a, t) = (&admin, &target);
+    poll_until_async(
+        "the new replicas caught up",
+        Duration::from_secs(60),
+        || async move {
+            let Ok(st) = a.cluster_status().await else {
+                return false;
+            };
+            let p = &st.partitions[0];
+            p.replicas == *t
+                && t.iter()
+                    .all(|n| p.lag.get(n) == Some(&ReplicaLag::Records(0)))
+                && p.leader.is_some_and(|l| t.contains(&l))
+        },
+    )
+    .await;
+    let ld = &leader_dir;
+    strata_tests::poll_until(
+        "the old leader's replica deleted",
+        Duration::from_secs(30),
+        || !ld.exists(),
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let violations = watcher.await.unwrap();
+    assert!(violations.is_empty(), "{violations:?}");
+    for g in &target_grpc {
+        let s = Admin::connect(g)
+            .await
+            .unwrap()
+            .node_status()
+            .await
+            .unwrap();
+        let r = s.replicas.iter().find(|r| r.topic == "mv").unwrap();
+        let mut voters = r.voters.clone();
+        voters.sort_unstable();
+        let mut want = target.clone();
+        want.sort_unstable();
+        assert_eq!(
+            voters, want,
+            "node {} sees voters {:?}",
+            s.node_id, r.voters
+        );
+    }
+
+    // Every acknowledged record at its offset, read back through the
+    // partition's leader…
+    let hw = admin.describe_topic("mv").await.unwrap().partition_info[0].high_watermark;
+    let mut by_offset = std::collections::BTreeMap::new();
+    let mut c = strata_tests::reader(&target_grpc[0], "mv").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while (by_offset.len() as u64) < hw {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reading stalled at {}",
+            by_offset.len()
+        );
+        for r in c.poll(Duration::from_millis(500)).await.unwrap() {
+            by_offset.insert(r.offset, r.value);
+        }
+    }
+    for (i, offset) in &acked {
+        assert_eq!(
+            by_offset.get(offset),
+            Some(&rec(*i).value),
+            "record {i} acknowledged at offset {offset}"
+        );
+    }
+    drop(c);
+    // …and the same bytes at the same offsets on every new replica.
+    wait_caught_up(&admin, Some(hw), Duration::from_secs(30)).await;
+    assert!(n4.stop(), "node 4 did not stop cleanly");
+    for n in nodes.iter_mut() {
+        assert!(n.stop(), "a node did not stop cleanly");
+    }
+    let logs: Vec<_> = target
+        .iter()
+        .map(|n| batches(&dir.path().join(format!("n{n}/topics/mv/0")), 0, hw))
+        .collect();
+    assert!(!logs[0].is_empty());
+    for (n, l) in target.iter().zip(&logs).skip(1) {
+        assert_eq!(*l, logs[0], "node {n} and node {} differ", target[0]);
+    }
+}
