@@ -35,7 +35,7 @@ use crate::metrics::Metrics;
 use crate::raft::channels::Channels;
 use crate::raft::hibernate::Hibernation;
 use crate::raft::meta::{LeaderRecord, TopicMeta, place};
-use crate::raft::network::{Groups, NetworkFactory, forward_meta_write};
+use crate::raft::network::{Group, Groups, NetworkFactory, forward_meta_write};
 use crate::raft::sm::{GroupSm, Machine, PartitionState, SmShared};
 use crate::raft::store::{InstallHint, LogStore};
 use crate::raft::{META_GROUP, MetaCmd, MetaState, NodeInfo, Raft, Reply, raft_config};
@@ -200,7 +200,7 @@ async fn open_group(
     tick: bool,
 ) -> Result<
     (
-        Raft,
+        Group,
         Arc<PartitionWriter>,
         GroupSm,
         mpsc::UnboundedReceiver<u64>,
@@ -212,6 +212,8 @@ async fn open_group(
     let pool = pool.clone();
     let opened = tokio::task::spawn_blocking(move || {
         let log = PartitionLog::open_dir(&dir, log_config)?;
+        // A snapshot transfer cut by a crash is sent again from the start.
+        crate::raft::snapshot::remove_staged(log.storage().as_ref(), &dir).map_err(storage_err)?;
         let writer = Arc::new(PartitionWriter::spawn_in(
             &pool,
             log,
@@ -223,13 +225,13 @@ async fn open_group(
         let (trim_tx, trim_rx) = mpsc::unbounded_channel();
         let in_log = |id: &crate::raft::RaftLogId| writer.read().holds(crate::raft::to_log_id(id));
         let storage = writer.read().storage().clone();
-        let sm =
-            GroupSm::open(storage, dir, machine, hint, trim_tx, in_log).map_err(storage_err)?;
-        Ok::<_, BrokerError>((writer, store, sm, trim_rx))
+        let sm = GroupSm::open(storage.clone(), dir.clone(), machine, hint, trim_tx, in_log)
+            .map_err(storage_err)?;
+        Ok::<_, BrokerError>((writer, store, sm, trim_rx, storage, dir))
     })
     .await
     .map_err(storage_err)?;
-    let (writer, store, sm, trim_rx) = opened?;
+    let (writer, store, sm, trim_rx, storage, dir) = opened?;
     let config = Arc::new(raft_config(name, snapshot_every, tick).map_err(storage_err)?);
     let raft = Raft::new(
         node_id,
@@ -240,7 +242,7 @@ async fn open_group(
     )
     .await
     .map_err(storage_err)?;
-    Ok((raft, writer, sm, trim_rx))
+    Ok((Group { raft, storage, dir }, writer, sm, trim_rx))
 }
 
 impl Cluster {
@@ -255,7 +257,7 @@ impl Cluster {
         let channels = Channels::default();
         let groups: Groups = Arc::default();
         let dir = broker.data_dir.join("raft-meta");
-        let (meta, _writer, sm, _trims) = open_group(
+        let (meta_group, _writer, sm, _trims) = open_group(
             META_GROUP,
             config.node_id,
             dir,
@@ -273,7 +275,8 @@ impl Cluster {
             true,
         )
         .await?;
-        groups.write().insert(META_GROUP.to_owned(), meta.clone());
+        let meta = meta_group.raft.clone();
+        groups.write().insert(META_GROUP.to_owned(), meta_group);
         let hibernation = Hibernation::new(config.node_id, channels.clone(), broker.raft_hibernate);
         let cluster = Arc::new(Cluster {
             hibernation,
@@ -1020,7 +1023,7 @@ impl Cluster {
             .join(p.to_string());
         let fsync = self.metrics.fsync.with_label_values(&[t.name.as_str()]);
         let observer: SyncObserver = Arc::new(move |d| fsync.observe(d.as_secs_f64()));
-        let (raft, writer, sm, mut trims) = open_group(
+        let (group, writer, sm, mut trims) = open_group(
             &name,
             self.config.node_id,
             dir.clone(),
@@ -1037,7 +1040,8 @@ impl Cluster {
             !self.broker.raft_hibernate,
         )
         .await?;
-        self.groups.write().insert(name.clone(), raft.clone());
+        let raft = group.raft.clone();
+        self.groups.write().insert(name.clone(), group);
         let initial = t.initial.get(p as usize).cloned().unwrap_or_default();
         // openraft's `initialize` starts an election at once on the node
         // that calls it: only the first replica placed does, so a new

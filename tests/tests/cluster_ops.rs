@@ -32,6 +32,24 @@ fn rec(i: u64) -> Record {
     }
 }
 
+/// A broker log without its colour escapes (`ESC [ … m`).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -368,6 +386,9 @@ async fn init_add_node_past_retention_reassign_transfer_and_remove() {
 /// The metadata log is compacted (snapshot, then the log behind it is
 /// deleted), and a node that was down while the log moved past it catches
 /// up from the metadata snapshot, topics and committed offsets included.
+/// The snapshot spans several stream chunks: the receiver stages it on
+/// disk chunk by chunk (it used to gather it in memory) and installs it
+/// whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metadata_log_is_compacted_and_a_lagging_node_installs_its_snapshot() {
     init_test_logging();
@@ -411,6 +432,18 @@ async fn metadata_log_is_compacted_and_a_lagging_node_installs_its_snapshot() {
         w.sort_unstable();
         w
     };
+    // Offsets of groups with long names make the metadata image, and so
+    // the snapshot node 3 gets, span several 1 MiB chunks of the stream:
+    // ~1,500 groups x 4 partitions x ~260 bytes; the leader's snapshot is
+    // at most 200 entries behind, so it holds over 5,000 of them.
+    let long_groups: u64 = 1_500;
+    let long = |i: u64| format!("{i:0>250}");
+    for i in 0..long_groups {
+        admin
+            .commit(&long(i), "m", &[(0, i), (1, i + 1), (2, i + 2), (3, i + 3)])
+            .await
+            .unwrap();
+    }
     let mut got = admin.committed("g", "m").await.unwrap();
     got.sort_unstable();
     assert_eq!(got, want);
@@ -445,6 +478,10 @@ async fn metadata_log_is_compacted_and_a_lagging_node_installs_its_snapshot() {
                 .describe_topic("m")
                 .await
                 .is_ok_and(|d| d.partitions == 4)
+            && a3
+                .committed(&long(long_groups - 1), "m")
+                .await
+                .is_ok_and(|c| c.len() == 4)
     })
     .await;
     let s = a3.node_status().await.unwrap();
@@ -453,6 +490,40 @@ async fn metadata_log_is_compacted_and_a_lagging_node_installs_its_snapshot() {
         meta.snapshot_end > 0,
         "node 3 has no metadata snapshot: {meta:?}"
     );
+    // It received one snapshot of more than one chunk (staged on disk
+    // chunk by chunk), with every long group's offsets in it.
+    let log = strip_ansi(&std::fs::read_to_string(nodes[2].log_path()).unwrap());
+    let received: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains("snapshot received") && l.contains("group=meta"))
+        .filter_map(|l| {
+            l.split("bytes=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(
+        received.iter().any(|b| *b > 1 << 20),
+        "no metadata snapshot over one chunk received: {received:?}"
+    );
+    for i in (0..long_groups).step_by(97).chain([long_groups - 1]) {
+        let mut got = a3.committed(&long(i), "m").await.unwrap();
+        got.sort_unstable();
+        assert_eq!(
+            got,
+            vec![(0, i), (1, i + 1), (2, i + 2), (3, i + 3)],
+            "group {i}"
+        );
+    }
+    let staged: Vec<_> = std::fs::read_dir(nodes[2].data_dir.join("raft-meta"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("incoming"))
+        .collect();
+    assert!(staged.is_empty(), "staging files left: {staged:?}");
     // And it survives its own restart from the snapshot plus the log.
     nodes[2].kill9();
     nodes[2].restart();
