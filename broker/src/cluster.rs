@@ -8,6 +8,12 @@
 //! initializes with the same membership, which openraft allows) and closes
 //! (and deletes) the groups no longer placed on it. Metadata writes from any
 //! node are forwarded to the metadata leader over the Raft peer service.
+//!
+//! Because reconciling closes and deletes, the placement is changed only
+//! where that is safe: a reassignment (see [`Cluster::reassign`]) places
+//! the union of old and new replicas while the group's membership changes,
+//! and the new set only once the dropped replicas are out of the committed
+//! voters.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -30,7 +36,7 @@ use crate::producer_id::ProducerIdKey;
 use crate::raft::channels::Channels;
 use crate::raft::hibernate::Hibernation;
 use crate::raft::meta::{LeaderRecord, TopicMeta, place};
-use crate::raft::network::{Groups, NetworkFactory, forward_meta_write};
+use crate::raft::network::{Group, Groups, NetworkFactory, forward_meta_write};
 use crate::raft::sm::{GroupSm, Machine, PartitionState, SmShared};
 use crate::raft::store::{InstallHint, LogStore};
 use crate::raft::{META_GROUP, MetaCmd, MetaState, NodeInfo, Raft, Reply, raft_config};
@@ -41,6 +47,10 @@ use crate::topic::{LeaderHints, Partition};
 const META_WRITE_DEADLINE: Duration = Duration::from_secs(10);
 /// How long adding a node waits for it to catch up and register.
 const ADD_NODE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a reassignment waits for its new replicas to catch up.
+const REASSIGN_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a reassignment that removes the leader waits for a successor.
+const REASSIGN_HANDOVER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The group name of a partition.
 pub fn group_name(topic: &str, partition: u32) -> String {
@@ -191,7 +201,7 @@ async fn open_group(
     tick: bool,
 ) -> Result<
     (
-        Raft,
+        Group,
         Arc<PartitionWriter>,
         GroupSm,
         mpsc::UnboundedReceiver<u64>,
@@ -203,6 +213,8 @@ async fn open_group(
     let pool = pool.clone();
     let opened = tokio::task::spawn_blocking(move || {
         let log = PartitionLog::open_dir(&dir, log_config)?;
+        // A snapshot transfer cut by a crash is sent again from the start.
+        crate::raft::snapshot::remove_staged(log.storage().as_ref(), &dir).map_err(storage_err)?;
         let writer = Arc::new(PartitionWriter::spawn_in(
             &pool,
             log,
@@ -214,13 +226,13 @@ async fn open_group(
         let (trim_tx, trim_rx) = mpsc::unbounded_channel();
         let in_log = |id: &crate::raft::RaftLogId| writer.read().holds(crate::raft::to_log_id(id));
         let storage = writer.read().storage().clone();
-        let sm =
-            GroupSm::open(storage, dir, machine, hint, trim_tx, in_log).map_err(storage_err)?;
-        Ok::<_, BrokerError>((writer, store, sm, trim_rx))
+        let sm = GroupSm::open(storage.clone(), dir.clone(), machine, hint, trim_tx, in_log)
+            .map_err(storage_err)?;
+        Ok::<_, BrokerError>((writer, store, sm, trim_rx, storage, dir))
     })
     .await
     .map_err(storage_err)?;
-    let (writer, store, sm, trim_rx) = opened?;
+    let (writer, store, sm, trim_rx, storage, dir) = opened?;
     let config = Arc::new(raft_config(name, snapshot_every, tick).map_err(storage_err)?);
     let raft = Raft::new(
         node_id,
@@ -231,7 +243,7 @@ async fn open_group(
     )
     .await
     .map_err(storage_err)?;
-    Ok((raft, writer, sm, trim_rx))
+    Ok((Group { raft, storage, dir }, writer, sm, trim_rx))
 }
 
 impl Cluster {
@@ -246,7 +258,7 @@ impl Cluster {
         let channels = Channels::default();
         let groups: Groups = Arc::default();
         let dir = broker.data_dir.join("raft-meta");
-        let (meta, _writer, sm, _trims) = open_group(
+        let (meta_group, _writer, sm, _trims) = open_group(
             META_GROUP,
             config.node_id,
             dir,
@@ -264,7 +276,8 @@ impl Cluster {
             true,
         )
         .await?;
-        groups.write().insert(META_GROUP.to_owned(), meta.clone());
+        let meta = meta_group.raft.clone();
+        groups.write().insert(META_GROUP.to_owned(), meta_group);
         let hibernation = Hibernation::new(config.node_id, channels.clone(), broker.raft_hibernate);
         let cluster = Arc::new(Cluster {
             hibernation,
@@ -741,9 +754,29 @@ impl Cluster {
             .ok_or(BrokerError::NotLeader { leader: None })
     }
 
-    /// Moves a partition to `replicas` (call on the partition's leader):
-    /// new replicas join as learners, catch up (from a snapshot if the
-    /// log was trimmed), then the voter set is replaced.
+    /// Moves a partition to `replicas` (call on the partition's leader),
+    /// in an order that keeps every acknowledged record on a quorum and
+    /// every replica's data until it has left the group:
+    ///
+    /// 1. the placement becomes the old replicas *and* the new ones (as
+    ///    Kafka's reassignment does), so the new nodes open their replica
+    ///    and nobody closes one;
+    /// 2. the new replicas join as learners and catch up to the leader's
+    ///    log end as it was when they joined (from a snapshot if the log
+    ///    was trimmed), within [`REASSIGN_CATCH_UP_TIMEOUT`]; past it the
+    ///    learners are removed, the placement restored, and the call fails;
+    /// 3. the voter set becomes `replicas` (joint consensus; the call
+    ///    returns once the final configuration is committed);
+    /// 4. if this node is no longer a voter, openraft's removed-leader step
+    ///    down hands leadership to the most up-to-date new voter; the call
+    ///    waits until the successor is recorded in the metadata (this
+    ///    replica must not close before: the others would keep following
+    ///    a leader whose node is up and never elect);
+    /// 5. only then the placement becomes `replicas`: the dropped nodes
+    ///    close their replica and delete its data, no longer voters of
+    ///    the committed configuration.
+    ///
+    /// Running it again after a failure resumes from where it stopped.
     pub async fn reassign(
         &self,
         topic: &str,
@@ -765,31 +798,133 @@ impl Cluster {
                 "replicas must be 1 to 5 distinct node ids".into(),
             ));
         }
-        let mut infos = Vec::new();
+        let mut infos = BTreeMap::new();
         for id in &replicas {
             let info = meta.nodes.get(id).cloned().ok_or_else(|| {
                 BrokerError::InvalidRequest(format!("node {id} is not in the cluster"))
             })?;
-            infos.push((*id, info));
+            infos.insert(*id, info);
         }
-        self.meta_command(MetaCmd::AssignReplicas {
-            topic: topic.to_owned(),
-            partition,
-            replicas: replicas.clone(),
-        })
-        .await?;
-        let voters: BTreeSet<u64> = raft.voter_ids().collect();
-        for (id, info) in infos {
-            if !voters.contains(&id) {
-                raft.add_learner(id, info, true).await.map_err(|e| {
-                    BrokerError::InvalidRequest(format!("adding replica {id}: {e}"))
-                })?;
+        let current = meta
+            .replicas(topic, partition)
+            .map(<[u64]>::to_vec)
+            .unwrap_or_default();
+        let mut staged = current.clone();
+        staged.extend(replicas.iter().filter(|id| !current.contains(id)));
+        if staged != current {
+            self.assign_replicas(topic, partition, staged).await?;
+        }
+
+        let membership = raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .clone();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let joining: Vec<u64> = replicas
+            .iter()
+            .copied()
+            .filter(|id| !voters.contains(id))
+            .collect();
+        let added = async {
+            for id in &joining {
+                if membership.get_node(id).is_none() {
+                    raft.add_learner(*id, infos[id].clone(), false)
+                        .await
+                        .map_err(|e| {
+                            BrokerError::InvalidRequest(format!("adding replica {id}: {e}"))
+                        })?;
+                }
             }
+            wait_replicated(&raft, &joining, REASSIGN_CATCH_UP_TIMEOUT).await
+        };
+        if let Err(e) = added.await {
+            tracing::warn!(topic, partition, error = %e, "reassignment abandoned; undoing its first steps");
+            let _ = raft
+                .change_membership(
+                    openraft::ChangeMembers::RemoveNodes(joining.iter().copied().collect()),
+                    false,
+                )
+                .await;
+            if let Err(e) = self.assign_replicas(topic, partition, current).await {
+                tracing::warn!(topic, partition, error = %e, "could not restore the placement");
+            }
+            return Err(e);
         }
+        // Learners left over from an abandoned attempt go first: the final
+        // change is made while this node surely still leads.
+        let stale: BTreeSet<u64> = membership
+            .learner_ids()
+            .filter(|id| !replicas.contains(id))
+            .collect();
+        if !stale.is_empty() {
+            raft.change_membership(openraft::ChangeMembers::RemoveNodes(stale), false)
+                .await
+                .map_err(|e| BrokerError::InvalidRequest(format!("removing learners: {e}")))?;
+        }
+        let term = raft.metrics().borrow_watched().current_term;
         raft.change_membership(replicas.iter().copied().collect::<BTreeSet<_>>(), false)
             .await
             .map_err(|e| BrokerError::InvalidRequest(format!("changing replicas: {e}")))?;
-        Ok(())
+        let handover = if replicas.contains(&self.config.node_id) {
+            Ok(())
+        } else {
+            self.wait_successor(&raft, topic, partition, term, &replicas)
+                .await
+        };
+        // The committed membership is the new set whatever the handover
+        // did: the placement follows it.
+        self.assign_replicas(topic, partition, replicas).await?;
+        handover
+    }
+
+    async fn assign_replicas(
+        &self,
+        topic: &str,
+        partition: u32,
+        replicas: Vec<u64>,
+    ) -> Result<u64, BrokerError> {
+        self.meta_command(MetaCmd::AssignReplicas {
+            topic: topic.to_owned(),
+            partition,
+            replicas,
+        })
+        .await
+    }
+
+    /// Waits, on a leader removed from its group, until it stepped down and
+    /// a member of `replicas` leads in a term after `term` (as the metadata
+    /// records it), up to [`REASSIGN_HANDOVER_TIMEOUT`].
+    async fn wait_successor(
+        &self,
+        raft: &Raft,
+        topic: &str,
+        partition: u32,
+        term: u64,
+        replicas: &[u64],
+    ) -> Result<(), BrokerError> {
+        let deadline = Instant::now() + REASSIGN_HANDOVER_TIMEOUT;
+        let mut applied = self.meta_sm.applied_watch.subscribe();
+        let key = (topic.to_owned(), partition);
+        loop {
+            let leading = raft.metrics().borrow_watched().state == ServerState::Leader;
+            let successor = self.with_meta(|m| {
+                m.leaders
+                    .get(&key)
+                    .is_some_and(|l| l.term > term && replicas.contains(&l.node))
+            });
+            if !leading && successor {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(BrokerError::InvalidRequest(format!(
+                    "{topic}/{partition} now has replicas {replicas:?}, but no new leader was \
+                     recorded within {REASSIGN_HANDOVER_TIMEOUT:?} (this node still leads: {leading})"
+                )));
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(50), applied.changed()).await;
+        }
     }
 
     /// Asks the leader of a group (hosted and led here) to hand over.
@@ -910,7 +1045,7 @@ impl Cluster {
             .join(p.to_string());
         let fsync = self.metrics.fsync.with_label_values(&[t.name.as_str()]);
         let observer: SyncObserver = Arc::new(move |d| fsync.observe(d.as_secs_f64()));
-        let (raft, writer, sm, mut trims) = open_group(
+        let (group, writer, sm, mut trims) = open_group(
             &name,
             self.config.node_id,
             dir.clone(),
@@ -927,7 +1062,8 @@ impl Cluster {
             !self.broker.raft_hibernate,
         )
         .await?;
-        self.groups.write().insert(name.clone(), raft.clone());
+        let raft = group.raft.clone();
+        self.groups.write().insert(name.clone(), group);
         let initial = t.initial.get(p as usize).cloned().unwrap_or_default();
         // openraft's `initialize` starts an election at once on the node
         // that calls it: only the first replica placed does, so a new
@@ -1077,6 +1213,42 @@ impl Cluster {
     /// Seconds since this node started.
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
+    }
+}
+
+/// Waits until each of `learners` has replicated the leader's log up to
+/// its end as it is now; fails if `timeout` passes first or this node
+/// stops leading.
+async fn wait_replicated(
+    raft: &Raft,
+    learners: &[u64],
+    timeout: Duration,
+) -> Result<(), BrokerError> {
+    let deadline = Instant::now() + timeout;
+    let mut m = raft.metrics();
+    let target = m.borrow_watched().last_log_index;
+    loop {
+        let behind: Vec<u64> = {
+            let m = m.borrow_watched();
+            let Some(matched) = &m.replication else {
+                return Err(BrokerError::NotLeader { leader: None });
+            };
+            learners
+                .iter()
+                .copied()
+                .filter(|id| matched.get(id).and_then(|l| l.as_ref().map(|l| l.index)) < target)
+                .collect()
+        };
+        if behind.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(BrokerError::InvalidRequest(format!(
+                "new replicas {behind:?} did not catch up within {timeout:?} (are those nodes \
+                 running and reachable?); the reassignment was undone"
+            )));
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(200), m.changed()).await;
     }
 }
 

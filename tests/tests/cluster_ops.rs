@@ -32,6 +32,24 @@ fn rec(i: u64) -> Record {
     }
 }
 
+/// A broker log without its colour escapes (`ESC [ … m`).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -368,6 +386,9 @@ async fn init_add_node_past_retention_reassign_transfer_and_remove() {
 /// The metadata log is compacted (snapshot, then the log behind it is
 /// deleted), and a node that was down while the log moved past it catches
 /// up from the metadata snapshot, topics and committed offsets included.
+/// The snapshot spans several stream chunks: the receiver stages it on
+/// disk chunk by chunk (it used to gather it in memory) and installs it
+/// whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metadata_log_is_compacted_and_a_lagging_node_installs_its_snapshot() {
     init_test_logging();
@@ -411,6 +432,18 @@ async fn metadata_log_is_compacted_and_a_lagging_node_installs_its_snapshot() {
         w.sort_unstable();
         w
     };
+    // Offsets of groups with long names make the metadata image, and so
+    // the snapshot node 3 gets, span several 1 MiB chunks of the stream:
+    // ~1,500 groups x 4 partitions x ~260 bytes; the leader's snapshot is
+    // at most 200 entries behind, so it holds over 5,000 of them.
+    let long_groups: u64 = 1_500;
+    let long = |i: u64| format!("{i:0>250}");
+    for i in 0..long_groups {
+        admin
+            .commit(&long(i), "m", &[(0, i), (1, i + 1), (2, i + 2), (3, i + 3)])
+            .await
+            .unwrap();
+    }
     let mut got = admin.committed("g", "m").await.unwrap();
     got.sort_unstable();
     assert_eq!(got, want);
@@ -445,6 +478,10 @@ async fn metadata_log_is_compacted_and_a_lagging_node_installs_its_snapshot() {
                 .describe_topic("m")
                 .await
                 .is_ok_and(|d| d.partitions == 4)
+            && a3
+                .committed(&long(long_groups - 1), "m")
+                .await
+                .is_ok_and(|c| c.len() == 4)
     })
     .await;
     let s = a3.node_status().await.unwrap();
@@ -453,6 +490,40 @@ async fn metadata_log_is_compacted_and_a_lagging_node_installs_its_snapshot() {
         meta.snapshot_end > 0,
         "node 3 has no metadata snapshot: {meta:?}"
     );
+    // It received one snapshot of more than one chunk (staged on disk
+    // chunk by chunk), with every long group's offsets in it.
+    let log = strip_ansi(&std::fs::read_to_string(nodes[2].log_path()).unwrap());
+    let received: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains("snapshot received") && l.contains("group=meta"))
+        .filter_map(|l| {
+            l.split("bytes=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(
+        received.iter().any(|b| *b > 1 << 20),
+        "no metadata snapshot over one chunk received: {received:?}"
+    );
+    for i in (0..long_groups).step_by(97).chain([long_groups - 1]) {
+        let mut got = a3.committed(&long(i), "m").await.unwrap();
+        got.sort_unstable();
+        assert_eq!(
+            got,
+            vec![(0, i), (1, i + 1), (2, i + 2), (3, i + 3)],
+            "group {i}"
+        );
+    }
+    let staged: Vec<_> = std::fs::read_dir(nodes[2].data_dir.join("raft-meta"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("incoming"))
+        .collect();
+    assert!(staged.is_empty(), "staging files left: {staged:?}");
     // And it survives its own restart from the snapshot plus the log.
     nodes[2].kill9();
     nodes[2].restart();
@@ -561,4 +632,285 @@ async fn restarted_replica_resumes_from_its_state_checkpoint() {
     );
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("over-http"), "{body}");
+}
+
+/// Guards against `reassign` writing the new placement before the group's
+/// membership changed: every node reconciled at once, so the leader being
+/// moved away shut its replica down (and deleted its directory) while it
+/// was still a voter and the one running the reassign, the call failed
+/// half-way, and the new replica was placed but never joined.
+///
+/// Under paced idempotent load, the partition moves away from its leader
+/// to the two other replicas plus a new node: the call succeeds, no
+/// acknowledged record is lost, every one sits at its acknowledged offset
+/// on the new replicas (byte-identical), and the old leader's directory
+/// goes only after a majority of the new voters no longer count it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reassign_away_from_the_leader_under_load_loses_nothing() {
+    init_test_logging();
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = start_cluster_with(dir.path(), true, &[]);
+    let admin = Admin::connect(&nodes[0].grpc).await.unwrap();
+    wait_for_brokers(&admin, 3).await;
+    let addrs = free_addrs("127.0.0.4", 3);
+    let mut n4 = BrokerProcess::start(
+        &dir.path().join("n4"),
+        &[
+            "--raft-addr",
+            &addrs[0],
+            "--grpc-addr",
+            &addrs[1],
+            "--http-addr",
+            &addrs[2],
+            "--node-id",
+            "4",
+        ],
+    );
+    let out = cli(
+        &nodes[0].grpc,
+        &["cluster", "add-node", "--id", "4", "--raft-addr", &addrs[0]],
+        None,
+    );
+    assert!(out.status.success(), "add-node: {}", stderr(&out));
+    wait_for_brokers(&admin, 4).await;
+    // Three of the four nodes hold the partition; it moves from its
+    // leader to the fourth.
+    admin
+        .create_topic("mv", 1, 3, TopicConfig::default())
+        .await
+        .unwrap();
+    let placed = admin.describe_topic("mv").await.unwrap().partition_info[0]
+        .replicas
+        .clone();
+    let leader = {
+        let a = &admin;
+        poll_until_async("mv has a leader", Duration::from_secs(20), || async move {
+            a.describe_topic("mv")
+                .await
+                .is_ok_and(|d| d.partition_info[0].leader.is_some())
+        })
+        .await;
+        admin.describe_topic("mv").await.unwrap().partition_info[0]
+            .leader
+            .unwrap()
+    };
+    let spare = (1..=4u64).find(|n| !placed.contains(n)).unwrap();
+    let target: Vec<u64> = placed
+        .iter()
+        .copied()
+        .filter(|n| *n != leader)
+        .chain([spare])
+        .collect();
+    let leader_grpc = if leader == 4 {
+        n4.grpc.clone()
+    } else {
+        nodes[leader as usize - 1].grpc.clone()
+    };
+    let leader_dir = dir.path().join(format!("n{leader}/topics/mv/0"));
+    assert!(leader_dir.exists(), "{} missing", leader_dir.display());
+    let grpc_of = |n: u64| {
+        if n == 4 {
+            n4.grpc.clone()
+        } else {
+            nodes[n as usize - 1].grpc.clone()
+        }
+    };
+    let target_grpc: Vec<String> = target.iter().map(|n| grpc_of(*n)).collect();
+
+    // Paced idempotent load, bounded: 4,000 records at ~1 per ms.
+    let bootstrap = grpc_of(target[0]);
+    let total: u64 = 4_000;
+    let load = tokio::spawn(async move {
+        let p = Producer::connect(
+            &bootstrap,
+            ProducerConfig {
+                batch_bytes_max: 2 << 10,
+                ..ProducerConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        let mut waits = Vec::new();
+        for i in 0..total {
+            waits.push((i, p.send("mv", rec(i), Some(0)).await.unwrap()));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let mut acked = Vec::new();
+        let mut failed = Vec::new();
+        for (i, w) in waits {
+            match w.await {
+                Ok(m) => acked.push((i, m.offset.unwrap())),
+                Err(e) => failed.push((i, e.to_string())),
+            }
+        }
+        p.close().await.unwrap();
+        (acked, failed)
+    });
+    let a = &admin;
+    poll_until_async("load under way", Duration::from_secs(30), || async move {
+        a.describe_topic("mv")
+            .await
+            .is_ok_and(|d| d.partition_info[0].high_watermark >= 500)
+    })
+    .await;
+
+    // Watches the old leader's directory against the new voters' view
+    // while the reassignment runs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (stop, leader_dir, target_grpc) =
+            (stop.clone(), leader_dir.clone(), target_grpc.clone());
+        tokio::spawn(async move {
+            let mut admins = Vec::new();
+            for g in &target_grpc {
+                admins.push(Admin::connect(g).await.unwrap());
+            }
+            let mut violations = Vec::new();
+            let mut gone_seen = false;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let gone = !leader_dir.exists();
+                if gone && !gone_seen {
+                    gone_seen = true;
+                    // Sampled after the directory went: at least a
+                    // majority of the new replicas must already have left
+                    // the old leader out of the voters.
+                    let mut out = 0;
+                    let mut views = Vec::new();
+                    for a in &admins {
+                        let s = a.node_status().await;
+                        let voters = s.ok().and_then(|s| {
+                            s.replicas
+                                .into_iter()
+                                .find(|r| r.topic == "mv")
+                                .map(|r| r.voters)
+                        });
+                        if voters
+                            .as_ref()
+                            .is_some_and(|v| !v.is_empty() && !v.contains(&leader))
+                        {
+                            out += 1;
+                        }
+                        views.push(voters);
+                    }
+                    if out * 2 <= admins.len() {
+                        violations.push(format!(
+                            "node {leader}'s replica was deleted while the new replicas' voters were {views:?}"
+                        ));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            violations
+        })
+    };
+    let list = target
+        .iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let out = tokio::task::spawn_blocking(move || {
+        cli(
+            &leader_grpc,
+            &["cluster", "reassign", "mv", "-p", "0", "--replicas", &list],
+            None,
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "reassign away from leader {leader} to {target:?} failed: {}",
+        stderr(&out)
+    );
+    let (acked, failed) = load.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "deliveries failed: {:?}",
+        &failed[..failed.len().min(5)]
+    );
+    assert_eq!(acked.len() as u64, total);
+
+    // The group is the new replica set; the old leader's data is gone.
+    let (a, t) = (&admin, &target);
+    poll_until_async(
+        "the new replicas caught up",
+        Duration::from_secs(60),
+        || async move {
+            let Ok(st) = a.cluster_status().await else {
+                return false;
+            };
+            let p = &st.partitions[0];
+            p.replicas == *t
+                && t.iter()
+                    .all(|n| p.lag.get(n) == Some(&ReplicaLag::Records(0)))
+                && p.leader.is_some_and(|l| t.contains(&l))
+        },
+    )
+    .await;
+    let ld = &leader_dir;
+    strata_tests::poll_until(
+        "the old leader's replica deleted",
+        Duration::from_secs(30),
+        || !ld.exists(),
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let violations = watcher.await.unwrap();
+    assert!(violations.is_empty(), "{violations:?}");
+    for g in &target_grpc {
+        let s = Admin::connect(g)
+            .await
+            .unwrap()
+            .node_status()
+            .await
+            .unwrap();
+        let r = s.replicas.iter().find(|r| r.topic == "mv").unwrap();
+        let mut voters = r.voters.clone();
+        voters.sort_unstable();
+        let mut want = target.clone();
+        want.sort_unstable();
+        assert_eq!(
+            voters, want,
+            "node {} sees voters {:?}",
+            s.node_id, r.voters
+        );
+    }
+
+    // Every acknowledged record at its offset, read back through the
+    // partition's leader…
+    let hw = admin.describe_topic("mv").await.unwrap().partition_info[0].high_watermark;
+    let mut by_offset = std::collections::BTreeMap::new();
+    let mut c = strata_tests::reader(&target_grpc[0], "mv").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while (by_offset.len() as u64) < hw {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reading stalled at {}",
+            by_offset.len()
+        );
+        for r in c.poll(Duration::from_millis(500)).await.unwrap() {
+            by_offset.insert(r.offset, r.value);
+        }
+    }
+    for (i, offset) in &acked {
+        assert_eq!(
+            by_offset.get(offset),
+            Some(&rec(*i).value),
+            "record {i} acknowledged at offset {offset}"
+        );
+    }
+    drop(c);
+    // …and the same bytes at the same offsets on every new replica.
+    wait_caught_up(&admin, Some(hw), Duration::from_secs(30)).await;
+    assert!(n4.stop(), "node 4 did not stop cleanly");
+    for n in nodes.iter_mut() {
+        assert!(n.stop(), "a node did not stop cleanly");
+    }
+    let logs: Vec<_> = target
+        .iter()
+        .map(|n| batches(&dir.path().join(format!("n{n}/topics/mv/0")), 0, hw))
+        .collect();
+    assert!(!logs[0].is_empty());
+    for (n, l) in target.iter().zip(&logs).skip(1) {
+        assert_eq!(*l, logs[0], "node {n} and node {} differ", target[0]);
+    }
 }

@@ -13,6 +13,7 @@
 //!   metadata group. Snapshots are small checkpoints at trim points.
 //! - [`network`]: Raft RPCs between brokers over tonic, with Pre-Vote, and
 //!   the forwarding of metadata writes to the metadata leader.
+//! - [`snapshot`]: a snapshot being received, staged on disk chunk by chunk.
 //! - [`meta`]: the metadata image and its commands.
 //! - [`channels`]: the tonic channel per peer that every group shares.
 //! - [`hibernate`]: idle partition groups stop ticking; a node-level probe
@@ -28,6 +29,7 @@ pub mod hibernate;
 pub mod meta;
 pub mod network;
 pub mod sm;
+pub mod snapshot;
 pub mod store;
 
 use std::fmt;

@@ -4,10 +4,16 @@
 //! group's traffic (HTTP/2 multiplexes them). Requests and responses are openraft's own types, postcard-encoded,
 //! tagged with the group name. Pre-Vote is a real RPC: the receiver asks
 //! its Raft whether it would vote, persisting nothing; an error or a timeout
-//! is not a grant. Snapshots are streamed in 1 MiB chunks.
+//! is not a grant. Snapshots are streamed in 1 MiB chunks: the sender
+//! slices its snapshot without copying it, the receiver stages each chunk
+//! on disk as it arrives ([`super::snapshot`]) and reads the whole back only
+//! to install it. On the wire the stream is unchanged: a head message
+//! (group, postcard `(vote, meta)`) and data messages (empty group, up to
+//! 1 MiB of snapshot each).
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -29,16 +35,28 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::channels::Channels;
 use super::hibernate::{HibernateRequest, Hibernation};
+use super::snapshot::{SNAPSHOT_BYTES_MAX, SNAPSHOT_CHUNK_BYTES, SnapshotReceiver};
 use super::{NodeInfo, Raft, RaftVote, Snapshot, SnapshotMeta, Tc, decode, encode};
+use crate::log::Storage;
 
-/// Snapshot data per message.
-const SNAPSHOT_CHUNK: usize = 1 << 20;
 /// Largest Raft message accepted (a replication request is capped at 4 MiB
 /// of payload by the log store, plus one batch).
 const MESSAGE_BYTES_MAX: usize = 96 << 20;
+const _: () = assert!(SNAPSHOT_CHUNK_BYTES < MESSAGE_BYTES_MAX);
+
+/// A Raft group hosted here, as the peer service sees it.
+#[derive(Clone, Debug)]
+pub struct Group {
+    /// Its Raft.
+    pub raft: Raft,
+    /// The storage of its replica's directory.
+    pub storage: Arc<dyn Storage>,
+    /// Its replica's directory (received snapshots are staged there).
+    pub dir: PathBuf,
+}
 
 /// The Raft groups this node hosts, by name.
-pub type Groups = Arc<RwLock<HashMap<String, Raft>>>;
+pub type Groups = Arc<RwLock<HashMap<String, Group>>>;
 
 /// Creates the connections of one group.
 #[derive(Clone, Debug)]
@@ -177,16 +195,19 @@ impl RaftNetworkV2<Tc> for Connection {
     ) -> Result<SnapshotResponse<Tc>, StreamingError<Tc>> {
         let head = encode(&(vote, &snapshot.meta))
             .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
-        let mut messages = vec![RaftMessage {
+        let head = RaftMessage {
             group: self.group.clone(),
             body: head.into(),
-        }];
-        for chunk in snapshot.snapshot.chunks(SNAPSHOT_CHUNK) {
-            messages.push(RaftMessage {
+        };
+        // Chunks are slices of the snapshot, made as the stream is sent.
+        let data = bytes::Bytes::from(snapshot.snapshot);
+        let chunks = (0..data.len())
+            .step_by(SNAPSHOT_CHUNK_BYTES)
+            .map(move |at| RaftMessage {
                 group: String::new(),
-                body: bytes::Bytes::copy_from_slice(chunk),
+                body: data.slice(at..(at + SNAPSHOT_CHUNK_BYTES).min(data.len())),
             });
-        }
+        let messages = std::iter::once(head).chain(chunks);
         let mut req = Request::new(tokio_stream::iter(messages));
         req.set_timeout(option.hard_ttl());
         let mut client = self
@@ -233,6 +254,10 @@ impl PeerService {
     }
 
     fn group(&self, name: &str) -> Result<Raft, Status> {
+        self.hosted(name).map(|g| g.raft)
+    }
+
+    fn hosted(&self, name: &str) -> Result<Group, Status> {
         self.groups
             .read()
             .get(name)
@@ -385,16 +410,42 @@ impl RaftPeer for PeerService {
             .next()
             .await
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
-        let raft = self.group(&head.group)?;
+        let group = self.hosted(&head.group)?;
+        let raft = group.raft.clone();
         let (vote, meta): (RaftVote, SnapshotMeta) = decode(&head.body).map_err(bad)?;
-        let mut data = Vec::new();
+        let refused = |e: super::snapshot::SnapshotError| {
+            let status = match &e {
+                super::snapshot::SnapshotError::Io { .. } => Status::internal(e.to_string()),
+                _ => Status::resource_exhausted(e.to_string()),
+            };
+            tracing::warn!(group = %head.group, error = %e, "snapshot refused");
+            status
+        };
+        // Staging I/O runs off the async workers; the receiver moves into
+        // each blocking call and back.
+        let (storage, dir) = (group.storage.clone(), group.dir.clone());
+        let mut rx = tokio::task::spawn_blocking(move || {
+            SnapshotReceiver::create(storage, &dir, SNAPSHOT_BYTES_MAX)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(refused)?;
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk?;
-            if data.len() + chunk.body.len() > MESSAGE_BYTES_MAX * 16 {
-                return Err(Status::resource_exhausted("snapshot too large"));
-            }
-            data.extend_from_slice(&chunk.body);
+            let chunk = chunk?.body;
+            rx = tokio::task::spawn_blocking(move || rx.push(&chunk).map(|()| rx))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(refused)?;
         }
+        let data = tokio::task::spawn_blocking(move || {
+            let received = rx.finish()?;
+            // The staging file goes when `received` drops, after the read.
+            received.read()
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(refused)?;
+        tracing::info!(group = %head.group, bytes = data.len(), "snapshot received");
         let fut: BoxFut<_> = Box::pin(async move {
             raft.install_full_snapshot(
                 vote,
