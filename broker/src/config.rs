@@ -56,9 +56,11 @@ pub struct BrokerConfig {
     pub fetch_bytes_default: u32,
     /// Largest HTTP request body. Default 8 MiB.
     pub http_body_bytes_max: usize,
-    /// How long an HTTP client may take to send a request's headers, and
-    /// then its body, before the connection is closed (408 for a body).
-    /// Default 10 s.
+    /// How long an HTTP client may take to send a request's headers (for
+    /// a connection's first request: from accept, so a client that sends
+    /// nothing is closed too; later ones: from the previous response),
+    /// and then its body, before the connection is closed (408 for a
+    /// body). Default 10 s.
     pub http_read_timeout_ms: u64,
     /// Open HTTP connections at most; further clients wait to be accepted.
     /// Default 1024.

@@ -1355,3 +1355,89 @@ async fn http_errors_are_json_and_slow_clients_are_cut_off() {
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("did not arrive within 500 ms"), "{text}");
 }
+
+/// Regression (issue 12 item 4): hyper's header timeout starts only once a
+/// connection has shown its protocol, i.e. after its first bytes, so a
+/// client that connected and sent nothing, or a prefix of the HTTP/2
+/// preface, held one of the `http_connections_max` slots forever; with
+/// every slot held that way the broker answered nobody. Such connections
+/// are closed `http_read_timeout_ms` after accept, and so is a keep-alive
+/// connection idle after its request.
+#[test]
+fn idle_http_connections_are_closed_at_the_read_timeout_and_free_their_slots() {
+    use std::io::{Read, Write};
+    use std::time::Instant;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("broker.toml");
+    std::fs::write(
+        &config,
+        "http_read_timeout_ms = 500\nhttp_connections_max = 2\n",
+    )
+    .unwrap();
+    let broker = BrokerProcess::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let h = broker.http.clone();
+    assert_eq!(http(&h, "GET", "/health", b"").0, 200);
+
+    // Both slots taken by clients that never send a request.
+    let opened = Instant::now();
+    let silent = std::net::TcpStream::connect(&h).unwrap();
+    let mut preface = std::net::TcpStream::connect(&h).unwrap();
+    preface.write_all(b"PRI * HTTP/2.0\r\n").unwrap();
+    // A third client: accepted only once one of them is closed.
+    let third = {
+        let h = h.clone();
+        std::thread::spawn(move || {
+            let r = http(&h, "GET", "/health", b"");
+            (r, opened.elapsed())
+        })
+    };
+    let closed_after = |mut s: &std::net::TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = Vec::new();
+        match s.read_to_end(&mut buf) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!(
+                "an idle connection is still open after {:?} ({e})",
+                opened.elapsed()
+            ),
+        }
+        opened.elapsed()
+    };
+    let silent_closed = closed_after(&silent);
+    let preface_closed = closed_after(&preface);
+    let ((status, body), served) = third.join().unwrap();
+    println!(
+        "idle connections closed after {silent_closed:?} (no byte) and {preface_closed:?} \
+         (part of the HTTP/2 preface); the waiting client was served after {served:?}"
+    );
+    assert_eq!(status, 200, "{body}");
+    // Closed at the deadline, not before it, nor long after.
+    for t in [silent_closed, preface_closed] {
+        assert!(
+            (Duration::from_millis(450)..Duration::from_secs(5)).contains(&t),
+            "{t:?}"
+        );
+    }
+    // The limit held: the third client waited for a slot to free.
+    assert!(served >= Duration::from_millis(500), "{served:?}");
+
+    // A keep-alive connection idle after its response is closed too.
+    let mut s = std::net::TcpStream::connect(&h).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)
+        .unwrap_or_else(|e| panic!("a keep-alive connection stayed open ({e})"));
+    assert!(
+        String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

@@ -5,7 +5,8 @@
 //! parameters (400), bodies over the limit (413) and bodies that are too
 //! slow (408), is the JSON `Error` of the OpenAPI document; broker errors
 //! are mapped only through [`BrokerError::http_status`]. [`serve`] runs the
-//! connections: bounded in number, with a deadline on request headers.
+//! connections: bounded in number, with a deadline on request headers that
+//! starts at accept (a client that sends nothing is closed too).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -594,9 +595,12 @@ async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
 
 /// Serves `router` on `listener` until `stop` resolves: at most
 /// `connections_max` connections open at once (the next client waits to be
-/// accepted), a connection that does not send a request's headers within
-/// `read_timeout` is closed, and on `stop` open connections are closed
-/// once their requests are answered.
+/// accepted), a connection that has not sent its first request's headers
+/// within `read_timeout` of being accepted is closed (whatever it sent
+/// before: nothing, part of the HTTP/2 preface, part of the headers), later
+/// requests' headers have the same deadline (hyper's, from the moment the
+/// connection is ready for them), and on `stop` open connections are
+/// closed once their requests are answered.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
@@ -622,7 +626,7 @@ pub async fn serve(
             },
             () = &mut stop => break,
         };
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(e) => {
@@ -633,19 +637,61 @@ pub async fn serve(
             () = &mut stop => break,
         };
         let _ = stream.set_nodelay(true);
-        let svc = hyper_util::service::TowerToHyperService::new(router.clone());
+        let first_request = Arc::new(tokio::sync::Notify::new());
+        let svc = FirstRequest {
+            inner: hyper_util::service::TowerToHyperService::new(router.clone()),
+            seen: first_request.clone(),
+        };
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), svc)
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            tokio::pin!(conn);
+            // hyper's header timeout starts only once the connection knows
+            // its protocol, i.e. after its first bytes: a client that sends
+            // none (or a prefix of the HTTP/2 preface) would hold its slot
+            // forever without this deadline.
+            let ended = tokio::select! {
+                r = conn.as_mut() => Some(r),
+                () = first_request.notified() => None,
+                () = tokio::time::sleep(read_timeout) => {
+                    tracing::debug!(%peer, "closing an HTTP connection that sent no request headers within http_read_timeout_ms");
+                    drop(slot);
+                    return;
+                }
+            };
+            let r = match ended {
+                Some(r) => r,
+                None => conn.await,
+            };
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
             }
             drop(slot);
         });
     }
     graceful.shutdown().await;
+}
+
+/// A connection's service that signals `seen` when hyper hands it a
+/// request, i.e. once a request's headers are in.
+#[derive(Debug, Clone)]
+struct FirstRequest<S> {
+    inner: S,
+    seen: Arc<tokio::sync::Notify>,
+}
+
+impl<S: hyper::service::Service<R>, R> hyper::service::Service<R> for FirstRequest<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, req: R) -> Self::Future {
+        // Stores a permit if the connection task is not waiting yet.
+        self.seen.notify_one();
+        self.inner.call(req)
+    }
 }
 
 #[cfg(test)]
