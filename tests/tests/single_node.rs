@@ -1441,3 +1441,42 @@ fn idle_http_connections_are_closed_at_the_read_timeout_and_free_their_slots() {
     );
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+/// Regression (issue 12 item 4): a Fetch without `follow` at the tail with
+/// `max_wait_ms = 2^32-1` waited until the client gave up; the broker cuts
+/// the wait to `fetch_wait_ms_max` (60 s by default, 300 ms here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_wait_at_the_tail_is_capped_by_fetch_wait_ms_max() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("broker.toml");
+    std::fs::write(&config, "fetch_wait_ms_max = 300\n").unwrap();
+    let broker = BrokerProcess::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let admin = Admin::connect(&broker.grpc).await.unwrap();
+    admin
+        .create_topic("w", 1, 1, TopicConfig::default())
+        .await
+        .unwrap();
+    let mut client = raw_client(&broker.grpc).await;
+    let started = std::time::Instant::now();
+    let req = pb::FetchRequest {
+        topic: "w".into(),
+        partition: 0,
+        start: Some(pb::fetch_request::Start::Position(
+            pb::Position::Latest as i32,
+        )),
+        max_bytes: 0,
+        follow: false,
+        max_wait_ms: u32::MAX,
+    };
+    let mut stream = client.fetch(req).await.unwrap().into_inner();
+    let end = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("the fetch stream stayed open past fetch_wait_ms_max");
+    let waited = started.elapsed();
+    println!("a fetch with max_wait_ms = 2^32-1 ended after {waited:?}");
+    assert!(end.unwrap().is_none(), "nothing was produced");
+    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+}
