@@ -678,11 +678,12 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
             b"",
             400,
         ),
+        // A well-formed read of records that do not exist (OFFSET_OUT_OF_RANGE).
         (
             "GET",
             "/v1/topics/b/partitions/0/records?offset=99",
             b"",
-            400,
+            404,
         ),
         ("GET", "/v1/topics/b/partitions/7/records", b"", 404),
     ] {

@@ -312,29 +312,33 @@ async fn ingest_inner(
         };
         by_partition.entry(partition).or_default().push((i, record));
     }
-    let mut encoded = Vec::new();
+    // One batch per partition, or several in request order where the
+    // records' timestamps lie further apart than a batch can hold.
+    let mut encoded: Vec<(u32, bytes::Bytes, Run<'_>)> = Vec::new();
     for (p, recs) in &by_partition {
-        let records: Vec<Record> = recs.iter().map(|(_, r)| r.clone()).collect();
-        let mut out = Vec::new();
-        encode_batch(&records, Compression::None, None, &mut out)
-            .map_err(|e| bad_request(e.to_string()))?;
         // A partition led elsewhere is checked by its leader.
         let limits = match st.broker.partition(topic, *p) {
             Ok(part) => part.batch_limits(),
             Err(BrokerError::NotLeader { .. }) => BatchLimits::UNLIMITED,
             Err(e) => return Err(e.into()),
         };
-        if out.len() > limits.batch_bytes_max {
-            return Err(BrokerError::BatchTooLarge {
-                size: out.len(),
-                max: limits.batch_bytes_max,
+        for run in timestamp_runs(recs) {
+            let records: Vec<Record> = run.iter().map(|(_, r)| r.clone()).collect();
+            let mut out = Vec::new();
+            encode_batch(&records, Compression::None, None, &mut out)
+                .map_err(|e| bad_request(e.to_string()))?;
+            if out.len() > limits.batch_bytes_max {
+                return Err(BrokerError::BatchTooLarge {
+                    size: out.len(),
+                    max: limits.batch_bytes_max,
+                }
+                .into());
             }
-            .into());
+            encoded.push((*p, bytes::Bytes::from(out), run));
         }
-        encoded.push((*p, bytes::Bytes::from(out)));
     }
     let mut offsets = vec![json!(null); body.records.len()];
-    for (p, batch) in encoded {
+    for (p, batch, run) in encoded {
         // In a cluster, a partition led by another node is produced there
         // (over gRPC), so any node accepts HTTP ingest.
         let base_offset = match st.broker.produce(topic, p, batch.clone(), Acks::All).await {
@@ -346,11 +350,36 @@ async fn ingest_inner(
             }) => forward_produce(&leader, topic, p, batch).await?,
             Err(e) => return Err(e.into()),
         };
-        for (k, (i, _)) in by_partition[&p].iter().enumerate() {
+        for (k, (i, _)) in run.iter().enumerate() {
             offsets[*i] = json!({"partition": p, "offset": base_offset + k as u64});
         }
     }
     Ok(axum::Json(json!({ "offsets": offsets })))
+}
+
+/// Records of one partition with their positions in the request.
+type Run<'a> = &'a [(usize, Record)];
+
+/// `records` cut into runs that one batch can hold: every timestamp of a
+/// run within the batch format's ±2^31 ms of the run's first (a request
+/// may carry any i64 timestamps; the batch stores i32 deltas).
+fn timestamp_runs(records: Run<'_>) -> Vec<Run<'_>> {
+    let fits = |first: i64, t: i64| {
+        t.checked_sub(first)
+            .is_some_and(|d| i32::try_from(d).is_ok())
+    };
+    let mut runs = Vec::new();
+    let mut start = 0;
+    for (k, (_, r)) in records.iter().enumerate() {
+        if !fits(records[start].1.timestamp_ms, r.timestamp_ms) {
+            runs.push(&records[start..k]);
+            start = k;
+        }
+    }
+    if start < records.len() {
+        runs.push(&records[start..]);
+    }
+    runs
 }
 
 /// A 307 to the same query on the leader's HTTP address (clients that
@@ -697,6 +726,48 @@ impl<S: hyper::service::Service<R>, R> hyper::service::Service<R> for FirstReque
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_too_far_apart_in_time_for_one_batch_are_split_in_order() {
+        let rec = |i: usize, t: i64| {
+            (
+                i,
+                Record {
+                    key: None,
+                    value: bytes::Bytes::new(),
+                    headers: vec![],
+                    timestamp_ms: t,
+                },
+            )
+        };
+        let d = i64::from(i32::MAX);
+        let recs = [
+            rec(0, 0),
+            rec(1, d),
+            rec(2, d + 1),
+            rec(3, i64::MIN),
+            rec(4, i64::MAX),
+            rec(5, i64::MAX - d),
+        ];
+        let runs: Vec<Vec<(usize, i64)>> = timestamp_runs(&recs)
+            .iter()
+            .map(|run| run.iter().map(|(i, r)| (*i, r.timestamp_ms)).collect())
+            .collect();
+        assert_eq!(
+            runs,
+            [
+                vec![(0, 0), (1, d)],
+                vec![(2, d + 1)],
+                vec![(3, i64::MIN)],
+                vec![(4, i64::MAX), (5, i64::MAX - d)],
+            ]
+        );
+        for run in timestamp_runs(&recs) {
+            let records: Vec<Record> = run.iter().map(|(_, r)| r.clone()).collect();
+            encode_batch(&records, Compression::None, None, &mut Vec::new()).unwrap();
+        }
+        assert!(timestamp_runs(&[]).is_empty());
+    }
 
     #[test]
     fn redirect_paths_escape_everything_but_unreserved_characters() {
