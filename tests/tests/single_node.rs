@@ -1330,6 +1330,38 @@ async fn http_errors_are_json_and_slow_clients_are_cut_off() {
             {"key": "a", "value": "2"}
         ])
     );
+    // Timestamps further apart than one batch's i32 deltas: stored as two
+    // batches, in order (was a 400 for a valid request).
+    let (status, body) = http(
+        h,
+        "POST",
+        "/v1/topics/h/records",
+        br#"{"records":[{"value":"a","timestamp_ms":0},{"value":"b","timestamp_ms":1099511627776}]}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["offsets"],
+        serde_json::json!([{"partition": 0, "offset": 1}, {"partition": 0, "offset": 2}])
+    );
+    let (_, body) = http(h, "GET", "/v1/topics/h/partitions/0/records?offset=1", b"");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let stored: Vec<_> = v["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["value"].clone(), r["timestamp_ms"].clone()))
+        .collect();
+    assert_eq!(
+        stored,
+        [
+            (serde_json::json!("a"), serde_json::json!(0)),
+            (
+                serde_json::json!("b"),
+                serde_json::json!(1_099_511_627_776_i64)
+            )
+        ]
+    );
 
     // Headers that never finish: the connection is closed.
     let started = std::time::Instant::now();
