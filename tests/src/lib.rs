@@ -492,7 +492,7 @@ const LAB_INSIDE: &str = "STRATA_NETLAB_INSIDE";
 /// Run inside the new namespaces before the test: a private `/run` (so
 /// `ip netns add` can create `/run/netns`, which an unprivileged user
 /// cannot on the host, and the namespace files never touch the host's),
-/// loopback up, then the test binary, its stderr merged into stdout.
+/// loopback up, then the test binary, its stderr merged into its stdout.
 const LAB_SETUP: &str = r#"set -e
 mount -t tmpfs strata-netlab /run
 ip link set lo up
@@ -539,8 +539,9 @@ pub fn enter_lab_namespaces(test: &str) -> bool {
         .output()
         .expect("running unshare (util-linux)");
     let text = String::from_utf8_lossy(&out.stdout);
-    // Shown with the test's output (on failure, or with --nocapture).
-    println!("{text}");
+    // Shown with the test's output (on failure, or with --nocapture); the
+    // setup's own errors (unshare, mount, ip) are on stderr.
+    println!("{text}{}", String::from_utf8_lossy(&out.stderr));
     let ran_one = text
         .lines()
         .any(|l| l.starts_with("test result: ok. 1 passed;"));
