@@ -54,11 +54,16 @@ pub struct BrokerConfig {
     /// Bytes of batches per fetch response message, unless the request asks
     /// for less. Default 1 MiB.
     pub fetch_bytes_default: u32,
+    /// Longest wait of a gRPC Fetch without `follow` at the tail: a
+    /// request's `max_wait_ms` above it is cut to it. Default 60 s.
+    pub fetch_wait_ms_max: u64,
     /// Largest HTTP request body. Default 8 MiB.
     pub http_body_bytes_max: usize,
-    /// How long an HTTP client may take to send a request's headers, and
-    /// then its body, before the connection is closed (408 for a body).
-    /// Default 10 s.
+    /// How long an HTTP client may take to send a request's headers (for
+    /// a connection's first request: from accept, so a client that sends
+    /// nothing is closed too; later ones: from the previous response),
+    /// and then its body, before the connection is closed (408 for a
+    /// body). Default 10 s.
     pub http_read_timeout_ms: u64,
     /// Open HTTP connections at most; further clients wait to be accepted.
     /// Default 1024.
@@ -152,6 +157,7 @@ impl Default for BrokerConfig {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 7080)),
             retention_check_ms: 60_000,
             fetch_bytes_default: 1 << 20,
+            fetch_wait_ms_max: 60_000,
             http_body_bytes_max: 8 << 20,
             http_read_timeout_ms: 10_000,
             http_connections_max: 1024,

@@ -261,7 +261,10 @@ fn http_status_of(code: tonic::Code) -> axum::http::StatusCode {
     match code {
         tonic::Code::NotFound => StatusCode::NOT_FOUND,
         tonic::Code::AlreadyExists => StatusCode::CONFLICT,
-        tonic::Code::InvalidArgument | tonic::Code::OutOfRange => StatusCode::BAD_REQUEST,
+        // OFFSET_OUT_OF_RANGE: a well-formed read of records that do not
+        // exist (below the log start, past the high watermark).
+        tonic::Code::OutOfRange => StatusCode::NOT_FOUND,
+        tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
         tonic::Code::FailedPrecondition => StatusCode::CONFLICT,
         tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,

@@ -1,8 +1,10 @@
 //! Harness for end-to-end tests: starts real `strata-broker` processes on
 //! free loopback ports (reading the ports from the broker's ready line),
 //! kills them with SIGKILL or stops them with SIGTERM, runs the `strata`
-//! CLI, speaks raw HTTP and raw gRPC for bad-input tests, and polls
-//! conditions with deadlines (tests never sleep to wait for state).
+//! CLI, speaks raw HTTP and raw gRPC for bad-input tests, polls
+//! conditions with deadlines (tests never sleep to wait for state), and
+//! builds network namespaces for partition tests without root (a private
+//! user namespace, see [`enter_lab_namespaces`]).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -484,7 +486,79 @@ pub async fn leader(nodes: &mut [BrokerProcess], topic: &str) -> Option<u64> {
     None
 }
 
-/// Network namespaces for partition tests (needs root): `n` namespaces,
+/// Set in the child that [`enter_lab_namespaces`] starts.
+const LAB_INSIDE: &str = "STRATA_NETLAB_INSIDE";
+
+/// Run inside the new namespaces before the test: a private `/run` (so
+/// `ip netns add` can create `/run/netns`, which an unprivileged user
+/// cannot on the host, and the namespace files never touch the host's),
+/// loopback up, then the test binary, its stderr merged into its stdout.
+const LAB_SETUP: &str = r#"set -e
+mount -t tmpfs strata-netlab /run
+ip link set lo up
+exec "$@" 2>&1"#;
+
+fn effective_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// Runs the calling test in private network and mount namespaces, so
+/// [`NetLab`] needs no root: for a user who is not root, also in a new
+/// user namespace where that user is root (`unshare --user
+/// --map-root-user --net --mount`; root needs only `--net --mount`). The
+/// test binary re-runs itself there with `--exact test`; everything the
+/// lab creates lives and dies with those namespaces.
+///
+/// Returns true in the re-run process (run the test's body there) and
+/// false in the original one once the re-run passed (return at once).
+/// Panics, with the re-run's output, when it failed or did not run
+/// exactly that one test; in particular where user namespaces are not
+/// allowed (`user.max_user_namespaces` 0, or
+/// `kernel.apparmor_restrict_unprivileged_userns` 1), or `unshare`
+/// (util-linux) or `ip` (iproute2) is missing. Never a silent skip.
+pub fn enter_lab_namespaces(test: &str) -> bool {
+    if std::env::var_os(LAB_INSIDE).is_some() {
+        return true;
+    }
+    // Build the binaries out here, where cargo may reach the network.
+    bin("strata-broker");
+    let root = effective_uid() == Some(0);
+    let mut cmd = Command::new("unshare");
+    if !root {
+        cmd.args(["--user", "--map-root-user"]);
+    }
+    let out = cmd
+        .args(["--net", "--mount", "--propagation", "private", "--"])
+        .args(["sh", "-c", LAB_SETUP, "strata-netlab"])
+        .arg(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(LAB_INSIDE, "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("running unshare (util-linux)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Shown with the test's output (on failure, or with --nocapture); the
+    // setup's own errors (unshare, mount, ip) are on stderr.
+    println!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    let ran_one = text
+        .lines()
+        .any(|l| l.starts_with("test result: ok. 1 passed;"));
+    assert!(
+        out.status.success() && ran_one,
+        "{test} did not pass in its own {}network and mount namespaces \
+         (exit {:?}; output above). Partition tests need iproute2, util-linux's \
+         unshare and, unless run as root, unprivileged user namespaces \
+         (sysctl user.max_user_namespaces > 0; on Ubuntu also \
+         kernel.apparmor_restrict_unprivileged_userns = 0).",
+        if root { "" } else { "user, " },
+        out.status.code()
+    );
+    false
+}
+
+/// Network namespaces for partition tests: `n` namespaces,
 /// each with one veth into a bridge in the test's namespace, addresses
 /// 10.213.S.i/24 (i = 1..n; the bridge, where the test's clients live, is
 /// .254). Partitions are blackhole routes inside the namespaces, so the
@@ -511,8 +585,10 @@ fn ip(args: &[&str]) {
 }
 
 impl NetLab {
-    /// Creates the namespaces and the bridge. Panics (with the reason)
-    /// when not root or iproute2 is missing: partition tests never skip.
+    /// Creates the namespaces and the bridge. Call it in a test that
+    /// began with [`enter_lab_namespaces`] (which gives it the privileges,
+    /// any user). Panics (with the reason) when an `ip` command fails:
+    /// partition tests never skip.
     pub fn new(n: usize) -> Self {
         // Unique per lab, also between the tests of one process.
         static LABS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);

@@ -678,11 +678,12 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
             b"",
             400,
         ),
+        // A well-formed read of records that do not exist (OFFSET_OUT_OF_RANGE).
         (
             "GET",
             "/v1/topics/b/partitions/0/records?offset=99",
             b"",
-            400,
+            404,
         ),
         ("GET", "/v1/topics/b/partitions/7/records", b"", 404),
     ] {
@@ -1503,6 +1504,38 @@ async fn http_errors_are_json_and_slow_clients_are_cut_off() {
             {"key": "a", "value": "2"}
         ])
     );
+    // Timestamps further apart than one batch's i32 deltas: stored as two
+    // batches, in order (was a 400 for a valid request).
+    let (status, body) = http(
+        h,
+        "POST",
+        "/v1/topics/h/records",
+        br#"{"records":[{"value":"a","timestamp_ms":0},{"value":"b","timestamp_ms":1099511627776}]}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["offsets"],
+        serde_json::json!([{"partition": 0, "offset": 1}, {"partition": 0, "offset": 2}])
+    );
+    let (_, body) = http(h, "GET", "/v1/topics/h/partitions/0/records?offset=1", b"");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let stored: Vec<_> = v["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["value"].clone(), r["timestamp_ms"].clone()))
+        .collect();
+    assert_eq!(
+        stored,
+        [
+            (serde_json::json!("a"), serde_json::json!(0)),
+            (
+                serde_json::json!("b"),
+                serde_json::json!(1_099_511_627_776_i64)
+            )
+        ]
+    );
 
     // Headers that never finish: the connection is closed.
     let started = std::time::Instant::now();
@@ -1528,4 +1561,203 @@ async fn http_errors_are_json_and_slow_clients_are_cut_off() {
     let text = String::from_utf8_lossy(&buf[..n]);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("did not arrive within 500 ms"), "{text}");
+}
+
+/// Regression (issue 12 item 4): hyper's header timeout starts only once a
+/// connection has shown its protocol, i.e. after its first bytes, so a
+/// client that connected and sent nothing, or a prefix of the HTTP/2
+/// preface, held one of the `http_connections_max` slots forever; with
+/// every slot held that way the broker answered nobody. Such connections
+/// are closed `http_read_timeout_ms` after accept, and so is a keep-alive
+/// connection idle after its request.
+#[test]
+fn idle_http_connections_are_closed_at_the_read_timeout_and_free_their_slots() {
+    use std::io::{Read, Write};
+    use std::time::Instant;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("broker.toml");
+    std::fs::write(
+        &config,
+        "http_read_timeout_ms = 500\nhttp_connections_max = 2\n",
+    )
+    .unwrap();
+    let broker = BrokerProcess::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let h = broker.http.clone();
+    assert_eq!(http(&h, "GET", "/health", b"").0, 200);
+
+    // Both slots taken by clients that never send a request.
+    let opened = Instant::now();
+    let silent = std::net::TcpStream::connect(&h).unwrap();
+    let mut preface = std::net::TcpStream::connect(&h).unwrap();
+    preface.write_all(b"PRI * HTTP/2.0\r\n").unwrap();
+    // A third client: accepted only once one of them is closed.
+    let third = {
+        let h = h.clone();
+        std::thread::spawn(move || {
+            let r = http(&h, "GET", "/health", b"");
+            (r, opened.elapsed())
+        })
+    };
+    let closed_after = |mut s: &std::net::TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = Vec::new();
+        match s.read_to_end(&mut buf) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!(
+                "an idle connection is still open after {:?} ({e})",
+                opened.elapsed()
+            ),
+        }
+        opened.elapsed()
+    };
+    let silent_closed = closed_after(&silent);
+    let preface_closed = closed_after(&preface);
+    let ((status, body), served) = third.join().unwrap();
+    println!(
+        "idle connections closed after {silent_closed:?} (no byte) and {preface_closed:?} \
+         (part of the HTTP/2 preface); the waiting client was served after {served:?}"
+    );
+    assert_eq!(status, 200, "{body}");
+    // Closed at the deadline, not before it, nor long after.
+    for t in [silent_closed, preface_closed] {
+        assert!(
+            (Duration::from_millis(450)..Duration::from_secs(5)).contains(&t),
+            "{t:?}"
+        );
+    }
+    // The limit held: the third client waited for a slot to free.
+    assert!(served >= Duration::from_millis(500), "{served:?}");
+
+    // A keep-alive connection idle after its response is closed too.
+    let mut s = std::net::TcpStream::connect(&h).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)
+        .unwrap_or_else(|e| panic!("a keep-alive connection stayed open ({e})"));
+    assert!(
+        String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+/// Regression (issue 12 item 4): a Fetch without `follow` at the tail with
+/// `max_wait_ms = 2^32-1` waited until the client gave up; the broker cuts
+/// the wait to `fetch_wait_ms_max` (60 s by default, 300 ms here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_wait_at_the_tail_is_capped_by_fetch_wait_ms_max() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("broker.toml");
+    std::fs::write(&config, "fetch_wait_ms_max = 300\n").unwrap();
+    let broker = BrokerProcess::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let admin = Admin::connect(&broker.grpc).await.unwrap();
+    admin
+        .create_topic("w", 1, 1, TopicConfig::default())
+        .await
+        .unwrap();
+    let mut client = raw_client(&broker.grpc).await;
+    let started = std::time::Instant::now();
+    let req = pb::FetchRequest {
+        topic: "w".into(),
+        partition: 0,
+        start: Some(pb::fetch_request::Start::Position(
+            pb::Position::Latest as i32,
+        )),
+        max_bytes: 0,
+        follow: false,
+        max_wait_ms: u32::MAX,
+    };
+    let mut stream = client.fetch(req).await.unwrap().into_inner();
+    let end = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("the fetch stream stayed open past fetch_wait_ms_max");
+    let waited = started.elapsed();
+    println!("a fetch with max_wait_ms = 2^32-1 ended after {waited:?}");
+    assert!(end.unwrap().is_none(), "nothing was produced");
+    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+}
+
+/// The HTTP query's caps and paging as docs/openapi.json states them: at
+/// most `max` records (capped by `http_records_max`), at most the stored
+/// batches within `fetch_bytes_default` from the batch holding `offset`
+/// (always one), and `next_offset` to page on until it reaches the high
+/// watermark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_query_pages_by_next_offset_under_its_size_caps() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("broker.toml");
+    std::fs::write(
+        &config,
+        "http_records_max = 25\nfetch_bytes_default = 1024\n",
+    )
+    .unwrap();
+    let broker = BrokerProcess::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let admin = Admin::connect(&broker.grpc).await.unwrap();
+    admin
+        .create_topic("q", 1, 1, TopicConfig::default())
+        .await
+        .unwrap();
+    let h = broker.http.as_str();
+    // One batch per request: two of 10 records over 1,024 bytes, one of 40
+    // small records.
+    for (n, len) in [(10, 200), (10, 200), (40, 1)] {
+        let records: Vec<_> = (0..n)
+            .map(|_| serde_json::json!({"value": "v".repeat(len)}))
+            .collect();
+        let body = serde_json::json!({ "records": records }).to_string();
+        let (status, body) = http(h, "POST", "/v1/topics/q/records", body.as_bytes());
+        assert_eq!(status, 200, "{body}");
+    }
+    let page = |query: &str| {
+        let (status, body) = http(
+            h,
+            "GET",
+            &format!("/v1/topics/q/partitions/0/records?{query}"),
+            b"",
+        );
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let offsets: Vec<u64> = v["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["offset"].as_u64().unwrap())
+            .collect();
+        assert_eq!(v["high_watermark"], 60, "{body}");
+        (offsets, v["next_offset"].as_u64().unwrap())
+    };
+    // The byte cap: one batch (over fetch_bytes_default on its own).
+    assert_eq!(page("offset=0&max=1000"), ((0..10).collect(), 10));
+    // max, from inside a batch.
+    assert_eq!(page("offset=5&max=3"), (vec![5, 6, 7], 8));
+    // The record cap: http_records_max of a 40-record batch.
+    assert_eq!(page("offset=20&max=1000"), ((20..45).collect(), 45));
+    // At the high watermark: nothing, and next_offset stays.
+    assert_eq!(page("offset=60"), (vec![], 60));
+    // Paging from the log start reads every offset once.
+    let (mut all, mut next) = page("max=1000");
+    for _ in 0..20 {
+        if next == 60 {
+            break;
+        }
+        let (offsets, n) = page(&format!("offset={next}&max=1000"));
+        assert!(n > next, "no progress at {next}");
+        all.extend(offsets);
+        next = n;
+    }
+    assert_eq!(all, (0..60).collect::<Vec<u64>>());
 }

@@ -410,7 +410,10 @@ impl Strata for GrpcService {
             n => n.min(self.broker.config().grpc_message_bytes_max as u32 / 2),
         } as usize;
         let follow = r.follow;
-        let max_wait = Duration::from_millis(u64::from(r.max_wait_ms.min(60_000)));
+        // A client's wait is bounded (max_wait_ms = 2^32-1 is 49 days).
+        let max_wait = Duration::from_millis(
+            u64::from(r.max_wait_ms).min(self.broker.config().fetch_wait_ms_max),
+        );
         let metrics = self.broker.metrics().clone();
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {

@@ -5,7 +5,8 @@
 //! parameters (400), bodies over the limit (413) and bodies that are too
 //! slow (408), is the JSON `Error` of the OpenAPI document; broker errors
 //! are mapped only through [`BrokerError::http_status`]. [`serve`] runs the
-//! connections: bounded in number, with a deadline on request headers.
+//! connections: bounded in number, with a deadline on request headers that
+//! starts at accept (a client that sends nothing is closed too).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -311,29 +312,33 @@ async fn ingest_inner(
         };
         by_partition.entry(partition).or_default().push((i, record));
     }
-    let mut encoded = Vec::new();
+    // One batch per partition, or several in request order where the
+    // records' timestamps lie further apart than a batch can hold.
+    let mut encoded: Vec<(u32, bytes::Bytes, Run<'_>)> = Vec::new();
     for (p, recs) in &by_partition {
-        let records: Vec<Record> = recs.iter().map(|(_, r)| r.clone()).collect();
-        let mut out = Vec::new();
-        encode_batch(&records, Compression::None, None, &mut out)
-            .map_err(|e| bad_request(e.to_string()))?;
         // A partition led elsewhere is checked by its leader.
         let limits = match st.broker.partition(topic, *p) {
             Ok(part) => part.batch_limits(),
             Err(BrokerError::NotLeader { .. }) => BatchLimits::UNLIMITED,
             Err(e) => return Err(e.into()),
         };
-        if out.len() > limits.batch_bytes_max {
-            return Err(BrokerError::BatchTooLarge {
-                size: out.len(),
-                max: limits.batch_bytes_max,
+        for run in timestamp_runs(recs) {
+            let records: Vec<Record> = run.iter().map(|(_, r)| r.clone()).collect();
+            let mut out = Vec::new();
+            encode_batch(&records, Compression::None, None, &mut out)
+                .map_err(|e| bad_request(e.to_string()))?;
+            if out.len() > limits.batch_bytes_max {
+                return Err(BrokerError::BatchTooLarge {
+                    size: out.len(),
+                    max: limits.batch_bytes_max,
+                }
+                .into());
             }
-            .into());
+            encoded.push((*p, bytes::Bytes::from(out), run));
         }
-        encoded.push((*p, bytes::Bytes::from(out)));
     }
     let mut offsets = vec![json!(null); body.records.len()];
-    for (p, batch) in encoded {
+    for (p, batch, run) in encoded {
         // In a cluster, a partition led by another node is produced there
         // (over gRPC), so any node accepts HTTP ingest.
         let base_offset = match st.broker.produce(topic, p, batch.clone(), Acks::All).await {
@@ -345,11 +350,36 @@ async fn ingest_inner(
             }) => forward_produce(&leader, topic, p, batch).await?,
             Err(e) => return Err(e.into()),
         };
-        for (k, (i, _)) in by_partition[&p].iter().enumerate() {
+        for (k, (i, _)) in run.iter().enumerate() {
             offsets[*i] = json!({"partition": p, "offset": base_offset + k as u64});
         }
     }
     Ok(axum::Json(json!({ "offsets": offsets })))
+}
+
+/// Records of one partition with their positions in the request.
+type Run<'a> = &'a [(usize, Record)];
+
+/// `records` cut into runs that one batch can hold: every timestamp of a
+/// run within the batch format's ±2^31 ms of the run's first (a request
+/// may carry any i64 timestamps; the batch stores i32 deltas).
+fn timestamp_runs(records: Run<'_>) -> Vec<Run<'_>> {
+    let fits = |first: i64, t: i64| {
+        t.checked_sub(first)
+            .is_some_and(|d| i32::try_from(d).is_ok())
+    };
+    let mut runs = Vec::new();
+    let mut start = 0;
+    for (k, (_, r)) in records.iter().enumerate() {
+        if !fits(records[start].1.timestamp_ms, r.timestamp_ms) {
+            runs.push(&records[start..k]);
+            start = k;
+        }
+    }
+    if start < records.len() {
+        runs.push(&records[start..]);
+    }
+    runs
 }
 
 /// A 307 to the same query on the leader's HTTP address (clients that
@@ -594,9 +624,12 @@ async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
 
 /// Serves `router` on `listener` until `stop` resolves: at most
 /// `connections_max` connections open at once (the next client waits to be
-/// accepted), a connection that does not send a request's headers within
-/// `read_timeout` is closed, and on `stop` open connections are closed
-/// once their requests are answered.
+/// accepted), a connection that has not sent its first request's headers
+/// within `read_timeout` of being accepted is closed (whatever it sent
+/// before: nothing, part of the HTTP/2 preface, part of the headers), later
+/// requests' headers have the same deadline (hyper's, from the moment the
+/// connection is ready for them), and on `stop` open connections are
+/// closed once their requests are answered.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
@@ -622,7 +655,7 @@ pub async fn serve(
             },
             () = &mut stop => break,
         };
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(e) => {
@@ -633,14 +666,36 @@ pub async fn serve(
             () = &mut stop => break,
         };
         let _ = stream.set_nodelay(true);
-        let svc = hyper_util::service::TowerToHyperService::new(router.clone());
+        let first_request = Arc::new(tokio::sync::Notify::new());
+        let svc = FirstRequest {
+            inner: hyper_util::service::TowerToHyperService::new(router.clone()),
+            seen: first_request.clone(),
+        };
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), svc)
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            tokio::pin!(conn);
+            // hyper's header timeout starts only once the connection knows
+            // its protocol, i.e. after its first bytes: a client that sends
+            // none (or a prefix of the HTTP/2 preface) would hold its slot
+            // forever without this deadline.
+            let ended = tokio::select! {
+                r = conn.as_mut() => Some(r),
+                () = first_request.notified() => None,
+                () = tokio::time::sleep(read_timeout) => {
+                    tracing::debug!(%peer, "closing an HTTP connection that sent no request headers within http_read_timeout_ms");
+                    drop(slot);
+                    return;
+                }
+            };
+            let r = match ended {
+                Some(r) => r,
+                None => conn.await,
+            };
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
             }
             drop(slot);
         });
@@ -648,9 +703,71 @@ pub async fn serve(
     graceful.shutdown().await;
 }
 
+/// A connection's service that signals `seen` when hyper hands it a
+/// request, i.e. once a request's headers are in.
+#[derive(Debug, Clone)]
+struct FirstRequest<S> {
+    inner: S,
+    seen: Arc<tokio::sync::Notify>,
+}
+
+impl<S: hyper::service::Service<R>, R> hyper::service::Service<R> for FirstRequest<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, req: R) -> Self::Future {
+        // Stores a permit if the connection task is not waiting yet.
+        self.seen.notify_one();
+        self.inner.call(req)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_too_far_apart_in_time_for_one_batch_are_split_in_order() {
+        let rec = |i: usize, t: i64| {
+            (
+                i,
+                Record {
+                    key: None,
+                    value: bytes::Bytes::new(),
+                    headers: vec![],
+                    timestamp_ms: t,
+                },
+            )
+        };
+        let d = i64::from(i32::MAX);
+        let recs = [
+            rec(0, 0),
+            rec(1, d),
+            rec(2, d + 1),
+            rec(3, i64::MIN),
+            rec(4, i64::MAX),
+            rec(5, i64::MAX - d),
+        ];
+        let runs: Vec<Vec<(usize, i64)>> = timestamp_runs(&recs)
+            .iter()
+            .map(|run| run.iter().map(|(i, r)| (*i, r.timestamp_ms)).collect())
+            .collect();
+        assert_eq!(
+            runs,
+            [
+                vec![(0, 0), (1, d)],
+                vec![(2, d + 1)],
+                vec![(3, i64::MIN)],
+                vec![(4, i64::MAX), (5, i64::MAX - d)],
+            ]
+        );
+        for run in timestamp_runs(&recs) {
+            let records: Vec<Record> = run.iter().map(|(_, r)| r.clone()).collect();
+            encode_batch(&records, Compression::None, None, &mut Vec::new()).unwrap();
+        }
+        assert!(timestamp_runs(&[]).is_empty());
+    }
 
     #[test]
     fn redirect_paths_escape_everything_but_unreserved_characters() {
