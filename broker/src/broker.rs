@@ -621,7 +621,7 @@ impl Broker {
     /// Refuses a batch dated more than `message_timestamp_after_max_ms`
     /// ahead of this broker's clock (`INVALID_TIMESTAMP`, nothing written):
     /// time retention trusts record timestamps.
-    fn check_timestamp(&self, max_timestamp_ms: i64) -> Result<(), BrokerError> {
+    pub fn check_timestamp(&self, max_timestamp_ms: i64) -> Result<(), BrokerError> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);

@@ -986,6 +986,26 @@ async fn batches_dated_in_the_future_are_refused() {
         vec![Bytes::from("600000"), Bytes::from("-86400000")],
         "the refused batch left nothing"
     );
+    // Over HTTP, a request with one such record writes none of its records,
+    // even those stored as a batch of their own (2^32 ms apart).
+    let body = format!(
+        r#"{{"records":[{{"value":"old","timestamp_ms":{}}},{{"value":"ahead","timestamp_ms":{}}}]}}"#,
+        now - (1 << 32),
+        now + 2 * 3_600_000
+    );
+    let (status, reply) = http(
+        &broker.http,
+        "POST",
+        "/v1/topics/f/records",
+        body.as_bytes(),
+    );
+    assert_eq!(status, 400, "{reply}");
+    assert!(reply.contains("INVALID_TIMESTAMP"), "{reply}");
+    assert_eq!(
+        read_all(&broker.grpc, "f").await.len(),
+        2,
+        "nothing of the request was written"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

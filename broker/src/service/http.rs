@@ -312,6 +312,16 @@ async fn ingest_inner(
         };
         by_partition.entry(partition).or_default().push((i, record));
     }
+    // A record dated too far ahead refuses the whole request before any of
+    // its batches is written.
+    if let Some(t) = by_partition
+        .values()
+        .flatten()
+        .map(|(_, r)| r.timestamp_ms)
+        .max()
+    {
+        st.broker.check_timestamp(t)?;
+    }
     // One batch per partition, or several in request order where the
     // records' timestamps lie further apart than a batch can hold.
     let mut encoded: Vec<(u32, bytes::Bytes, Run<'_>)> = Vec::new();
