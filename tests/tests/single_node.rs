@@ -30,6 +30,14 @@ fn rec(key: Option<String>, value: String) -> Record {
 }
 
 /// Reads a topic from the log start up to the high watermark as of now.
+/// A broker on free ports with data under `dir`, configured by `toml`
+/// (written to `dir/broker.toml`).
+fn start_with_config(dir: &std::path::Path, toml: &str) -> BrokerProcess {
+    let config = dir.join("broker.toml");
+    std::fs::write(&config, toml).unwrap();
+    BrokerProcess::start(&dir.join("data"), &["--config", config.to_str().unwrap()])
+}
+
 async fn read_all(addr: &str, topic: &str) -> BTreeMap<(u32, u64), Bytes> {
     let admin = Admin::connect(addr).await.unwrap();
     let d = admin.describe_topic(topic).await.unwrap();
@@ -832,15 +840,9 @@ fn partition_figure(http_addr: &str, topic: &str, partition: u32, figure: &str) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn producer_ids_are_checked_and_idle_producers_expire() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("broker.toml");
-    std::fs::write(
-        &config,
+    let broker = start_with_config(
+        dir.path(),
         "producer_id_expiration_ms = 3000\nproducers_per_partition_max = 2\nretention_check_ms = 100\n",
-    )
-    .unwrap();
-    let broker = BrokerProcess::start(
-        &dir.path().join("data"),
-        &["--config", config.to_str().unwrap()],
     );
     let admin = Admin::connect(&broker.grpc).await.unwrap();
     admin
@@ -1453,15 +1455,9 @@ async fn a_stopped_broker_times_requests_out_and_nothing_is_written_twice() {
 async fn http_errors_are_json_and_slow_clients_are_cut_off() {
     use std::io::{Read, Write};
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("broker.toml");
-    std::fs::write(
-        &config,
+    let broker = start_with_config(
+        dir.path(),
         "http_read_timeout_ms = 500\nhttp_body_bytes_max = 2048\nhttp_connections_max = 4\n",
-    )
-    .unwrap();
-    let broker = BrokerProcess::start(
-        &dir.path().join("data"),
-        &["--config", config.to_str().unwrap()],
     );
     let admin = Admin::connect(&broker.grpc).await.unwrap();
     admin
@@ -1595,15 +1591,9 @@ fn idle_http_connections_are_closed_at_the_read_timeout_and_free_their_slots() {
     use std::io::{Read, Write};
     use std::time::Instant;
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("broker.toml");
-    std::fs::write(
-        &config,
+    let broker = start_with_config(
+        dir.path(),
         "http_read_timeout_ms = 500\nhttp_connections_max = 2\n",
-    )
-    .unwrap();
-    let broker = BrokerProcess::start(
-        &dir.path().join("data"),
-        &["--config", config.to_str().unwrap()],
     );
     let h = broker.http.clone();
     assert_eq!(http(&h, "GET", "/health", b"").0, 200);
@@ -1675,12 +1665,7 @@ fn idle_http_connections_are_closed_at_the_read_timeout_and_free_their_slots() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetch_wait_at_the_tail_is_capped_by_fetch_wait_ms_max() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("broker.toml");
-    std::fs::write(&config, "fetch_wait_ms_max = 300\n").unwrap();
-    let broker = BrokerProcess::start(
-        &dir.path().join("data"),
-        &["--config", config.to_str().unwrap()],
-    );
+    let broker = start_with_config(dir.path(), "fetch_wait_ms_max = 300\n");
     let admin = Admin::connect(&broker.grpc).await.unwrap();
     admin
         .create_topic("w", 1, 1, TopicConfig::default())
@@ -1716,15 +1701,9 @@ async fn fetch_wait_at_the_tail_is_capped_by_fetch_wait_ms_max() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_query_pages_by_next_offset_under_its_size_caps() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("broker.toml");
-    std::fs::write(
-        &config,
+    let broker = start_with_config(
+        dir.path(),
         "http_records_max = 25\nfetch_bytes_default = 1024\n",
-    )
-    .unwrap();
-    let broker = BrokerProcess::start(
-        &dir.path().join("data"),
-        &["--config", config.to_str().unwrap()],
     );
     let admin = Admin::connect(&broker.grpc).await.unwrap();
     admin
