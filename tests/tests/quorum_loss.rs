@@ -169,38 +169,31 @@ async fn idempotent_producer_through_lost_followers_writes_each_record_exactly_o
         )
         .await;
         assert_eq!(partition_gauge(&leader_http, "leading"), Some(1));
-        let mut batch = Vec::new();
-        encode_batch(&[rec("probe".into())], Compression::None, None, &mut batch).unwrap();
         let mut raw = pb::strata_client::StrataClient::connect(format!("http://{leader_grpc}"))
             .await
             .unwrap();
-        let refused = raw
-            .produce(pb::ProduceRequest {
-                topic: "q".into(),
-                partition: 0,
-                batch: batch.into(),
-                acks: pb::Acks::All as i32,
-            })
-            .await
-            .expect_err("a leader without quorum acknowledged a write");
-        let e = strata_client::ClientError::from(refused);
-        assert_eq!(e.code(), Some(ErrorCode::NotEnoughReplicas), "{e}");
-        assert!(e.is_retriable());
         // ACKS_LEADER has ACKS_ALL's guarantee (documented in the proto):
-        // the leader alone does not acknowledge.
-        let mut batch = Vec::new();
-        encode_batch(&[rec("probe".into())], Compression::None, None, &mut batch).unwrap();
-        let refused = raw
-            .produce(pb::ProduceRequest {
-                topic: "q".into(),
-                partition: 0,
-                batch: batch.into(),
-                acks: pb::Acks::Leader as i32,
-            })
-            .await
-            .expect_err("a leader without quorum acknowledged an ACKS_LEADER write");
-        let e = strata_client::ClientError::from(refused);
-        assert_eq!(e.code(), Some(ErrorCode::NotEnoughReplicas), "{e}");
+        // the leader alone does not acknowledge either.
+        for acks in [pb::Acks::All, pb::Acks::Leader] {
+            let mut batch = Vec::new();
+            encode_batch(&[rec("probe".into())], Compression::None, None, &mut batch).unwrap();
+            let refused = raw
+                .produce(pb::ProduceRequest {
+                    topic: "q".into(),
+                    partition: 0,
+                    batch: batch.into(),
+                    acks: acks as i32,
+                })
+                .await
+                .expect_err("a leader without quorum acknowledged a write");
+            let e = strata_client::ClientError::from(refused);
+            assert_eq!(
+                e.code(),
+                Some(ErrorCode::NotEnoughReplicas),
+                "{acks:?}: {e}"
+            );
+            assert!(e.is_retriable());
+        }
         // The quorum stays away while the producer keeps sending and
         // retrying (the leader's lease lapses: proposals are refused).
         let stalled = acked.load(Ordering::Relaxed);

@@ -215,6 +215,18 @@ pub struct SmState {
 }
 
 impl SmState {
+    /// A state holding `machine`, with nothing applied yet.
+    fn new(machine: Machine) -> Self {
+        SmState {
+            applied: None,
+            memberships: Vec::new(),
+            machine,
+            current: None,
+            pinned: None,
+            checkpointed: (None, std::time::Instant::now()),
+        }
+    }
+
     fn membership(&self) -> StoredMembership {
         self.memberships.last().cloned().unwrap_or_default()
     }
@@ -295,14 +307,7 @@ impl GroupSm {
         trims: mpsc::UnboundedSender<u64>,
         in_log: impl Fn(&RaftLogId) -> bool,
     ) -> io::Result<Self> {
-        let mut state = SmState {
-            applied: None,
-            memberships: Vec::new(),
-            machine,
-            current: None,
-            pinned: None,
-            checkpointed: (None, std::time::Instant::now()),
-        };
+        let mut state = SmState::new(machine);
         if let Some(b) = read_all(storage.as_ref(), &dir.join(SNAPSHOT_FILE))? {
             let (meta, data): (SnapshotMeta, Vec<u8>) = decode(&b)?;
             state.applied = meta.last_log_id;
@@ -621,14 +626,7 @@ mod tests {
     use strata_proto::batch::{BatchLimits, ProducerInfo, Record, encode_batch, verify_batch};
 
     fn state(machine: Machine) -> SmState {
-        SmState {
-            applied: None,
-            memberships: Vec::new(),
-            machine,
-            current: None,
-            pinned: None,
-            checkpointed: (None, std::time::Instant::now()),
-        }
+        SmState::new(machine)
     }
 
     fn log_id(index: u64) -> RaftLogId {
