@@ -156,6 +156,41 @@ async fn committed_hint_beyond_the_log_is_ignored() {
     }
 }
 
+/// Regression: the hint file is debounced (one write per 500 ms), and the
+/// last commit of a burst was never written when nothing followed it. A
+/// metadata group that went quiet after creating a topic left a hint from
+/// before the creation, and its node, killed and restarted, answered
+/// "unknown topic" until a leader reached it (CI saw producers fail so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_commit_of_a_burst_reaches_the_hint_file() {
+    let fs = FaultStorage::new();
+    let mut store = open_store(&fs).unwrap();
+    let entries: Vec<RaftEntry> = (1..=3).map(|i| RaftEntry::new_blank(log_id(i))).collect();
+    let (tx, rx) = <Tc as TypeConfigExt>::oneshot();
+    store
+        .append(entries, openraft::storage::IOFlushed::signal(tx))
+        .await
+        .unwrap();
+    rx.await.unwrap().expect("the entries are durable");
+    for i in 1..=3 {
+        store.save_committed(Some(log_id(i))).await.unwrap();
+    }
+    // Nothing else is committed; the file must still come to name entry 3.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let mut reopened = open_store(&fs).unwrap();
+        let on_disk = reopened.read_committed().await.unwrap();
+        if on_disk == Some(log_id(3)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hint file still names {on_disk:?} after 5 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn committed_hint_is_some_earlier_value_after_a_power_cut_mid_write() {
     sweep(

@@ -60,8 +60,92 @@ pub struct LogStore {
     dir: PathBuf,
     committed: Arc<Mutex<Option<RaftLogId>>>,
     hint: Arc<Mutex<InstallHint>>,
-    /// When the committed hint file was last written.
-    hint_written: Option<std::time::Instant>,
+    committed_file: Arc<CommittedFile>,
+}
+
+/// The committed hint file and its debouncing: a write at most every
+/// [`COMMITTED_HINT_EVERY`], and a trailing write of the latest value
+/// after the last commit of a burst, so an idle group's file ends up
+/// naming its last commit (a restarted node applies everything it
+/// committed before it hears from a leader; without the trailing write a
+/// node restarted after a quiet spell forgot the last metadata commands,
+/// such as a topic's creation, until the leader told it again).
+#[derive(Debug)]
+struct CommittedFile {
+    storage: Arc<dyn Storage>,
+    path: PathBuf,
+    state: Mutex<HintFileState>,
+    /// Held across a write, so two writes never share the temporary file.
+    io: Mutex<()>,
+}
+
+#[derive(Debug, Default)]
+struct HintFileState {
+    latest: Option<RaftLogId>,
+    written_at: Option<std::time::Instant>,
+    trailing_scheduled: bool,
+}
+
+impl CommittedFile {
+    /// Writes the latest value (read under the write lock, so the last
+    /// write to finish holds the newest value). A hint only (see the
+    /// module docs): no fsync.
+    fn write_latest(&self) -> io::Result<()> {
+        let _io = self.io.lock();
+        let value = self.state.lock().latest;
+        let bytes = encode(&value)?;
+        let tmp = tmp_path(&self.path);
+        let f = self.storage.open(&tmp, true)?;
+        f.set_len(0)?;
+        f.write_all_at(&bytes, 0)?;
+        drop(f);
+        self.storage.rename(&tmp, &self.path)
+    }
+
+    /// Records `committed`; writes it now, or schedules the trailing write.
+    fn save(self: &Arc<Self>, committed: Option<RaftLogId>) -> io::Result<()> {
+        let wait = {
+            let mut st = self.state.lock();
+            st.latest = committed;
+            if st.trailing_scheduled {
+                return Ok(());
+            }
+            match st.written_at.map(|t| t.elapsed()) {
+                Some(e) if e < COMMITTED_HINT_EVERY => {
+                    st.trailing_scheduled = true;
+                    Some(COMMITTED_HINT_EVERY - e)
+                }
+                _ => {
+                    st.written_at = Some(std::time::Instant::now());
+                    None
+                }
+            }
+        };
+        let Some(wait) = wait else {
+            return super::blocking(|| self.write_latest());
+        };
+        let file = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            {
+                let mut st = file.state.lock();
+                st.trailing_scheduled = false;
+                st.written_at = Some(std::time::Instant::now());
+            }
+            let path = file.path.clone();
+            let written = tokio::task::spawn_blocking(move || file.write_latest()).await;
+            match written {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(path = %path.display(), error = %e, "committed hint not written")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "committed hint writer failed")
+                }
+            }
+        });
+        Ok(())
+    }
 }
 
 /// The committed hint file is rewritten at most this often: commits come
@@ -132,11 +216,19 @@ impl LogStore {
                 writer,
                 vote: Mutex::new(vote),
             }),
+            committed_file: Arc::new(CommittedFile {
+                storage: storage.clone(),
+                path: dir.join(COMMITTED_FILE),
+                state: Mutex::new(HintFileState {
+                    latest: committed,
+                    ..HintFileState::default()
+                }),
+                io: Mutex::new(()),
+            }),
             storage,
             dir,
             committed: Arc::new(Mutex::new(committed)),
             hint,
-            hint_written: None,
         })
     }
 
@@ -286,24 +378,7 @@ impl RaftLogStorage<Tc> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<RaftLogId>) -> Result<(), io::Error> {
         *self.committed.lock() = committed;
-        if self
-            .hint_written
-            .is_some_and(|t| t.elapsed() < COMMITTED_HINT_EVERY)
-        {
-            return Ok(());
-        }
-        self.hint_written = Some(std::time::Instant::now());
-        // A hint only (see the module docs): no fsync.
-        let path = self.dir.join(COMMITTED_FILE);
-        let tmp = tmp_path(&path);
-        let bytes = encode(&committed)?;
-        super::blocking(|| {
-            let f = self.storage.open(&tmp, true)?;
-            f.set_len(0)?;
-            f.write_all_at(&bytes, 0)?;
-            drop(f);
-            self.storage.rename(&tmp, &path)
-        })
+        self.committed_file.save(committed)
     }
 
     async fn read_committed(&mut self) -> Result<Option<RaftLogId>, io::Error> {
