@@ -160,6 +160,8 @@ pub struct Cluster {
     leaderships: Mutex<BTreeMap<(String, u32), LeaderRecord>>,
     leaderships_changed: Arc<tokio::sync::Notify>,
     meta: Raft,
+    /// The metadata replica has heard from a leader since start.
+    meta_contact: Arc<std::sync::atomic::AtomicBool>,
     meta_sm: Arc<SmShared>,
     hosted: RwLock<HashMap<(String, u32), Hosted>>,
     reconcile_lock: tokio::sync::Mutex<()>,
@@ -243,7 +245,13 @@ async fn open_group(
     )
     .await
     .map_err(storage_err)?;
-    Ok((Group { raft, storage, dir }, writer, sm, trim_rx))
+    let group = Group {
+        raft,
+        storage,
+        dir,
+        leader_contact: Arc::default(),
+    };
+    Ok((group, writer, sm, trim_rx))
 }
 
 impl Cluster {
@@ -277,6 +285,7 @@ impl Cluster {
         )
         .await?;
         let meta = meta_group.raft.clone();
+        let meta_contact = meta_group.leader_contact.clone();
         groups.write().insert(META_GROUP.to_owned(), meta_group);
         let hibernation = Hibernation::new(config.node_id, channels.clone(), broker.raft_hibernate);
         let cluster = Arc::new(Cluster {
@@ -290,6 +299,7 @@ impl Cluster {
             channels,
             pool,
             meta,
+            meta_contact,
             meta_sm: sm.shared().clone(),
             hosted: RwLock::default(),
             reconcile_lock: tokio::sync::Mutex::new(()),
@@ -558,10 +568,13 @@ impl Cluster {
             return Ok(h.partition.clone());
         }
         let leader = self.with_meta(|meta| {
-            let t = meta
-                .topics
-                .get(topic)
-                .ok_or_else(|| BrokerError::UnknownTopic(topic.to_owned()))?;
+            let t = meta.topics.get(topic).ok_or_else(|| {
+                if self.meta_current() {
+                    BrokerError::UnknownTopic(topic.to_owned())
+                } else {
+                    BrokerError::MetadataBehind(topic.to_owned())
+                }
+            })?;
             if partition as usize >= t.placement.len() {
                 return Err(BrokerError::UnknownPartition {
                     topic: topic.to_owned(),
@@ -578,6 +591,30 @@ impl Cluster {
         Err(BrokerError::NotLeader {
             leader: leader.and_then(|n| self.grpc_addr_of(n)),
         })
+    }
+
+    /// Whether this node's metadata is known to be current: it leads the
+    /// metadata group with a quorum, or has heard from its leader since it
+    /// started, and has applied everything it knows to be committed. A node killed
+    /// and restarted, or cut off, is not, and does not call a topic it has
+    /// not heard of unknown.
+    pub fn meta_current(&self) -> bool {
+        let m = self.meta.metrics().borrow_watched().clone();
+        let applied = m.last_applied.map(|l| l.index);
+        let Some(committed) = m.cluster_committed.or(m.local_committed) else {
+            return false;
+        };
+        // A leader (won in this process's life) knows the commit point once
+        // it has committed an entry of its own term, its blank entry; a
+        // follower knows it from that leader's appends, and only once one
+        // has reached it since it started (its persisted vote and hint
+        // would otherwise pass for the current term's).
+        let heard = m.state == ServerState::Leader
+            || self.meta_contact.load(std::sync::atomic::Ordering::Relaxed);
+        heard
+            && m.current_leader.is_some()
+            && committed.leader_id.term == m.current_term
+            && applied >= Some(committed.index)
     }
 
     /// Hosted partitions.

@@ -102,6 +102,14 @@ pub enum BrokerError {
         /// The leader's client address, if known.
         leader: Option<String>,
     },
+    /// The topic is not in this node's metadata, and this node has not
+    /// caught up with the cluster's metadata since it started (or since it
+    /// was cut off), so the topic may well exist. Retriable: sent as
+    /// `NOT_LEADER` with no leader hint, so clients ask another node.
+    #[error(
+        "topic {0:?} is not known here yet: this node's metadata has not caught up with the cluster (it restarted or is cut off); retry, or ask another node"
+    )]
+    MetadataBehind(String),
     /// This node leads but cannot reach a quorum of the group's replicas.
     #[error("this node leads the partition but cannot reach a quorum of its replicas: {0}")]
     NotEnoughReplicas(String),
@@ -178,7 +186,7 @@ impl BrokerError {
             BrokerError::UnknownProducer(_) => ErrorCode::UnknownProducer,
             BrokerError::InvalidTimestamp { .. } => ErrorCode::InvalidTimestamp,
             BrokerError::ShuttingDown => ErrorCode::ShuttingDown,
-            BrokerError::NotLeader { .. } => ErrorCode::NotLeader,
+            BrokerError::NotLeader { .. } | BrokerError::MetadataBehind(_) => ErrorCode::NotLeader,
             BrokerError::NotEnoughReplicas(_) => ErrorCode::NotEnoughReplicas,
             BrokerError::Storage(LogError::EntryTooLarge { .. }) => ErrorCode::BatchTooLarge,
             BrokerError::Storage(_) | BrokerError::Meta(_) => ErrorCode::StorageError,

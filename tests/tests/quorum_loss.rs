@@ -441,3 +441,88 @@ async fn producer_ids_from_any_node_and_idle_producers_expire_on_every_replica()
     let again = produce(id, 9).await.unwrap();
     assert_eq!((again.base_offset, again.duplicate), (Some(1), false));
 }
+
+/// A produce to node 3 for `topic`: the error code of its refusal (`None`
+/// when accepted, or when node 3 does not answer yet).
+async fn refusal_at(grpc: &str, topic: &str) -> Option<Option<ErrorCode>> {
+    let mut raw = pb::strata_client::StrataClient::connect(format!("http://{grpc}"))
+        .await
+        .ok()?;
+    let mut batch = Vec::new();
+    encode_batch(&[rec("x".into())], Compression::None, None, &mut batch).unwrap();
+    let r = raw
+        .produce(pb::ProduceRequest {
+            topic: topic.into(),
+            partition: 0,
+            batch: batch.into(),
+            acks: pb::Acks::All as i32,
+        })
+        .await;
+    match r {
+        Ok(_) => Some(None),
+        Err(s) => {
+            let e = strata_client::ClientError::from(s);
+            if matches!(e, strata_client::ClientError::Unavailable(_)) {
+                return None;
+            }
+            Some(Some(e.code().unwrap_or(ErrorCode::Unspecified)))
+        }
+    }
+}
+
+/// Regression (CI): a node restarted before it hears from the metadata
+/// leader answered UNKNOWN_TOPIC, which producers take as final, for a
+/// topic created while it was down. It now answers NOT_LEADER without a
+/// hint (retriable, "ask another node") until its metadata has caught up,
+/// and UNKNOWN_TOPIC only then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_behind_on_metadata_does_not_call_a_topic_unknown() {
+    strata_tests::init_test_logging();
+    let (root, _tmp) = strata_tests::test_dir();
+    let mut nodes = start_cluster(&root);
+    let admin = Admin::connect(&nodes[0].grpc).await.unwrap();
+    wait_for_brokers(&admin, 3).await;
+    nodes[2].kill9();
+    // Committed by nodes 1 and 2 while node 3 is down.
+    admin
+        .create_topic("late", 1, 1, TopicConfig::default())
+        .await
+        .unwrap();
+    nodes[0].kill9();
+    nodes[1].kill9();
+    nodes[2].restart();
+    let grpc3 = nodes[2].grpc.clone();
+    let mut answer = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while answer.is_none() {
+        assert!(Instant::now() < deadline, "node 3 never answered");
+        answer = refusal_at(&grpc3, "late").await;
+    }
+    assert_eq!(
+        answer,
+        Some(Some(ErrorCode::NotLeader)),
+        "node 3, alone and behind, must not call \"late\" unknown"
+    );
+    assert_eq!(
+        refusal_at(&grpc3, "never-created").await,
+        Some(Some(ErrorCode::NotLeader)),
+        "behind, it cannot tell a missing topic from one it has not heard of"
+    );
+    nodes[0].restart();
+    nodes[1].restart();
+    // Caught up, it knows both: "late" is served elsewhere (NOT_LEADER
+    // with a hint, or accepted), and a topic nobody created is unknown.
+    poll_until_async(
+        "node 3 calls a topic nobody created unknown",
+        Duration::from_secs(30),
+        || {
+            let g = grpc3.clone();
+            async move { refusal_at(&g, "never-created").await == Some(Some(ErrorCode::UnknownTopic)) }
+        },
+    )
+    .await;
+    assert_ne!(
+        refusal_at(&grpc3, "late").await,
+        Some(Some(ErrorCode::UnknownTopic))
+    );
+}

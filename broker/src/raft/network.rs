@@ -53,6 +53,11 @@ pub struct Group {
     pub storage: Arc<dyn Storage>,
     /// Its replica's directory (received snapshots are staged there).
     pub dir: PathBuf,
+    /// Set once this replica has taken an append (or heartbeat) from a
+    /// current leader since the process started. A restarted node's
+    /// persisted vote makes openraft name a leader at once, so that alone
+    /// does not show the replica has heard the cluster's latest commits.
+    pub leader_contact: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The Raft groups this node hosts, by name.
@@ -346,9 +351,14 @@ impl RaftPeer for PeerService {
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let m = req.into_inner();
-        let raft = self.group(&m.group)?;
+        let group = self.hosted(&m.group)?;
         let rpc: AppendEntriesRequest<Tc> = decode(&m.body).map_err(bad)?;
-        let r = raft.append_entries(rpc).await.map_err(unavailable)?;
+        let r = group.raft.append_entries(rpc).await.map_err(unavailable)?;
+        if !matches!(r, openraft::raft::AppendEntriesResponse::HigherVote(_)) {
+            group
+                .leader_contact
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         reply(&m.group, &r)
     }
 
