@@ -140,6 +140,15 @@ impl Sim {
         self.c.describe(G).unwrap()
     }
 
+    /// Each member's assigned partitions, by member id.
+    fn assigned_by_member(&self) -> BTreeMap<String, Vec<TopicPartition>> {
+        self.describe()
+            .members
+            .into_iter()
+            .map(|m| (m.member_id, m.assigned))
+            .collect()
+    }
+
     fn member(&self, id: &str) -> MemberDescription {
         self.describe()
             .members
@@ -250,12 +259,7 @@ fn stable_heartbeat_writes_nothing() {
 #[test]
 fn fourth_member_moves_exactly_three_revoked_before_granted() {
     let mut sim = three_of_twelve();
-    let before: BTreeMap<String, Vec<TopicPartition>> = sim
-        .describe()
-        .members
-        .into_iter()
-        .map(|m| (m.member_id, m.assigned))
-        .collect();
+    let before = sim.assigned_by_member();
     sim.join("d", sub(&["t"]));
     let mut last = before.clone();
     for _ in 0..10 {
@@ -297,12 +301,7 @@ fn fourth_member_moves_exactly_three_revoked_before_granted() {
 #[test]
 fn removing_a_member_moves_only_its_partitions() {
     let mut sim = three_of_twelve();
-    let before: BTreeMap<String, Vec<TopicPartition>> = sim
-        .describe()
-        .members
-        .into_iter()
-        .map(|m| (m.member_id, m.assigned))
-        .collect();
+    let before = sim.assigned_by_member();
     let mut req = sim.request("c", -1);
     req.owned = None;
     assert_eq!(sim.send(req).unwrap().member_epoch, -1);
