@@ -2,7 +2,7 @@
 //! registry over the metadata store and the partitions' logs, and every
 //! operation the services expose, in domain types (no prost, no JSON).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -416,7 +416,37 @@ impl Broker {
     }
 
     /// Creates a topic. Nothing is created when any argument is invalid.
+    /// Names starting with `__` are reserved for the broker's internal
+    /// topics.
     pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u32,
+        settings: TopicSettings,
+    ) -> Result<TopicView, BrokerError> {
+        refuse_internal(name, "created")?;
+        self.create_any_topic(name, partitions, replication_factor, settings)
+            .await
+    }
+
+    /// Creates an internal topic (a `__` name) for the broker itself, with
+    /// a replication factor of min(3, nodes).
+    pub async fn create_internal_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        settings: TopicSettings,
+    ) -> Result<TopicView, BrokerError> {
+        let replication = match &self.cluster {
+            Some(c) => c.with_meta(|m| m.nodes.len()).clamp(1, 3) as u32,
+            None => 1,
+        };
+        self.create_any_topic(name, partitions, replication, settings)
+            .await
+    }
+
+    async fn create_any_topic(
         &self,
         name: &str,
         partitions: u32,
@@ -545,6 +575,7 @@ impl Broker {
 
     /// Deletes a topic and its data.
     pub async fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
+        refuse_internal(name, "deleted")?;
         if let Some(c) = &self.cluster {
             c.meta_command(MetaCmd::DeleteTopic {
                 name: name.to_owned(),
@@ -608,6 +639,7 @@ impl Broker {
         partition: u32,
         batch: Bytes,
     ) -> Result<Submitted, BrokerError> {
+        refuse_internal(topic, "produced to")?;
         let p = self.partition(topic, partition)?;
         let verified: VerifiedBatch = admit_batch(batch, &p.batch_limits())?;
         let header = verified.header();
@@ -665,78 +697,36 @@ impl Broker {
         Ok((id, 0))
     }
 
-    /// Commits a group's offsets on a topic.
-    pub async fn commit(
-        &self,
-        group: &str,
-        topic: &str,
-        offsets: &[(u32, u64)],
-    ) -> Result<(), BrokerError> {
-        if group.is_empty() || group.contains('\0') || group.len() > 255 {
-            return Err(BrokerError::InvalidRequest(format!(
-                "invalid group name {group:?}"
-            )));
-        }
-        if let Some(c) = &self.cluster {
-            let partitions = self.partition_count(topic)?;
-            if let Some((p, _)) = offsets.iter().find(|(p, _)| *p >= partitions) {
-                return Err(BrokerError::UnknownPartition {
-                    topic: topic.to_owned(),
-                    partition: *p,
-                    partitions,
+    /// The user topics (not `__` ones) and their partition counts, for
+    /// the group coordinator. A cluster node whose metadata is not current
+    /// answers [`BrokerError::CoordinatorLoading`]: a topic missing from
+    /// stale metadata would look deleted and its partitions be revoked.
+    pub fn topic_counts(&self) -> Result<BTreeMap<String, u32>, BrokerError> {
+        let mut out = BTreeMap::new();
+        match &self.cluster {
+            Some(c) => {
+                if !c.meta_current() {
+                    return Err(BrokerError::CoordinatorLoading(
+                        "this node's topic metadata has not caught up with the cluster".into(),
+                    ));
+                }
+                c.with_meta(|m| {
+                    for (name, t) in &m.topics {
+                        if !is_internal(name) {
+                            out.insert(name.clone(), t.placement.len() as u32);
+                        }
+                    }
                 });
             }
-            c.meta_command(MetaCmd::CommitOffsets {
-                group: group.to_owned(),
-                topic: topic.to_owned(),
-                offsets: offsets.to_vec(),
-            })
-            .await?;
-            return Ok(());
-        }
-        let t = self.topic(topic)?;
-        for (p, _) in offsets {
-            if *p >= t.record.partitions {
-                return Err(BrokerError::UnknownPartition {
-                    topic: topic.to_owned(),
-                    partition: *p,
-                    partitions: t.record.partitions,
-                });
+            None => {
+                for (name, t) in self.topics_read().iter() {
+                    if !is_internal(name) {
+                        out.insert(name.clone(), t.record.partitions);
+                    }
+                }
             }
         }
-        tokio::task::block_in_place(|| Ok(self.meta.commit(group, topic, offsets)?))
-    }
-
-    /// A group's committed offsets on a topic.
-    pub async fn committed(
-        &self,
-        group: &str,
-        topic: &str,
-    ) -> Result<Vec<(u32, u64)>, BrokerError> {
-        if let Some(c) = &self.cluster {
-            c.wait_meta_applied(std::time::Duration::from_secs(2)).await;
-            return Ok(c
-                .meta_state()
-                .offsets
-                .iter()
-                .filter(|((g, t, _), _)| g == group && t == topic)
-                .map(|((_, _, p), o)| (*p, *o))
-                .collect());
-        }
-        Ok(self.meta.committed(group, topic)?)
-    }
-
-    /// Every committed offset.
-    pub fn all_committed(&self) -> Result<Vec<(String, String, u32, u64)>, BrokerError> {
-        if let Some(c) = &self.cluster {
-            return Ok(c
-                .meta_state()
-                .offsets
-                .iter()
-                .map(|((g, t, p), o)| (g.clone(), t.clone(), *p, *o))
-                .collect());
-        }
-        Ok(self.meta.all_committed()?)
+        Ok(out)
     }
 
     /// Runs retention on every partition, and forgets idle idempotent
@@ -810,4 +800,19 @@ impl PartitionSource for Broker {
     fn raft_figures(&self) -> Option<crate::metrics::RaftFigures> {
         self.cluster.as_ref().map(|c| c.raft_figures())
     }
+}
+
+/// Whether `name` is an internal topic's (reserved prefix `__`).
+pub fn is_internal(name: &str) -> bool {
+    name.starts_with("__")
+}
+
+/// Refuses a client's operation on an internal topic.
+fn refuse_internal(name: &str, what: &str) -> Result<(), BrokerError> {
+    if is_internal(name) {
+        return Err(BrokerError::InvalidTopicName(format!(
+            "{name:?}: names starting with \"__\" are internal topics of the broker and cannot be {what} by clients"
+        )));
+    }
+    Ok(())
 }

@@ -118,6 +118,15 @@ pub struct BrokerConfig {
     pub meta_snapshot_entries: u64,
     /// Broker-wide defaults for topics (segments, retention, batch size).
     pub log: LogDefaults,
+    /// Partitions of the internal topic `__consumer_offsets`, created on
+    /// the first group request; each partition's leader coordinates the
+    /// groups hashed onto it. Fixed once the topic exists (a later value
+    /// is ignored; the topic's partition count is used). Default 16.
+    pub group_coordinator_partitions: u32,
+    /// Consumer-group timeouts and limits (the `[groups]` table: heartbeat
+    /// interval, session timeout bounds and default, rebalance timeout,
+    /// offsets retention of empty groups, members per group).
+    pub groups: strata_group::CoordinatorConfig,
 }
 
 /// Parses `id=host:port` peer entries.
@@ -174,6 +183,8 @@ impl Default for BrokerConfig {
             peers: Vec::new(),
             meta_snapshot_entries: 10_000,
             log: LogDefaults::default(),
+            group_coordinator_partitions: 16,
+            groups: strata_group::CoordinatorConfig::default(),
         }
     }
 }
@@ -194,6 +205,28 @@ impl BrokerConfig {
 
     /// Checks the settings that cannot be checked by their types.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.group_coordinator_partitions == 0 || self.group_coordinator_partitions > 1024 {
+            return Err(ConfigError::Invalid(format!(
+                "group_coordinator_partitions must be between 1 and 1024, got {}",
+                self.group_coordinator_partitions
+            )));
+        }
+        let g = &self.groups;
+        if g.session_timeout_min_ms == 0
+            || g.session_timeout_min_ms > g.session_timeout_default_ms
+            || g.session_timeout_default_ms > g.session_timeout_max_ms
+        {
+            return Err(ConfigError::Invalid(format!(
+                "groups: need 0 < session_timeout_min_ms ({}) <= session_timeout_default_ms ({}) <= session_timeout_max_ms ({})",
+                g.session_timeout_min_ms, g.session_timeout_default_ms, g.session_timeout_max_ms
+            )));
+        }
+        if g.heartbeat_interval_ms == 0 || g.max_members == 0 || g.rebalance_timeout_default_ms == 0
+        {
+            return Err(ConfigError::Invalid(
+                "groups: heartbeat_interval_ms, max_members and rebalance_timeout_default_ms must be positive".into(),
+            ));
+        }
         if self.retention_check_ms == 0 {
             return Err(ConfigError::Invalid(
                 "retention_check_ms must be positive".into(),

@@ -5,6 +5,8 @@
 use strata_proto::BatchError;
 use strata_proto::pb::{ErrorCode, ErrorDetail};
 
+use strata_group::GroupError;
+
 use crate::dedup::SequenceError;
 use crate::log::LogError;
 use crate::meta::MetaError;
@@ -122,6 +124,21 @@ pub enum BrokerError {
     /// Metadata store failure.
     #[error(transparent)]
     Meta(#[from] MetaError),
+    /// A consumer-group operation was refused by the coordinator.
+    #[error(transparent)]
+    Group(#[from] GroupError),
+    /// This node does not coordinate the group.
+    #[error("this node is not the coordinator of group {group:?}{}", .leader.as_ref().map(|l| format!("; the coordinator is at {l}")).unwrap_or_else(|| "; no coordinator is known yet".into()))]
+    NotCoordinator {
+        /// The group.
+        group: String,
+        /// The coordinator's client address, if known.
+        leader: Option<String>,
+    },
+    /// The coordinator is rebuilding its groups from the log, or cannot
+    /// serve them yet (its topic metadata is behind).
+    #[error("the group coordinator is loading: {0}; retry shortly")]
+    CoordinatorLoading(String),
 }
 
 impl From<SettingsError> for BrokerError {
@@ -190,6 +207,21 @@ impl BrokerError {
             BrokerError::NotEnoughReplicas(_) => ErrorCode::NotEnoughReplicas,
             BrokerError::Storage(LogError::EntryTooLarge { .. }) => ErrorCode::BatchTooLarge,
             BrokerError::Storage(_) | BrokerError::Meta(_) => ErrorCode::StorageError,
+            BrokerError::NotCoordinator { .. } => ErrorCode::NotCoordinator,
+            BrokerError::CoordinatorLoading(_) => ErrorCode::CoordinatorLoading,
+            BrokerError::Group(g) => match g {
+                GroupError::InvalidGroupName { .. } | GroupError::InvalidRequest(_) => {
+                    ErrorCode::InvalidRequest
+                }
+                GroupError::UnknownMember { .. } => ErrorCode::UnknownMemberId,
+                GroupError::FencedMemberEpoch { .. } => ErrorCode::FencedMemberEpoch,
+                GroupError::GroupNotEmpty { .. } => ErrorCode::GroupNotEmpty,
+                GroupError::UnknownGroup { .. } => ErrorCode::UnknownGroup,
+                GroupError::OffsetRegression { .. } => ErrorCode::OffsetRegression,
+                GroupError::UnknownTopicOrPartition { .. } => ErrorCode::UnknownPartition,
+                GroupError::GroupFull { .. } => ErrorCode::GroupFull,
+                GroupError::Corrupt(_) => ErrorCode::StorageError,
+            },
         }
     }
 
@@ -217,7 +249,9 @@ impl BrokerError {
                 d.log_start_offset = Some(*log_start_offset);
                 d.high_watermark = Some(*next_offset);
             }
-            BrokerError::NotLeader { leader } => d.leader_hint = leader.clone(),
+            BrokerError::NotLeader { leader } | BrokerError::NotCoordinator { leader, .. } => {
+                d.leader_hint = leader.clone()
+            }
             _ => {}
         }
         d
@@ -239,9 +273,17 @@ impl BrokerError {
             ErrorCode::OutOfOrderSequence
             | ErrorCode::ProducerFenced
             | ErrorCode::UnknownProducer => Code::FailedPrecondition,
-            ErrorCode::NotLeader | ErrorCode::ShuttingDown | ErrorCode::NotEnoughReplicas => {
-                Code::Unavailable
-            }
+            ErrorCode::NotLeader
+            | ErrorCode::ShuttingDown
+            | ErrorCode::NotEnoughReplicas
+            | ErrorCode::NotCoordinator
+            | ErrorCode::CoordinatorLoading => Code::Unavailable,
+            ErrorCode::UnknownGroup => Code::NotFound,
+            ErrorCode::UnknownMemberId
+            | ErrorCode::FencedMemberEpoch
+            | ErrorCode::GroupNotEmpty
+            | ErrorCode::OffsetRegression
+            | ErrorCode::GroupFull => Code::FailedPrecondition,
             ErrorCode::StorageError | ErrorCode::Unspecified => Code::Internal,
         };
         let message = self.to_string();

@@ -9,8 +9,10 @@
 //! 3. replication, [`raft`]: the Raft log store on the partition log, the
 //!    state machine, the network and the metadata image;
 //! 4. the broker core: [`topic`] (a partition on the local or the Raft
-//!    engine), [`cluster`] (a node's groups and the cluster operations) and
-//!    [`broker`] (every operation the services expose, in domain types);
+//!    engine), [`cluster`] (a node's groups and the cluster operations),
+//!    [`broker`] (every operation the services expose, in domain types)
+//!    and [`coordinator`] (the consumer-group coordinators this node hosts,
+//!    on the partitions of `__consumer_offsets` it leads);
 //! 5. the gRPC and HTTP [`service`]s;
 //! 6. [`node::run`], which wires it all for the `strata-broker` binary.
 
@@ -21,6 +23,7 @@ pub use strata_log as log;
 pub mod broker;
 pub mod cluster;
 pub mod config;
+pub mod coordinator;
 pub mod dedup;
 pub mod error;
 pub mod meta;

@@ -161,9 +161,12 @@ pub async fn run(
         })
     };
 
-    let svc = strata_proto::pb::strata_server::StrataServer::new(GrpcService::new(broker.clone()))
-        .max_decoding_message_size(message_max)
-        .max_encoding_message_size(message_max);
+    let svc = strata_proto::pb::strata_server::StrataServer::new(GrpcService::new(
+        broker.clone(),
+        crate::coordinator::GroupCoordinators::start(broker.clone()),
+    ))
+    .max_decoding_message_size(message_max)
+    .max_encoding_message_size(message_max);
     let grpc = {
         let mut stop = stop_rx.clone();
         // Accepted sockets get TCP_NODELAY: with Nagle, a response can wait

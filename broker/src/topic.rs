@@ -337,6 +337,16 @@ impl Partition {
         }
     }
 
+    /// The Raft term this node leads the partition in (0 on a single
+    /// node), or `NOT_LEADER`. State derived from the log while leading
+    /// (the group coordinator's) is valid for one term only.
+    pub fn leader_term(&self) -> Result<u64, BrokerError> {
+        match &self.engine {
+            Engine::Local(_) => Ok(0),
+            Engine::Raft(r) => r.check_leader().map(|l| l.term),
+        }
+    }
+
     /// Current limits for incoming batches.
     pub fn batch_limits(&self) -> BatchLimits {
         *self.limits.lock()

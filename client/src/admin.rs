@@ -17,8 +17,9 @@ use tonic::transport::{Channel, Endpoint};
 use crate::convert;
 use crate::error::{ClientError, Result};
 pub use crate::types::{
-    BrokerInfo, GroupOffsets, Metadata, OffsetSpec, PartitionInfo, PartitionOffsets, TopicConfig,
-    TopicDescription,
+    BrokerInfo, GroupCoordinator, GroupDescription, GroupListing, GroupMemberInfo, GroupOffsets,
+    GroupPartitionLag, GroupSummary, Metadata, OffsetSpec, PartitionInfo, PartitionOffsets,
+    TopicConfig, TopicDescription, TopicPartition,
 };
 
 /// Largest gRPC message the client sends or accepts.
@@ -192,6 +193,11 @@ impl Admin {
         })
     }
 
+    /// An admin over an existing connection.
+    pub(crate) fn from_client(client: StrataClient<Channel>) -> Self {
+        Admin { client }
+    }
+
     /// The underlying gRPC client.
     pub(crate) fn grpc(&self) -> StrataClient<Channel> {
         self.client.clone()
@@ -314,6 +320,7 @@ impl Admin {
                 group: group.to_owned(),
                 topic: topic.to_owned(),
                 offsets: convert::partition_offsets_to_pb(offsets),
+                ..Default::default()
             })
             .await?;
         Ok(())
@@ -333,14 +340,112 @@ impl Admin {
         Ok(convert::partition_offsets_from_pb(r.offsets))
     }
 
-    /// Every group's committed offsets, per topic.
-    pub async fn list_groups(&self) -> Result<Vec<GroupOffsets>> {
+    /// Commits offsets as a member of the group (`member_id`, under its
+    /// `member_epoch`): refused with FENCED_MEMBER_EPOCH for a partition
+    /// the member does not own or under a stale epoch.
+    pub async fn commit_as_member(
+        &self,
+        group: &str,
+        member_id: &str,
+        member_epoch: i32,
+        topic: &str,
+        offsets: &[(u32, u64)],
+    ) -> Result<()> {
+        self.client
+            .clone()
+            .commit_offsets(pb::CommitOffsetsRequest {
+                group: group.to_owned(),
+                topic: topic.to_owned(),
+                offsets: convert::partition_offsets_to_pb(offsets),
+                member_id: member_id.to_owned(),
+                member_epoch,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// A group's committed offsets on every topic.
+    pub async fn committed_all(&self, group: &str) -> Result<Vec<GroupOffsets>> {
+        let r = self
+            .client
+            .clone()
+            .fetch_committed(pb::FetchCommittedRequest {
+                group: group.to_owned(),
+                topic: String::new(),
+            })
+            .await?
+            .into_inner();
+        Ok(r.topics.into_iter().map(convert::group_offsets).collect())
+    }
+
+    /// Every group of the cluster, with their committed offsets.
+    pub async fn list_groups(&self) -> Result<GroupListing> {
         let r = self
             .client
             .clone()
             .list_groups(pb::ListGroupsRequest {})
             .await?
             .into_inner();
-        Ok(r.groups.into_iter().map(convert::group_offsets).collect())
+        Ok(convert::group_listing(r))
+    }
+
+    /// Where a group is coordinated.
+    pub async fn find_coordinator(&self, group: &str) -> Result<GroupCoordinator> {
+        let r = self
+            .client
+            .clone()
+            .find_coordinator(pb::FindCoordinatorRequest {
+                group: group.to_owned(),
+            })
+            .await?
+            .into_inner();
+        Ok(GroupCoordinator {
+            node_id: r.node_id,
+            grpc_addr: r.grpc_addr,
+            partition: r.partition,
+        })
+    }
+
+    /// A group's members, assignments, offsets and lag.
+    pub async fn describe_group(&self, group: &str) -> Result<GroupDescription> {
+        let r = self
+            .client
+            .clone()
+            .describe_group(pb::DescribeGroupRequest {
+                group: group.to_owned(),
+            })
+            .await?
+            .into_inner();
+        Ok(convert::group_description(r))
+    }
+
+    /// Deletes a group without members, and its offsets.
+    pub async fn delete_group(&self, group: &str) -> Result<()> {
+        self.client
+            .clone()
+            .delete_group(pb::DeleteGroupRequest {
+                group: group.to_owned(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Sets a group's offsets on a topic, backwards too; the group must
+    /// have no members.
+    pub async fn reset_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        offsets: &[(u32, u64)],
+    ) -> Result<()> {
+        self.client
+            .clone()
+            .reset_group_offsets(pb::ResetGroupOffsetsRequest {
+                group: group.to_owned(),
+                topic: topic.to_owned(),
+                offsets: convert::partition_offsets_to_pb(offsets),
+            })
+            .await?;
+        Ok(())
     }
 }

@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 use crate::admin::{Admin, OffsetSpec, Router, connect};
 use crate::error::{ClientError, Result};
 use crate::retry::Backoff;
+use crate::types::TopicPartition;
 
 /// Between reconnections of a fetch stream: 50 ms doubling up to 2 s,
 /// jittered, and back to 50 ms once a message arrives.
@@ -97,42 +98,201 @@ pub struct ConsumerRecord {
     pub headers: Vec<Header>,
 }
 
-type Delivered = (u32, u64, Result<pb::FetchResponse>);
+type Delivered = (TopicPartition, u64, Result<pb::FetchResponse>);
 
-/// Reads records from Strata.
-pub struct Consumer {
+/// The fetching machinery shared by [`Consumer`] and
+/// [`crate::GroupConsumer`]: one fetch stream per assigned partition (of
+/// any topic), records decoded in offset order per partition, positions.
+pub(crate) struct Fetcher {
     router: Router,
-    admin: Admin,
-    config: ConsumerConfig,
-    topic: String,
+    fetch_bytes_max: u32,
+    max_poll_records: usize,
+    /// Set for a group member: every fetch carries it, so the broker can
+    /// refuse a zombie's.
+    member: Option<pb::FetchMember>,
     /// Next offset `poll` returns, per partition.
-    positions: BTreeMap<u32, u64>,
+    positions: BTreeMap<TopicPartition, u64>,
     /// Next offset to decode from fetched batches, per partition.
-    fetched: BTreeMap<u32, u64>,
+    fetched: BTreeMap<TopicPartition, u64>,
     /// Decoded records not yet returned.
     buffered: std::collections::VecDeque<ConsumerRecord>,
     /// A partition's failure, reported by the next `poll`.
     failed: Option<ClientError>,
-    generation: BTreeMap<u32, u64>,
-    tasks: BTreeMap<u32, JoinHandle<()>>,
+    generation: BTreeMap<TopicPartition, u64>,
+    next_generation: u64,
+    tasks: BTreeMap<TopicPartition, JoinHandle<()>>,
     tx: mpsc::Sender<Delivered>,
     rx: mpsc::Receiver<Delivered>,
+}
+
+impl Drop for Fetcher {
+    fn drop(&mut self) {
+        for t in self.tasks.values() {
+            t.abort();
+        }
+    }
+}
+
+impl Fetcher {
+    pub(crate) fn new(router: Router, config: &ConsumerConfig) -> Self {
+        let (tx, rx) = mpsc::channel(config.buffered_messages.max(1));
+        Fetcher {
+            router,
+            fetch_bytes_max: config.fetch_bytes_max,
+            max_poll_records: config.max_poll_records.max(1),
+            member: None,
+            positions: BTreeMap::new(),
+            fetched: BTreeMap::new(),
+            buffered: std::collections::VecDeque::new(),
+            failed: None,
+            generation: BTreeMap::new(),
+            next_generation: 0,
+            tasks: BTreeMap::new(),
+            tx,
+            rx,
+        }
+    }
+
+    /// Fetches from now on carry this membership (streams already open
+    /// keep theirs).
+    pub(crate) fn set_member(&mut self, member: Option<pb::FetchMember>) {
+        self.member = member;
+    }
+
+    /// Starts (or restarts) fetching `tp` at `offset`.
+    pub(crate) fn assign(&mut self, tp: TopicPartition, offset: u64) {
+        self.unassign(&tp);
+        self.next_generation += 1;
+        let gen_ = self.next_generation;
+        self.generation.insert(tp.clone(), gen_);
+        self.positions.insert(tp.clone(), offset);
+        self.fetched.insert(tp.clone(), offset);
+        let task = tokio::spawn(fetch_loop(
+            self.router.clone(),
+            tp.clone(),
+            offset,
+            self.fetch_bytes_max,
+            self.member.clone(),
+            gen_,
+            self.tx.clone(),
+        ));
+        self.tasks.insert(tp, task);
+    }
+
+    /// Stops fetching `tp` and forgets its position and buffered records.
+    pub(crate) fn unassign(&mut self, tp: &TopicPartition) {
+        if let Some(t) = self.tasks.remove(tp) {
+            t.abort();
+        }
+        self.generation.remove(tp);
+        self.positions.remove(tp);
+        self.fetched.remove(tp);
+        self.buffered
+            .retain(|r| r.topic != tp.0 || r.partition != tp.1);
+    }
+
+    pub(crate) fn positions(&self) -> &BTreeMap<TopicPartition, u64> {
+        &self.positions
+    }
+
+    /// As [`Consumer::poll`].
+    pub(crate) async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let max = self.max_poll_records;
+        let mut out = Vec::new();
+        loop {
+            while out.len() < max {
+                let Some(r) = self.buffered.pop_front() else {
+                    break;
+                };
+                self.positions
+                    .insert((r.topic.clone(), r.partition), r.offset + 1);
+                out.push(r);
+            }
+            if out.len() >= max {
+                return Ok(out);
+            }
+            let msg = if out.is_empty() {
+                match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                    Ok(Some(m)) => m,
+                    Ok(None) | Err(_) => return Ok(out),
+                }
+            } else {
+                match self.rx.try_recv() {
+                    Ok(m) => m,
+                    Err(_) => return Ok(out),
+                }
+            };
+            let (tp, gen_, r) = msg;
+            if self.generation.get(&tp) != Some(&gen_) {
+                continue; // from before a seek or an unassign
+            }
+            let resp = match r {
+                Ok(resp) => resp,
+                Err(e) => {
+                    self.tasks.remove(&tp);
+                    if out.is_empty() {
+                        return Err(e);
+                    }
+                    self.failed = Some(e);
+                    return Ok(out);
+                }
+            };
+            let Some(mut next) = self.fetched.get(&tp).copied() else {
+                continue;
+            };
+            let (topic, partition) = &tp;
+            for b in resp.batches {
+                let records = decode_records(b.batch, &BatchLimits::UNLIMITED).map_err(|e| {
+                    ClientError::Batch(format!(
+                        "{topic}/{partition} at offset {}: {e}",
+                        b.base_offset
+                    ))
+                })?;
+                for (i, r) in records.into_iter().enumerate() {
+                    let offset = b.base_offset + i as u64;
+                    if offset < next {
+                        continue;
+                    }
+                    if offset != next {
+                        return Err(ClientError::Batch(format!(
+                            "{topic}/{partition}: expected offset {next}, got {offset}"
+                        )));
+                    }
+                    next = offset + 1;
+                    self.buffered.push_back(ConsumerRecord {
+                        topic: topic.clone(),
+                        partition: *partition,
+                        offset,
+                        timestamp_ms: r.timestamp_ms,
+                        key: r.key,
+                        value: r.value,
+                        headers: r.headers,
+                    });
+                }
+            }
+            self.fetched.insert(tp, next);
+        }
+    }
+}
+
+/// Reads records from Strata.
+pub struct Consumer {
+    admin: Admin,
+    config: ConsumerConfig,
+    topic: String,
+    fetcher: Fetcher,
 }
 
 impl std::fmt::Debug for Consumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Consumer")
             .field("topic", &self.topic)
-            .field("positions", &self.positions)
+            .field("positions", &self.fetcher.positions)
             .finish_non_exhaustive()
-    }
-}
-
-impl Drop for Consumer {
-    fn drop(&mut self) {
-        for t in self.tasks.values() {
-            t.abort();
-        }
     }
 }
 
@@ -161,120 +321,51 @@ impl Consumer {
             Some(g) => admin.committed(g, topic).await?.into_iter().collect(),
             None => BTreeMap::new(),
         };
-        let (tx, rx) = mpsc::channel(config.buffered_messages.max(1));
         let mut c = Consumer {
-            router,
+            fetcher: Fetcher::new(router, &config),
             admin,
             topic: topic.to_owned(),
-            positions: BTreeMap::new(),
-            fetched: BTreeMap::new(),
-            buffered: std::collections::VecDeque::new(),
-            failed: None,
-            generation: BTreeMap::new(),
-            tasks: BTreeMap::new(),
-            tx,
-            rx,
             config,
         };
         for p in partitions {
             let start = match committed.get(&p) {
                 Some(o) => *o,
-                None => match c.config.reset {
-                    ResetPolicy::Earliest => {
-                        c.admin
-                            .list_offsets(topic, p, OffsetSpec::Earliest)
-                            .await?
-                            .offset
-                    }
-                    ResetPolicy::Latest => {
-                        c.admin
-                            .list_offsets(topic, p, OffsetSpec::Latest)
-                            .await?
-                            .offset
-                    }
-                    ResetPolicy::Error => {
-                        return Err(ClientError::NoCommittedOffset {
-                            group: c.config.group.clone().unwrap_or_default(),
-                            topic: topic.to_owned(),
-                            partition: p,
-                        });
-                    }
-                },
+                None => {
+                    reset_position(
+                        &c.admin,
+                        c.config.reset,
+                        c.config.group.as_deref(),
+                        topic,
+                        p,
+                    )
+                    .await?
+                }
             };
-            c.start(p, start);
+            c.fetcher.assign((topic.to_owned(), p), start);
         }
         Ok(c)
     }
 
-    fn start(&mut self, partition: u32, offset: u64) {
-        if let Some(t) = self.tasks.remove(&partition) {
-            t.abort();
-        }
-        let gen_ = self.generation.get(&partition).map_or(0, |g| g + 1);
-        self.generation.insert(partition, gen_);
-        self.positions.insert(partition, offset);
-        self.fetched.insert(partition, offset);
-        self.buffered.retain(|r| r.partition != partition);
-        let task = tokio::spawn(fetch_loop(
-            self.router.clone(),
-            self.topic.clone(),
-            partition,
-            offset,
-            self.config.fetch_bytes_max,
-            gen_,
-            self.tx.clone(),
-        ));
-        self.tasks.insert(partition, task);
-    }
-
     /// The assigned partitions and their next offsets.
-    pub fn positions(&self) -> &BTreeMap<u32, u64> {
-        &self.positions
+    pub fn positions(&self) -> BTreeMap<u32, u64> {
+        self.fetcher
+            .positions()
+            .iter()
+            .map(|((_, p), o)| (*p, *o))
+            .collect()
     }
 
     /// Moves a partition's position. An offset outside the readable range
     /// is refused with [`ClientError::OffsetOutOfRange`].
     pub async fn seek(&mut self, partition: u32, to: Seek) -> Result<u64> {
-        if !self.positions.contains_key(&partition) {
+        let tp = (self.topic.clone(), partition);
+        if !self.fetcher.positions().contains_key(&tp) {
             return Err(ClientError::Invalid(format!(
                 "partition {partition} is not assigned"
             )));
         }
-        let offset = match to {
-            Seek::Offset(o) => {
-                let r = self
-                    .admin
-                    .list_offsets(&self.topic, partition, OffsetSpec::Earliest)
-                    .await?;
-                if o < r.log_start_offset || o > r.high_watermark {
-                    return Err(ClientError::OffsetOutOfRange {
-                        offset: o,
-                        log_start_offset: r.log_start_offset,
-                        high_watermark: r.high_watermark,
-                    });
-                }
-                o
-            }
-            Seek::Timestamp(t) => {
-                self.admin
-                    .list_offsets(&self.topic, partition, OffsetSpec::Timestamp(t))
-                    .await?
-                    .offset
-            }
-            Seek::Earliest => {
-                self.admin
-                    .list_offsets(&self.topic, partition, OffsetSpec::Earliest)
-                    .await?
-                    .offset
-            }
-            Seek::Latest => {
-                self.admin
-                    .list_offsets(&self.topic, partition, OffsetSpec::Latest)
-                    .await?
-                    .offset
-            }
-        };
-        self.start(partition, offset);
+        let offset = resolve_seek(&self.admin, &self.topic, partition, to).await?;
+        self.fetcher.assign(tp, offset);
         Ok(offset)
     }
 
@@ -282,107 +373,101 @@ impl Consumer {
     /// none), at most `max_poll_records`. Records of one partition come in
     /// offset order, each once.
     pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>> {
-        if let Some(e) = self.failed.take() {
-            return Err(e);
-        }
-        let deadline = tokio::time::Instant::now() + timeout;
-        let max = self.config.max_poll_records.max(1);
-        let mut out = Vec::new();
-        loop {
-            while out.len() < max {
-                let Some(r) = self.buffered.pop_front() else {
-                    break;
-                };
-                self.positions.insert(r.partition, r.offset + 1);
-                out.push(r);
-            }
-            if out.len() >= max {
-                return Ok(out);
-            }
-            let msg = if out.is_empty() {
-                match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                    Ok(Some(m)) => m,
-                    Ok(None) | Err(_) => return Ok(out),
-                }
-            } else {
-                match self.rx.try_recv() {
-                    Ok(m) => m,
-                    Err(_) => return Ok(out),
-                }
-            };
-            let (partition, gen_, r) = msg;
-            if self.generation.get(&partition) != Some(&gen_) {
-                continue; // from before a seek
-            }
-            let resp = match r {
-                Ok(resp) => resp,
-                Err(e) => {
-                    self.tasks.remove(&partition);
-                    if out.is_empty() {
-                        return Err(e);
-                    }
-                    self.failed = Some(e);
-                    return Ok(out);
-                }
-            };
-            let Some(mut next) = self.fetched.get(&partition).copied() else {
-                continue;
-            };
-            for b in resp.batches {
-                let records = decode_records(b.batch, &BatchLimits::UNLIMITED).map_err(|e| {
-                    ClientError::Batch(format!(
-                        "{}/{partition} at offset {}: {e}",
-                        self.topic, b.base_offset
-                    ))
-                })?;
-                for (i, r) in records.into_iter().enumerate() {
-                    let offset = b.base_offset + i as u64;
-                    if offset < next {
-                        continue;
-                    }
-                    if offset != next {
-                        return Err(ClientError::Batch(format!(
-                            "{}/{partition}: expected offset {next}, got {offset}",
-                            self.topic
-                        )));
-                    }
-                    next = offset + 1;
-                    self.buffered.push_back(ConsumerRecord {
-                        topic: self.topic.clone(),
-                        partition,
-                        offset,
-                        timestamp_ms: r.timestamp_ms,
-                        key: r.key,
-                        value: r.value,
-                        headers: r.headers,
-                    });
-                }
-            }
-            self.fetched.insert(partition, next);
-        }
+        self.fetcher.poll(timeout).await
     }
 
-    /// Commits the current positions for the group.
+    /// Commits the current positions for the group (a standalone commit:
+    /// refused with GROUP_NOT_EMPTY while the group has members; use
+    /// [`crate::GroupConsumer`] to consume as a member).
     pub async fn commit(&self) -> Result<()> {
         let group = self
             .config
             .group
             .as_deref()
             .ok_or_else(|| ClientError::Invalid("commit needs a group".into()))?;
-        let offsets: Vec<(u32, u64)> = self.positions.iter().map(|(p, o)| (*p, *o)).collect();
+        let offsets: Vec<(u32, u64)> = self.positions().into_iter().collect();
         self.admin.commit(group, &self.topic, &offsets).await
     }
 }
 
+/// Where a partition without a committed offset starts, by `policy`.
+pub(crate) async fn reset_position(
+    admin: &Admin,
+    policy: ResetPolicy,
+    group: Option<&str>,
+    topic: &str,
+    partition: u32,
+) -> Result<u64> {
+    Ok(match policy {
+        ResetPolicy::Earliest => {
+            admin
+                .list_offsets(topic, partition, OffsetSpec::Earliest)
+                .await?
+                .offset
+        }
+        ResetPolicy::Latest => {
+            admin
+                .list_offsets(topic, partition, OffsetSpec::Latest)
+                .await?
+                .offset
+        }
+        ResetPolicy::Error => {
+            return Err(ClientError::NoCommittedOffset {
+                group: group.unwrap_or_default().to_owned(),
+                topic: topic.to_owned(),
+                partition,
+            });
+        }
+    })
+}
+
+/// The offset a seek moves to.
+async fn resolve_seek(admin: &Admin, topic: &str, partition: u32, to: Seek) -> Result<u64> {
+    Ok(match to {
+        Seek::Offset(o) => {
+            let r = admin
+                .list_offsets(topic, partition, OffsetSpec::Earliest)
+                .await?;
+            if o < r.log_start_offset || o > r.high_watermark {
+                return Err(ClientError::OffsetOutOfRange {
+                    offset: o,
+                    log_start_offset: r.log_start_offset,
+                    high_watermark: r.high_watermark,
+                });
+            }
+            o
+        }
+        Seek::Timestamp(t) => {
+            admin
+                .list_offsets(topic, partition, OffsetSpec::Timestamp(t))
+                .await?
+                .offset
+        }
+        Seek::Earliest => {
+            admin
+                .list_offsets(topic, partition, OffsetSpec::Earliest)
+                .await?
+                .offset
+        }
+        Seek::Latest => {
+            admin
+                .list_offsets(topic, partition, OffsetSpec::Latest)
+                .await?
+                .offset
+        }
+    })
+}
+
 async fn fetch_loop(
     router: Router,
-    topic: String,
-    partition: u32,
+    tp: TopicPartition,
     mut offset: u64,
     max_bytes: u32,
+    member: Option<pb::FetchMember>,
     gen_: u64,
     tx: mpsc::Sender<Delivered>,
 ) {
+    let (topic, partition) = tp.clone();
     // Failures since the last message, for the backoff.
     let mut failures = 0;
     let mut hops = 0;
@@ -391,7 +476,7 @@ async fn fetch_loop(
         let client = match router.client(&addr) {
             Ok(c) => c,
             Err(e) => {
-                let _ = tx.send((partition, gen_, Err(e))).await;
+                let _ = tx.send((tp.clone(), gen_, Err(e))).await;
                 return;
             }
         };
@@ -402,6 +487,7 @@ async fn fetch_loop(
             max_bytes,
             follow: true,
             max_wait_ms: 0,
+            member: member.clone(),
         };
         let err = match client.clone().fetch(req).await {
             Ok(stream) => {
@@ -414,7 +500,7 @@ async fn fetch_loop(
                                 let n = decode_count(&last.batch);
                                 offset = last.base_offset + n;
                             }
-                            if tx.send((partition, gen_, Ok(resp))).await.is_err() {
+                            if tx.send((tp.clone(), gen_, Ok(resp))).await.is_err() {
                                 return;
                             }
                         }
@@ -426,7 +512,7 @@ async fn fetch_loop(
             Err(s) => ClientError::from(s),
         };
         if !err.is_retriable() {
-            let _ = tx.send((partition, gen_, Err(err))).await;
+            let _ = tx.send((tp.clone(), gen_, Err(err))).await;
             return;
         }
         tracing::debug!(partition, error = %err, "fetch interrupted; reconnecting");

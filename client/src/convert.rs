@@ -7,12 +7,15 @@
 //! topic config becomes the all-defaults [`TopicConfig`]. Errors are not
 //! here: statuses are decoded in `error.rs`.
 
+use std::collections::BTreeMap;
+
 use strata_proto::pb;
 
 use crate::error::ErrorCode;
 use crate::types::{
-    Acks, BrokerInfo, GroupOffsets, Metadata, NodeStatus, OffsetSpec, PartitionInfo,
-    PartitionOffsets, ReplicaRole, ReplicaStatus, TopicConfig, TopicDescription,
+    Acks, BrokerInfo, GroupDescription, GroupListing, GroupMemberInfo, GroupOffsets,
+    GroupPartitionLag, GroupSummary, Metadata, NodeStatus, OffsetSpec, PartitionInfo,
+    PartitionOffsets, ReplicaRole, ReplicaStatus, TopicConfig, TopicDescription, TopicPartition,
 };
 
 /// The wire marks "no leader known" with node id 0 (node ids start at 1).
@@ -115,6 +118,87 @@ pub(crate) fn group_offsets(g: pb::GroupTopic) -> GroupOffsets {
     }
 }
 
+pub(crate) fn partitions_from_pb(v: Vec<pb::TopicPartitions>) -> Vec<TopicPartition> {
+    v.into_iter()
+        .flat_map(|t| {
+            let topic = t.topic;
+            t.partitions.into_iter().map(move |p| (topic.clone(), p))
+        })
+        .collect()
+}
+
+pub(crate) fn partitions_to_pb(v: &[TopicPartition]) -> Vec<pb::TopicPartitions> {
+    let mut by_topic: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for (t, p) in v {
+        by_topic.entry(t).or_default().push(*p);
+    }
+    by_topic
+        .into_iter()
+        .map(|(t, partitions)| pb::TopicPartitions {
+            topic: t.to_owned(),
+            partitions,
+        })
+        .collect()
+}
+
+pub(crate) fn group_listing(r: pb::ListGroupsResponse) -> GroupListing {
+    GroupListing {
+        groups: r
+            .summaries
+            .into_iter()
+            .map(|s| GroupSummary {
+                group: s.group,
+                state: s.state,
+                members: s.members,
+                group_epoch: s.group_epoch,
+                coordinator: s.coordinator,
+            })
+            .collect(),
+        offsets: r.groups.into_iter().map(group_offsets).collect(),
+        unavailable_partitions: r.unavailable_partitions,
+    }
+}
+
+pub(crate) fn group_description(d: pb::DescribeGroupResponse) -> GroupDescription {
+    GroupDescription {
+        group: d.group,
+        state: d.state,
+        group_epoch: d.group_epoch,
+        assignment_epoch: d.assignment_epoch,
+        coordinator: d.coordinator,
+        members: d
+            .members
+            .into_iter()
+            .map(|m| GroupMemberInfo {
+                member_id: m.member_id,
+                instance_id: (!m.instance_id.is_empty()).then_some(m.instance_id),
+                member_epoch: m.member_epoch,
+                client_id: m.client_id,
+                client_host: m.client_host,
+                subscribed_topics: m.subscribed_topics,
+                subscribed_pattern: (!m.subscribed_pattern.is_empty())
+                    .then_some(m.subscribed_pattern),
+                assigned: partitions_from_pb(m.assigned),
+                revoking: partitions_from_pb(m.revoking),
+                target: partitions_from_pb(m.target),
+                session_timeout_ms: m.session_timeout_ms,
+            })
+            .collect(),
+        partitions: d
+            .partitions
+            .into_iter()
+            .map(|p| GroupPartitionLag {
+                topic: p.topic,
+                partition: p.partition,
+                committed: p.committed,
+                high_watermark: p.high_watermark,
+                lag: p.lag,
+                owner: (!p.owner.is_empty()).then_some(p.owner),
+            })
+            .collect(),
+    }
+}
+
 fn replica_role(role: String) -> ReplicaRole {
     match role.as_str() {
         "leader" => ReplicaRole::Leader,
@@ -185,6 +269,14 @@ impl From<pb::ErrorCode> for ErrorCode {
             P::ShuttingDown => ErrorCode::ShuttingDown,
             P::NotEnoughReplicas => ErrorCode::NotEnoughReplicas,
             P::InvalidTimestamp => ErrorCode::InvalidTimestamp,
+            P::NotCoordinator => ErrorCode::NotCoordinator,
+            P::CoordinatorLoading => ErrorCode::CoordinatorLoading,
+            P::UnknownMemberId => ErrorCode::UnknownMemberId,
+            P::FencedMemberEpoch => ErrorCode::FencedMemberEpoch,
+            P::GroupNotEmpty => ErrorCode::GroupNotEmpty,
+            P::UnknownGroup => ErrorCode::UnknownGroup,
+            P::OffsetRegression => ErrorCode::OffsetRegression,
+            P::GroupFull => ErrorCode::GroupFull,
         }
     }
 }
@@ -204,7 +296,7 @@ mod tests {
                 assert_eq!(format!("{wire:?}"), format!("{:?}", ErrorCode::from(wire)));
             }
         }
-        assert_eq!(known, 18, "a code was added to the proto: map it");
+        assert_eq!(known, 26, "a code was added to the proto: map it");
     }
 
     #[test]

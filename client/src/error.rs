@@ -48,6 +48,24 @@ pub enum ErrorCode {
     NotEnoughReplicas,
     /// The batch is dated too far ahead of the broker's clock.
     InvalidTimestamp,
+    /// The node does not coordinate the group (retriable; nodes relay
+    /// group requests to the coordinator, so this is rare).
+    NotCoordinator,
+    /// The coordinator is rebuilding its groups; retriable.
+    CoordinatorLoading,
+    /// The member is not in the group: rejoin with epoch 0.
+    UnknownMemberId,
+    /// The member's epoch is stale or it does not own the partition (a
+    /// zombie): drop its partitions and rejoin.
+    FencedMemberEpoch,
+    /// The operation needs a group without members.
+    GroupNotEmpty,
+    /// No such group.
+    UnknownGroup,
+    /// A commit below the committed offset.
+    OffsetRegression,
+    /// The group has as many members as the broker allows.
+    GroupFull,
 }
 
 /// What went wrong talking to Strata.
@@ -146,7 +164,9 @@ impl ClientError {
                     code: ErrorCode::NotLeader
                         | ErrorCode::ShuttingDown
                         | ErrorCode::StorageError
-                        | ErrorCode::NotEnoughReplicas,
+                        | ErrorCode::NotEnoughReplicas
+                        | ErrorCode::NotCoordinator
+                        | ErrorCode::CoordinatorLoading,
                     ..
                 }
         )

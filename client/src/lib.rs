@@ -1,4 +1,5 @@
-//! Strata's client library: [`Producer`], [`Consumer`] and [`Admin`] over
+//! Strata's client library: [`Producer`], [`Consumer`], [`GroupConsumer`]
+//! (a consumer-group member) and [`Admin`] over
 //! the broker's gRPC API, with typed errors ([`ClientError`]).
 //!
 //! Its API speaks domain types ([`TopicDescription`], [`ClusterStatus`],
@@ -12,13 +13,15 @@ pub mod cluster;
 pub mod consumer;
 mod convert;
 pub mod error;
+pub mod group;
 pub mod producer;
 mod retry;
 pub mod types;
 
 pub use admin::{
-    Admin, BrokerInfo, GroupOffsets, Metadata, OffsetSpec, PartitionInfo, PartitionOffsets,
-    TopicConfig, TopicDescription,
+    Admin, BrokerInfo, GroupCoordinator, GroupDescription, GroupListing, GroupMemberInfo,
+    GroupOffsets, GroupPartitionLag, GroupSummary, Metadata, OffsetSpec, PartitionInfo,
+    PartitionOffsets, TopicConfig, TopicDescription, TopicPartition,
 };
 pub use cluster::{
     ClusterStatus, NodeStatus, NodeUnreachable, NodeView, PartitionView, ReplicaLag, ReplicaRole,
@@ -27,5 +30,6 @@ pub use cluster::{
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, ResetPolicy, Seek};
 pub use error::ErrorCode;
 pub use error::{ClientError, Result};
+pub use group::{GroupConsumer, GroupConsumerConfig, RebalanceListener};
 pub use producer::{Acks, Delivery, Producer, ProducerConfig, RecordMetadata};
 pub use strata_proto::batch::{Compression, Header, Record};

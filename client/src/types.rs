@@ -206,3 +206,107 @@ pub enum Acks {
     /// Fire and forget: no offsets are returned.
     None,
 }
+
+/// A partition of a topic: `(topic, partition)`.
+pub type TopicPartition = (String, u32);
+
+/// Where a group is coordinated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupCoordinator {
+    /// The coordinator's node id.
+    pub node_id: u64,
+    /// Its gRPC address.
+    pub grpc_addr: String,
+    /// The partition of `__consumer_offsets` holding the group.
+    pub partition: u32,
+}
+
+/// One group in a listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupSummary {
+    /// Group.
+    pub group: String,
+    /// "empty", "reconciling" or "stable".
+    pub state: String,
+    /// Members now.
+    pub members: u32,
+    /// The group epoch (bumped by every membership or subscription change).
+    pub group_epoch: i32,
+    /// The coordinator's node id.
+    pub coordinator: u64,
+}
+
+/// Every group of the cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupListing {
+    /// The groups, by name.
+    pub groups: Vec<GroupSummary>,
+    /// Their committed offsets, per group and topic.
+    pub offsets: Vec<GroupOffsets>,
+    /// Coordinator partitions that could not be asked: their groups may be
+    /// missing from the listing.
+    pub unavailable_partitions: Vec<u32>,
+}
+
+/// A member as a group describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupMemberInfo {
+    /// Member id (issued by the coordinator).
+    pub member_id: String,
+    /// Static membership id, if any.
+    pub instance_id: Option<String>,
+    /// The member's epoch.
+    pub member_epoch: i32,
+    /// The client id it gave.
+    pub client_id: String,
+    /// The host it connected from.
+    pub client_host: String,
+    /// Subscribed topics.
+    pub subscribed_topics: Vec<String>,
+    /// Subscribed pattern, if any.
+    pub subscribed_pattern: Option<String>,
+    /// Partitions it may consume now.
+    pub assigned: Vec<TopicPartition>,
+    /// Partitions it was asked to release and has not yet.
+    pub revoking: Vec<TopicPartition>,
+    /// Where its assignment is heading.
+    pub target: Vec<TopicPartition>,
+    /// Its session timeout.
+    pub session_timeout_ms: u32,
+}
+
+/// A partition of a group: committed offset, high watermark and lag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupPartitionLag {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: u32,
+    /// Committed offset, if any.
+    pub committed: Option<u64>,
+    /// High watermark, when its leader answered.
+    pub high_watermark: Option<u64>,
+    /// `high_watermark - committed` (committed 0 when none).
+    pub lag: Option<u64>,
+    /// The member owning it, if any.
+    pub owner: Option<String>,
+}
+
+/// A group in full.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupDescription {
+    /// Group.
+    pub group: String,
+    /// "empty", "reconciling" or "stable".
+    pub state: String,
+    /// Group epoch.
+    pub group_epoch: i32,
+    /// The epoch of the current target assignment.
+    pub assignment_epoch: i32,
+    /// The coordinator's node id.
+    pub coordinator: u64,
+    /// Members.
+    pub members: Vec<GroupMemberInfo>,
+    /// Partitions with offsets or owners.
+    pub partitions: Vec<GroupPartitionLag>,
+}

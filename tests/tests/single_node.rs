@@ -94,6 +94,7 @@ async fn raw_batches(addr: &str, topic: &str, partition: u32) -> Vec<(u64, Bytes
         max_bytes: 4096,
         follow: false,
         max_wait_ms: 0,
+        member: None,
     };
     let mut stream = client.fetch(req).await.unwrap().into_inner();
     let mut out = Vec::new();
@@ -1682,6 +1683,7 @@ async fn fetch_wait_at_the_tail_is_capped_by_fetch_wait_ms_max() {
         max_bytes: 0,
         follow: false,
         max_wait_ms: u32::MAX,
+        member: None,
     };
     let mut stream = client.fetch(req).await.unwrap().into_inner();
     let end = tokio::time::timeout(Duration::from_secs(10), stream.message())

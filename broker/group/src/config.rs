@@ -5,8 +5,10 @@ use serde::{Deserialize, Serialize};
 
 /// Limits and timeouts of the group coordinator.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct CoordinatorConfig {
-    /// How often members should heartbeat (default 1000 ms).
+    /// How often members should heartbeat (default 1000 ms); a member
+    /// whose session is shorter than three intervals is told a third of it.
     pub heartbeat_interval_ms: u32,
     /// Smallest session timeout a member may ask for (default 1000 ms).
     pub session_timeout_min_ms: u32,

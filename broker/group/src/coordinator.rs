@@ -397,6 +397,16 @@ impl Coordinator {
             .filter(|_| member_epoch > 0)
             .map(|m| m.assigned.iter().cloned().collect())
             .unwrap_or_default();
+        // At least three heartbeats per session, whatever the broker's
+        // interval: a member with a short session must not miss it.
+        let heartbeat_interval_ms = g.and_then(|g| g.members.get(&req.member_id)).map_or(
+            self.config.heartbeat_interval_ms,
+            |m| {
+                self.config
+                    .heartbeat_interval_ms
+                    .min((m.session_timeout_ms / 3).max(1))
+            },
+        );
         let records = match g {
             Some(g) if changed => vec![GroupRecord::Group(g.snapshot(group))],
             _ => Vec::new(),
@@ -404,7 +414,7 @@ impl Coordinator {
         let response = HeartbeatResponse {
             member_id: req.member_id,
             member_epoch,
-            heartbeat_interval_ms: self.config.heartbeat_interval_ms,
+            heartbeat_interval_ms,
             assignment,
         };
         Ok((response, records))

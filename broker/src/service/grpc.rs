@@ -11,7 +11,9 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::groups::{self as wire, Peers, Watermarks};
 use crate::broker::{Broker, PartitionView, TopicView};
+use crate::coordinator::GroupCoordinators;
 use crate::error::BrokerError;
 use crate::metrics::Metrics;
 use crate::settings::TopicSettings;
@@ -19,18 +21,109 @@ use crate::topic::{Acks, ProduceOutcome};
 
 /// Request metadata marking a call one node makes to another on a client's
 /// behalf (it is not forwarded again).
-const FORWARDED: &str = "x-strata-forwarded";
+pub(crate) const FORWARDED: &str = "x-strata-forwarded";
+
+/// How often an open fetch of a group member re-checks, at the
+/// coordinator, that the member still owns the partition.
+const MEMBER_RECHECK: Duration = Duration::from_secs(2);
 
 /// The gRPC service over a broker.
 #[derive(Debug, Clone)]
 pub struct GrpcService {
     broker: Arc<Broker>,
+    groups: Arc<GroupCoordinators>,
+    peers: Arc<Peers>,
+    watermarks: Arc<Watermarks>,
 }
 
 impl GrpcService {
-    /// A service over `broker`.
-    pub fn new(broker: Arc<Broker>) -> Self {
-        GrpcService { broker }
+    /// A service over `broker`, with the group coordinators it hosts.
+    pub fn new(broker: Arc<Broker>, groups: Arc<GroupCoordinators>) -> Self {
+        GrpcService {
+            broker,
+            groups,
+            peers: Arc::new(Peers::default()),
+            watermarks: Arc::new(Watermarks::default()),
+        }
+    }
+
+    /// Answers a request relayed to another node, counted under `api`.
+    fn relayed<T>(
+        &self,
+        api: &str,
+        started: Instant,
+        r: Result<T, Status>,
+    ) -> Result<Response<T>, Status> {
+        let outcome = match &r {
+            Ok(_) => "ok".to_owned(),
+            Err(s) => BrokerError::code_of(s)
+                .map_or_else(|| "unknown".to_owned(), |(c, _)| c.to_ascii_lowercase()),
+        };
+        self.broker
+            .metrics()
+            .request(api, &format!("relayed_{outcome}"), started.elapsed());
+        r.map(Response::new)
+    }
+
+    /// The member-ownership check of a fetch, at the group's coordinator
+    /// (here or relayed).
+    async fn check_fetch_member(
+        &self,
+        m: &pb::FetchMember,
+        topic: &str,
+        partition: u32,
+    ) -> Result<(), Status> {
+        match self
+            .groups
+            .check_member(&m.group, &m.member_id, m.member_epoch, topic, partition)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(BrokerError::NotCoordinator {
+                leader: Some(addr), ..
+            }) => {
+                let req = pb::CheckMemberRequest {
+                    group: m.group.clone(),
+                    member_id: m.member_id.clone(),
+                    member_epoch: m.member_epoch,
+                    topic: topic.to_owned(),
+                    partition,
+                };
+                self.peers
+                    .relay(
+                        &addr,
+                        req,
+                        |mut c, r| async move { c.check_member(r).await },
+                    )
+                    .await
+                    .map(|_| ())
+            }
+            Err(e) => Err(e.to_status()),
+        }
+    }
+
+    /// High watermarks of a group's partitions, best effort.
+    async fn group_watermarks(
+        &self,
+        d: &strata_group::GroupDescription,
+    ) -> std::collections::HashMap<strata_group::TopicPartition, u64> {
+        let mut tps: std::collections::BTreeSet<strata_group::TopicPartition> =
+            d.offsets.keys().cloned().collect();
+        for m in &d.members {
+            tps.extend(m.assigned.iter().cloned());
+            tps.extend(m.revoking.iter().cloned());
+        }
+        let mut out = std::collections::HashMap::new();
+        for (t, p) in tps {
+            if let Some(hw) = self
+                .watermarks
+                .current(&self.broker, &self.peers, &t, p)
+                .await
+            {
+                out.insert((t, p), hw);
+            }
+        }
+        out
     }
 
     fn observe<T>(
@@ -405,6 +498,16 @@ impl Strata for GrpcService {
             Ok(x) => x,
             Err(e) => return self.observe("fetch", started, Err(e)),
         };
+        let member = r.member.clone();
+        if let Some(m) = &member
+            && let Err(s) = self.check_fetch_member(m, &r.topic, r.partition).await
+        {
+            self.broker
+                .metrics()
+                .request("fetch", "fenced", started.elapsed());
+            return Err(s);
+        }
+        let svc = self.clone();
         let max_bytes = match r.max_bytes {
             0 => self.broker.config().fetch_bytes_default,
             n => n.min(self.broker.config().grpc_message_bytes_max as u32 / 2),
@@ -419,7 +522,22 @@ impl Strata for GrpcService {
         tokio::spawn(async move {
             let mut hw_rx = partition.watch_high_watermark();
             let deadline = tokio::time::Instant::now() + max_wait;
+            let mut recheck = tokio::time::Instant::now() + MEMBER_RECHECK;
             loop {
+                // A member that lost the partition (or its membership) stops
+                // reading it: the stream ends with the coordinator's error.
+                if let Some(m) = &member
+                    && tokio::time::Instant::now() >= recheck
+                {
+                    recheck = tokio::time::Instant::now() + MEMBER_RECHECK;
+                    if let Err(s) = svc
+                        .check_fetch_member(m, &partition.topic, partition.id)
+                        .await
+                    {
+                        let _ = tx.send(Err(s)).await;
+                        return;
+                    }
+                }
                 let hw = *hw_rx.borrow_and_update();
                 if offset < hw {
                     let p = partition.clone();
@@ -479,6 +597,7 @@ impl Strata for GrpcService {
                     tokio::select! {
                         changed = hw_rx.changed() => if changed.is_err() { return },
                         _ = tx.closed() => return,
+                        () = tokio::time::sleep_until(recheck), if member.is_some() => {}
                         () = partition.quorum_lost() => {
                             let _ = tx.send(Err(cut_off())).await;
                             return;
@@ -488,6 +607,7 @@ impl Strata for GrpcService {
                     tokio::select! {
                         changed = hw_rx.changed() => if changed.is_err() { return },
                         _ = tokio::time::sleep_until(deadline) => {}
+                        () = tokio::time::sleep_until(recheck), if member.is_some() => {}
                         () = partition.quorum_lost() => return,
                     }
                 } else {
@@ -664,19 +784,115 @@ impl Strata for GrpcService {
         self.observe("delete_topic", started, r)
     }
 
+    async fn find_coordinator(
+        &self,
+        req: Request<pb::FindCoordinatorRequest>,
+    ) -> Result<Response<pb::FindCoordinatorResponse>, Status> {
+        let started = Instant::now();
+        let group = req.into_inner().group;
+        let r =
+            async {
+                let partition = self.groups.partition_of(&group).await?;
+                let (node_id, grpc_addr) = wire::coordinator_node(&self.broker, partition)
+                    .map_err(|_| BrokerError::NotCoordinator {
+                        group: group.clone(),
+                        leader: None,
+                    })?;
+                Ok(pb::FindCoordinatorResponse {
+                    node_id,
+                    grpc_addr,
+                    partition,
+                })
+            }
+            .await;
+        self.observe("find_coordinator", started, r)
+    }
+
+    async fn group_heartbeat(
+        &self,
+        req: Request<pb::GroupHeartbeatRequest>,
+    ) -> Result<Response<pb::GroupHeartbeatResponse>, Status> {
+        let started = Instant::now();
+        let forwarded = req.metadata().contains_key(FORWARDED);
+        let host = req
+            .metadata()
+            .get(wire::CLIENT_HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| req.remote_addr().map(|a| a.ip().to_string()))
+            .unwrap_or_default();
+        let mut r = req.into_inner();
+        let result = async {
+            if r.member_id.is_empty() {
+                if r.member_epoch != 0 {
+                    return Err(BrokerError::InvalidRequest(
+                        "a heartbeat without a member id must be a join (member_epoch 0)".into(),
+                    ));
+                }
+                r.member_id = wire::new_member_id()?;
+            }
+            let group = r.group.clone();
+            let hb = wire::heartbeat_from_pb(r.clone(), host.clone());
+            let resp = self.groups.heartbeat(&group, hb).await?;
+            Ok(pb::GroupHeartbeatResponse {
+                member_id: resp.member_id,
+                member_epoch: resp.member_epoch,
+                heartbeat_interval_ms: resp.heartbeat_interval_ms,
+                assignment: wire::partitions_to_pb(&resp.assignment),
+            })
+        }
+        .await;
+        if let Err(BrokerError::NotCoordinator {
+            leader: Some(addr), ..
+        }) = &result
+            && !forwarded
+        {
+            let addr = addr.clone();
+            let relayed = self
+                .peers
+                .relay(&addr, r, |mut c, mut q| async move {
+                    if let Ok(v) = host.parse() {
+                        q.metadata_mut().insert(wire::CLIENT_HOST, v);
+                    }
+                    c.group_heartbeat(q).await
+                })
+                .await;
+            return self.relayed("group_heartbeat", started, relayed);
+        }
+        self.observe("group_heartbeat", started, result)
+    }
+
     async fn commit_offsets(
         &self,
         req: Request<pb::CommitOffsetsRequest>,
     ) -> Result<Response<pb::CommitOffsetsResponse>, Status> {
         let started = Instant::now();
+        let forwarded = req.metadata().contains_key(FORWARDED);
         let r = req.into_inner();
-        let offsets: Vec<(u32, u64)> = r.offsets.iter().map(|o| (o.partition, o.offset)).collect();
-        let r = self
-            .broker
-            .commit(&r.group, &r.topic, &offsets)
-            .await
-            .map(|()| pb::CommitOffsetsResponse {});
-        self.observe("commit_offsets", started, r)
+        let result = async {
+            let offsets = wire::offsets_from_pb(&r.topic, &r.offsets)?;
+            let p = self.groups.partition_of(&r.group).await?;
+            self.groups.check_coordinator(&r.group, p)?;
+            self.watermarks
+                .check(&self.broker, &self.peers, &offsets)
+                .await?;
+            let member = (!r.member_id.is_empty()).then(|| (r.member_id.clone(), r.member_epoch));
+            self.groups.commit(&r.group, member, offsets).await?;
+            Ok(pb::CommitOffsetsResponse {})
+        }
+        .await;
+        if let Err(BrokerError::NotCoordinator {
+            leader: Some(addr), ..
+        }) = &result
+            && !forwarded
+        {
+            let relayed = self
+                .peers
+                .relay(addr, r, |mut c, q| async move { c.commit_offsets(q).await })
+                .await;
+            return self.relayed("commit_offsets", started, relayed);
+        }
+        self.observe("commit_offsets", started, result)
     }
 
     async fn fetch_committed(
@@ -684,42 +900,221 @@ impl Strata for GrpcService {
         req: Request<pb::FetchCommittedRequest>,
     ) -> Result<Response<pb::FetchCommittedResponse>, Status> {
         let started = Instant::now();
+        let forwarded = req.metadata().contains_key(FORWARDED);
         let r = req.into_inner();
-        let r =
-            self.broker
-                .committed(&r.group, &r.topic)
-                .await
-                .map(|v| pb::FetchCommittedResponse {
-                    offsets: v
-                        .into_iter()
-                        .map(|(partition, offset)| pb::PartitionOffset { partition, offset })
-                        .collect(),
+        let result = async {
+            let all = self.groups.committed(&r.group).await?;
+            if r.topic.is_empty() {
+                return Ok(pb::FetchCommittedResponse {
+                    offsets: Vec::new(),
+                    topics: wire::group_topics(&r.group, &all),
                 });
-        self.observe("fetch_committed", started, r)
+            }
+            Ok(pb::FetchCommittedResponse {
+                offsets: all
+                    .iter()
+                    .filter(|((t, _), _)| *t == r.topic)
+                    .map(|((_, partition), offset)| pb::PartitionOffset {
+                        partition: *partition,
+                        offset: *offset,
+                    })
+                    .collect(),
+                topics: Vec::new(),
+            })
+        }
+        .await;
+        if let Err(BrokerError::NotCoordinator {
+            leader: Some(addr), ..
+        }) = &result
+            && !forwarded
+        {
+            let relayed = self
+                .peers
+                .relay(
+                    addr,
+                    r,
+                    |mut c, q| async move { c.fetch_committed(q).await },
+                )
+                .await;
+            return self.relayed("fetch_committed", started, relayed);
+        }
+        self.observe("fetch_committed", started, result)
     }
 
     async fn list_groups(
         &self,
-        _: Request<pb::ListGroupsRequest>,
+        req: Request<pb::ListGroupsRequest>,
     ) -> Result<Response<pb::ListGroupsResponse>, Status> {
         let started = Instant::now();
-        let r = self.broker.all_committed().map(|all| {
-            let mut groups: Vec<pb::GroupTopic> = Vec::new();
-            for (group, topic, partition, offset) in all {
-                match groups.last_mut() {
-                    Some(g) if g.group == group && g.topic == topic => {
-                        g.offsets.push(pb::PartitionOffset { partition, offset })
-                    }
-                    _ => groups.push(pb::GroupTopic {
-                        group,
-                        topic,
-                        offsets: vec![pb::PartitionOffset { partition, offset }],
-                    }),
+        let forwarded = req.metadata().contains_key(FORWARDED);
+        let result = async {
+            let local = self.groups.local_groups().await?;
+            let me = self
+                .broker
+                .cluster()
+                .map_or(self.broker.config().node_id, |c| c.node_id());
+            let mut out = pb::ListGroupsResponse::default();
+            for (s, offsets) in &local.groups {
+                out.summaries.push(pb::GroupSummary {
+                    group: s.group.clone(),
+                    state: s.state.to_string(),
+                    members: s.members as u32,
+                    group_epoch: s.group_epoch,
+                    coordinator: me,
+                });
+                out.groups.extend(wire::group_topics(&s.group, offsets));
+            }
+            if forwarded {
+                // The asking node accounts for the partitions led elsewhere.
+                return Ok(out);
+            }
+            let mut by_leader: std::collections::BTreeMap<String, Vec<u32>> =
+                std::collections::BTreeMap::new();
+            for (p, leader) in local.elsewhere {
+                match leader {
+                    Some(a) => by_leader.entry(a).or_default().push(p),
+                    None => out.unavailable_partitions.push(p),
                 }
             }
-            pb::ListGroupsResponse { groups }
-        });
-        self.observe("list_groups", started, r)
+            for (addr, parts) in by_leader {
+                let asked = self
+                    .peers
+                    .relay(&addr, pb::ListGroupsRequest {}, |mut c, q| async move {
+                        c.list_groups(q).await
+                    })
+                    .await;
+                match asked {
+                    Ok(remote) => {
+                        out.summaries.extend(remote.summaries);
+                        out.groups.extend(remote.groups);
+                    }
+                    Err(_) => out.unavailable_partitions.extend(parts),
+                }
+            }
+            out.summaries.sort_by(|a, b| a.group.cmp(&b.group));
+            out.summaries.dedup_by(|a, b| a.group == b.group);
+            out.groups
+                .sort_by(|a, b| (&a.group, &a.topic).cmp(&(&b.group, &b.topic)));
+            out.groups
+                .dedup_by(|a, b| a.group == b.group && a.topic == b.topic);
+            out.unavailable_partitions.sort_unstable();
+            Ok(out)
+        }
+        .await;
+        self.observe("list_groups", started, result)
+    }
+
+    async fn describe_group(
+        &self,
+        req: Request<pb::DescribeGroupRequest>,
+    ) -> Result<Response<pb::DescribeGroupResponse>, Status> {
+        let started = Instant::now();
+        let forwarded = req.metadata().contains_key(FORWARDED);
+        let r = req.into_inner();
+        let result = async {
+            let d = self.groups.describe(&r.group).await?;
+            let hws = self.group_watermarks(&d).await;
+            let me = self
+                .broker
+                .cluster()
+                .map_or(self.broker.config().node_id, |c| c.node_id());
+            Ok(wire::describe_to_pb(&d, &hws, me))
+        }
+        .await;
+        if let Err(BrokerError::NotCoordinator {
+            leader: Some(addr), ..
+        }) = &result
+            && !forwarded
+        {
+            let relayed = self
+                .peers
+                .relay(addr, r, |mut c, q| async move { c.describe_group(q).await })
+                .await;
+            return self.relayed("describe_group", started, relayed);
+        }
+        self.observe("describe_group", started, result)
+    }
+
+    async fn delete_group(
+        &self,
+        req: Request<pb::DeleteGroupRequest>,
+    ) -> Result<Response<pb::DeleteGroupResponse>, Status> {
+        let started = Instant::now();
+        let forwarded = req.metadata().contains_key(FORWARDED);
+        let r = req.into_inner();
+        let result = self
+            .groups
+            .delete_group(&r.group)
+            .await
+            .map(|()| pb::DeleteGroupResponse {});
+        if let Err(BrokerError::NotCoordinator {
+            leader: Some(addr), ..
+        }) = &result
+            && !forwarded
+        {
+            let relayed = self
+                .peers
+                .relay(addr, r, |mut c, q| async move { c.delete_group(q).await })
+                .await;
+            return self.relayed("delete_group", started, relayed);
+        }
+        self.observe("delete_group", started, result)
+    }
+
+    async fn reset_group_offsets(
+        &self,
+        req: Request<pb::ResetGroupOffsetsRequest>,
+    ) -> Result<Response<pb::ResetGroupOffsetsResponse>, Status> {
+        let started = Instant::now();
+        let forwarded = req.metadata().contains_key(FORWARDED);
+        let r = req.into_inner();
+        let result = async {
+            let offsets = wire::offsets_from_pb(&r.topic, &r.offsets)?;
+            let p = self.groups.partition_of(&r.group).await?;
+            self.groups.check_coordinator(&r.group, p)?;
+            self.watermarks
+                .check(&self.broker, &self.peers, &offsets)
+                .await?;
+            self.groups.reset_offsets(&r.group, offsets).await?;
+            Ok(pb::ResetGroupOffsetsResponse {})
+        }
+        .await;
+        if let Err(BrokerError::NotCoordinator {
+            leader: Some(addr), ..
+        }) = &result
+            && !forwarded
+        {
+            let relayed = self
+                .peers
+                .relay(
+                    addr,
+                    r,
+                    |mut c, q| async move { c.reset_group_offsets(q).await },
+                )
+                .await;
+            return self.relayed("reset_group_offsets", started, relayed);
+        }
+        self.observe("reset_group_offsets", started, result)
+    }
+
+    async fn check_member(
+        &self,
+        req: Request<pb::CheckMemberRequest>,
+    ) -> Result<Response<pb::CheckMemberResponse>, Status> {
+        let started = Instant::now();
+        let r = req.into_inner();
+        let result = self
+            .groups
+            .check_member(
+                &r.group,
+                &r.member_id,
+                r.member_epoch,
+                &r.topic,
+                r.partition,
+            )
+            .await
+            .map(|()| pb::CheckMemberResponse {});
+        self.observe("check_member", started, result)
     }
 
     async fn node_status(

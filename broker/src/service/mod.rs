@@ -1,6 +1,7 @@
 //! The network services over the broker core: gRPC ([`grpc`]) and HTTP
 //! ([`http`]). Only these modules (and `error.rs`) see prost or HTTP types.
 
+pub mod groups;
 pub mod grpc;
 pub mod http;
 pub mod rich_status;

@@ -1,18 +1,26 @@
 //! `strata consume`: reads records of a topic from a start (an offset, a
 //! timestamp, earliest/latest, or a group's committed offsets) and prints
 //! them, stopping at the high watermark seen at start unless `--follow`.
-//! With `--group` it commits as it goes: a commit that fails for a
-//! retriable reason (no metadata leader reachable, a timeout) is reported
-//! on stderr and retried with the next one; the command ends only on a
-//! fatal error, and without `--follow` only once its last positions are
-//! committed.
+//!
+//! With `--group` (and no `--partition`) it is a member of the consumer
+//! group: the coordinator assigns it partitions, shared with the group's
+//! other members, and moves them as members come and go; it commits as it
+//! goes and, on SIGINT/SIGTERM or at the end, commits and leaves the group.
+//! With `--group` and `--partition` it reads those partitions itself and
+//! commits for the group (standalone; refused while the group has members).
+//! A commit that fails for a retriable reason is reported on stderr and
+//! retried with the next one; the command ends only on a fatal error, and
+//! without `--follow` only once its last positions are committed.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use clap::{Args, ValueEnum};
-use strata_client::{Admin, ClientError, Consumer, ConsumerConfig, OffsetSpec, ResetPolicy, Seek};
+use strata_client::{
+    Admin, ClientError, Consumer, ConsumerConfig, GroupConsumer, GroupConsumerConfig, OffsetSpec,
+    ResetPolicy, Seek, TopicPartition,
+};
 
 use crate::render;
 
@@ -38,6 +46,15 @@ pub struct ConsumeArgs {
     /// With --group and no committed offset: where to start (or fail).
     #[arg(long, value_enum, default_value_t = ResetArg::Earliest)]
     reset: ResetArg,
+    /// As a group member: removed from the group after this long without a
+    /// heartbeat (its partitions move to the other members). Default: the
+    /// broker's (10 s).
+    #[arg(long)]
+    session_timeout_ms: Option<u64>,
+    /// As a group member: static membership id (a member restarted with
+    /// the same id gets its partitions back without a rebalance).
+    #[arg(long)]
+    instance_id: Option<String>,
     /// Keep waiting for new records instead of stopping at the end.
     #[arg(long, short = 'F')]
     follow: bool,
@@ -63,6 +80,19 @@ enum ResetArg {
 }
 
 pub async fn run(broker: &str, json: bool, a: ConsumeArgs) -> anyhow::Result<()> {
+    if a.group.is_some() && a.partition.is_empty() {
+        if a.offset.is_some() || a.timestamp.is_some() {
+            bail!(
+                "--offset and --timestamp pick partitions' positions; a group member's partitions are assigned by the group (add --partition to read them standalone)"
+            );
+        }
+        return run_member(broker, json, a).await;
+    }
+    if a.session_timeout_ms.is_some() || a.instance_id.is_some() {
+        bail!(
+            "--session-timeout-ms and --instance-id apply to a group member (--group without --partition)"
+        );
+    }
     let admin = Admin::connect(broker).await?;
     let reset = match (a.from, a.reset) {
         (Some(FromArg::Earliest), _) => ResetPolicy::Earliest,
@@ -166,6 +196,111 @@ pub async fn run(broker: &str, json: bool, a: ConsumeArgs) -> anyhow::Result<()>
         }
     }
     Ok(())
+}
+
+/// `consume --group` as a member of the group.
+async fn run_member(broker: &str, json: bool, a: ConsumeArgs) -> anyhow::Result<()> {
+    let group = a.group.clone().unwrap_or_default();
+    let mut config = GroupConsumerConfig::new(&group, &[a.topic.as_str()]);
+    config.reset = match (a.from, a.reset) {
+        (Some(FromArg::Earliest), _) | (None, ResetArg::Earliest) => ResetPolicy::Earliest,
+        (Some(FromArg::Latest), _) | (None, ResetArg::Latest) => ResetPolicy::Latest,
+        (None, ResetArg::Error) => ResetPolicy::Error,
+    };
+    config.session_timeout = a.session_timeout_ms.map(Duration::from_millis);
+    config.instance_id = a.instance_id.clone();
+    config.client_id = "strata-cli".to_owned();
+    let admin = Admin::connect(broker).await?;
+    let mut member = GroupConsumer::join(broker, config).await?;
+    // Without --follow: the end of each partition is its high watermark
+    // when this member was granted it.
+    let mut ends: std::collections::BTreeMap<TopicPartition, u64> = Default::default();
+    let mut count = 0u64;
+    let mut uncommitted = false;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut stop = std::pin::pin!(stop_signal());
+    loop {
+        let records = tokio::select! {
+            r = member.poll(Duration::from_millis(500)) => r?,
+            () = &mut stop => break,
+        };
+        for r in &records {
+            if a.max.is_some_and(|m| count >= m) {
+                break;
+            }
+            render::write_record(&mut out, r, json, a.print_key)?;
+            count += 1;
+        }
+        out.flush()?;
+        uncommitted |= !records.is_empty();
+        if uncommitted {
+            match tokio::time::timeout(COMMIT_TIMEOUT, member.commit()).await {
+                Ok(Ok(())) => uncommitted = false,
+                Ok(Err(e)) if e.is_retriable() || is_membership_error(&e) => {
+                    eprintln!(
+                        "warning: committing offsets failed, retrying with the next commit: {e}"
+                    );
+                }
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => eprintln!(
+                    "warning: commit not answered within {COMMIT_TIMEOUT:?}; retrying with the next"
+                ),
+            }
+        }
+        if a.max.is_some_and(|m| count >= m) {
+            break;
+        }
+        if !a.follow && member.member_epoch() > 0 {
+            for tp in member.assignment().clone() {
+                if let std::collections::btree_map::Entry::Vacant(e) = ends.entry(tp) {
+                    let (t, p) = e.key().clone();
+                    let hw = admin.list_offsets(&t, p, OffsetSpec::Latest).await?.offset;
+                    e.insert(hw);
+                }
+            }
+            let positions = member.positions();
+            let done = member
+                .assignment()
+                .iter()
+                .all(|tp| positions.get(tp).is_some_and(|o| *o >= ends[tp]));
+            if done && !uncommitted {
+                break;
+            }
+        }
+    }
+    // Commit what was printed, release the partitions and leave the group.
+    member
+        .close()
+        .await
+        .map_err(|e| anyhow::anyhow!("leaving the group failed (its session will expire): {e}"))?;
+    Ok(())
+}
+
+/// A membership error a member recovers from by rejoining.
+fn is_membership_error(e: &ClientError) -> bool {
+    matches!(
+        e.code(),
+        Some(
+            strata_client::ErrorCode::FencedMemberEpoch | strata_client::ErrorCode::UnknownMemberId
+        )
+    )
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn stop_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
 }
 
 /// How long one offset commit may take before it counts as failed (and is

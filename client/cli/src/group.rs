@@ -1,6 +1,9 @@
-//! `strata group offsets|commit|reset`: a consumer group's committed
-//! offsets, with lag against each partition's high watermark; committing
-//! one offset; moving offsets to earliest, latest, an offset or a time.
+//! `strata group list|describe|offsets|commit|reset|delete`: the groups of
+//! the cluster (state, members, epoch, coordinator); one group's members
+//! with their assignments and epochs and its partitions with lag; committed
+//! offsets with lag; committing one offset (standalone: the group must have
+//! no members); moving offsets to earliest, latest, an offset or a time
+//! (backwards too, in a group without members); deleting an empty group.
 
 use anyhow::Context;
 use clap::Subcommand;
@@ -10,12 +13,27 @@ use crate::render::{self, GroupOffsetRow};
 
 #[derive(Subcommand, Debug)]
 pub enum GroupCmd {
+    /// List every group: state, members, group epoch, coordinator node.
+    List,
+    /// Show one group: its members (ids, epochs, subscriptions, assigned
+    /// and revoking partitions) and each partition's committed offset,
+    /// high watermark, lag and owner.
+    Describe {
+        /// Group.
+        group: String,
+    },
+    /// Delete a group without members, with its committed offsets.
+    Delete {
+        /// Group.
+        group: String,
+    },
     /// Show committed offsets (of one group, or all) with lag.
     Offsets {
         /// Group (default: all groups).
         group: Option<String>,
     },
-    /// Commit an offset (the next offset to consume) for a group.
+    /// Commit an offset (the next offset to consume) for a group without
+    /// members (a member commits its own partitions).
     Commit {
         /// Group.
         group: String,
@@ -28,7 +46,8 @@ pub enum GroupCmd {
         #[arg(long, short)]
         offset: u64,
     },
-    /// Move a group's committed offsets.
+    /// Move a group's committed offsets (backwards too); the group must
+    /// have no members.
     Reset {
         /// Group.
         group: String,
@@ -46,9 +65,31 @@ pub enum GroupCmd {
 pub async fn run(broker: &str, json: bool, cmd: GroupCmd) -> anyhow::Result<()> {
     let admin = Admin::connect(broker).await?;
     match cmd {
+        GroupCmd::List => {
+            let listing = admin.list_groups().await?;
+            render::print_group_list(&listing, json);
+            if !listing.unavailable_partitions.is_empty() {
+                eprintln!(
+                    "warning: coordinator partitions {:?} did not answer; their groups are missing",
+                    listing.unavailable_partitions
+                );
+            }
+        }
+        GroupCmd::Describe { group } => {
+            let d = admin.describe_group(&group).await?;
+            render::print_group_description(&d, json);
+        }
+        GroupCmd::Delete { group } => {
+            admin.delete_group(&group).await?;
+            if json {
+                render::print_json(&serde_json::json!({ "deleted": group }));
+            } else {
+                println!("deleted group {group}");
+            }
+        }
         GroupCmd::Offsets { group } => {
             let mut rows = Vec::new();
-            for g in admin.list_groups().await? {
+            for g in admin.list_groups().await?.offsets {
                 if group.as_ref().is_some_and(|want| *want != g.group) {
                     continue;
                 }
@@ -118,7 +159,7 @@ pub async fn run(broker: &str, json: bool, cmd: GroupCmd) -> anyhow::Result<()> 
                 };
                 offsets.push((p, o));
             }
-            admin.commit(&group, &topic, &offsets).await?;
+            admin.reset_offsets(&group, &topic, &offsets).await?;
             render::print_group_reset(&group, &topic, &offsets, json);
         }
     }

@@ -12,7 +12,9 @@ use std::io::Write;
 use base64::Engine as _;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
-use strata_client::{ClusterStatus, ConsumerRecord, ReplicaLag, TopicDescription};
+use strata_client::{
+    ClusterStatus, ConsumerRecord, GroupDescription, GroupListing, ReplicaLag, TopicDescription,
+};
 use strata_log::entry::EntryMeta;
 use strata_log::inspect::SegmentReport;
 use strata_proto::{BatchError, Record};
@@ -162,6 +164,108 @@ pub fn print_group_offsets(rows: &[GroupOffsetRow], json: bool) {
         println!(
             "{:<24} {:<24} {:>9} {:>14} {hw_s:>14} {lag:>10}",
             r.group, r.topic, r.partition, r.committed
+        );
+    }
+}
+
+/// `group list`.
+pub fn print_group_list(l: &GroupListing, json: bool) {
+    if json {
+        print_json(&json!({
+            "groups": l.groups.iter().map(|g| json!({
+                "group": g.group, "state": g.state, "members": g.members,
+                "group_epoch": g.group_epoch, "coordinator": g.coordinator,
+            })).collect::<Vec<_>>(),
+            "unavailable_partitions": l.unavailable_partitions,
+        }));
+        return;
+    }
+    println!(
+        "{:<32} {:<12} {:>7} {:>11} {:>11}",
+        "GROUP", "STATE", "MEMBERS", "GROUP_EPOCH", "COORDINATOR"
+    );
+    for g in &l.groups {
+        println!(
+            "{:<32} {:<12} {:>7} {:>11} {:>11}",
+            g.group, g.state, g.members, g.group_epoch, g.coordinator
+        );
+    }
+}
+
+fn tps(v: &[(String, u32)]) -> String {
+    if v.is_empty() {
+        return "-".to_owned();
+    }
+    v.iter()
+        .map(|(t, p)| format!("{t}/{p}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn tps_json(v: &[(String, u32)]) -> Value {
+    json!(
+        v.iter()
+            .map(|(t, p)| json!({"topic": t, "partition": p}))
+            .collect::<Vec<_>>()
+    )
+}
+
+/// `group describe`.
+pub fn print_group_description(d: &GroupDescription, json: bool) {
+    if json {
+        print_json(&json!({
+            "group": d.group, "state": d.state, "group_epoch": d.group_epoch,
+            "assignment_epoch": d.assignment_epoch, "coordinator": d.coordinator,
+            "members": d.members.iter().map(|m| json!({
+                "member_id": m.member_id, "instance_id": m.instance_id,
+                "member_epoch": m.member_epoch, "client_id": m.client_id,
+                "client_host": m.client_host, "subscribed_topics": m.subscribed_topics,
+                "subscribed_pattern": m.subscribed_pattern,
+                "assigned": tps_json(&m.assigned), "revoking": tps_json(&m.revoking),
+                "target": tps_json(&m.target), "session_timeout_ms": m.session_timeout_ms,
+            })).collect::<Vec<_>>(),
+            "partitions": d.partitions.iter().map(|p| json!({
+                "topic": p.topic, "partition": p.partition, "committed": p.committed,
+                "high_watermark": p.high_watermark, "lag": p.lag, "owner": p.owner,
+            })).collect::<Vec<_>>(),
+        }));
+        return;
+    }
+    println!(
+        "group {}  state {}  group epoch {}  assignment epoch {}  coordinator node {}",
+        d.group, d.state, d.group_epoch, d.assignment_epoch, d.coordinator
+    );
+    println!();
+    println!(
+        "{:<34} {:>6} {:<20} {:<16} ASSIGNED / REVOKING",
+        "MEMBER", "EPOCH", "INSTANCE", "CLIENT"
+    );
+    for m in &d.members {
+        println!(
+            "{:<34} {:>6} {:<20} {:<16} {} / {}",
+            m.member_id,
+            m.member_epoch,
+            m.instance_id.as_deref().unwrap_or("-"),
+            m.client_id,
+            tps(&m.assigned),
+            tps(&m.revoking)
+        );
+    }
+    println!();
+    println!(
+        "{:<24} {:>9} {:>14} {:>14} {:>10}  OWNER",
+        "TOPIC", "PARTITION", "COMMITTED", "HIGH_WATERMARK", "LAG"
+    );
+    let opt = |v: Option<u64>| v.map_or("-".to_owned(), |x| x.to_string());
+    for p in &d.partitions {
+        println!(
+            "{:<24} {:>9} {:>14} {:>14} {:>10}  {}",
+            p.topic,
+            p.partition,
+            opt(p.committed),
+            opt(p.high_watermark),
+            opt(p.lag),
+            p.owner.as_deref().unwrap_or("-")
         );
     }
 }
