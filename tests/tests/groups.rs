@@ -159,13 +159,16 @@ fn stable_with(d: &GroupDescription, members: &[&str], per_member: usize) -> boo
             .all(|m| o.get(*m).is_some_and(|s| s.len() == per_member))
 }
 
+/// When a sample was taken, and each partition's owner then.
+type Sample = (Instant, BTreeMap<(String, u32), String>);
+
 /// Samples the group's description every 50 ms, checking single ownership
 /// in each, until stopped; keeps (time, owner by partition).
 fn sampler(
     admin: Admin,
     group: &'static str,
     stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<Vec<(Instant, BTreeMap<(String, u32), String>)>> {
+) -> tokio::task::JoinHandle<Vec<Sample>> {
     tokio::spawn(async move {
         let mut out = Vec::new();
         while !stop.load(Ordering::Relaxed) {
