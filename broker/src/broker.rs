@@ -697,6 +697,24 @@ impl Broker {
         Ok((id, 0))
     }
 
+    /// Offsets a group committed before groups moved to
+    /// `__consumer_offsets` (in the metadata group, or this single node's
+    /// store), on topics and partitions that still exist: imported by the
+    /// group's coordinator the first time it sees the group.
+    pub fn legacy_offsets(&self, group: &str) -> Result<Vec<(String, u32, u64)>, BrokerError> {
+        let all = match &self.cluster {
+            Some(c) => c.with_meta(|m| {
+                m.offsets
+                    .range((group.to_owned(), String::new(), 0)..)
+                    .take_while(|((g, _, _), _)| g == group)
+                    .map(|((_, t, p), o)| (t.clone(), *p, *o))
+                    .collect::<Vec<_>>()
+            }),
+            None => self.meta.group_offsets(group)?,
+        };
+        Ok(all)
+    }
+
     /// The user topics (not `__` ones) and their partition counts, for
     /// the group coordinator. A cluster node whose metadata is not current
     /// answers [`BrokerError::CoordinatorLoading`]: a topic missing from

@@ -49,6 +49,11 @@ pub const TICK: Duration = Duration::from_millis(250);
 /// load in progress) before answering COORDINATOR_LOADING.
 const SLOT_WAIT: Duration = Duration::from_secs(10);
 
+/// How long a request waits for a coordinator to exist before answering
+/// NOT_COORDINATOR or COORDINATOR_LOADING (both retriable): a group's first
+/// request creates the offsets topic, and a failover elects a new leader.
+const COORDINATOR_WAIT: Duration = Duration::from_secs(5);
+
 /// Record payload bytes per appended batch; larger changes (a tick touching
 /// many groups) are split into several batches.
 const BATCH_PAYLOAD_MAX: usize = 256 << 10;
@@ -62,6 +67,9 @@ struct SlotState {
     /// `Some` while `coordinator` reflects the partition's log as of this
     /// leadership: the term and the partition object it was loaded from.
     loaded: Option<(u64, Arc<Partition>)>,
+    /// Every group the partition's log has ever named (deleted ones too):
+    /// legacy offsets are imported only for a group never seen.
+    seen: std::collections::HashSet<String>,
 }
 
 /// The coordinators of this node.
@@ -143,10 +151,36 @@ impl GroupCoordinators {
             partitions = self.partitions_default,
             "created the consumer-group offsets topic"
         );
-        // In a cluster the topic's partitions open as the metadata applies.
-        Err(BrokerError::CoordinatorLoading(format!(
-            "created {OFFSETS_TOPIC}; its partitions are starting"
-        )))
+        // In a cluster the topic is usable once this node has applied its
+        // creation (its partitions then elect leaders; see `wait_led`).
+        let deadline = tokio::time::Instant::now() + COORDINATOR_WAIT;
+        loop {
+            if let Ok(n) = self.broker.partition_count(OFFSETS_TOPIC) {
+                return Ok(Some(n));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(BrokerError::CoordinatorLoading(format!(
+                    "created {OFFSETS_TOPIC}; its partitions are starting"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// [`Self::led_partition`], waiting up to [`COORDINATOR_WAIT`] while no
+    /// node is known to lead the partition (just created, or electing).
+    async fn wait_led(&self, group: &str, p: u32) -> Result<(Arc<Partition>, u64), BrokerError> {
+        let deadline = tokio::time::Instant::now() + COORDINATOR_WAIT;
+        loop {
+            match self.led_partition(group, p) {
+                Err(BrokerError::NotCoordinator { leader: None, .. })
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                r => return r,
+            }
+        }
     }
 
     /// The partition of the internal topic holding `group`.
@@ -181,8 +215,8 @@ impl GroupCoordinators {
 
     /// NOT_COORDINATOR (with a hint) unless this node leads partition `p`
     /// of the internal topic, which holds `group`.
-    pub fn check_coordinator(&self, group: &str, p: u32) -> Result<(), BrokerError> {
-        self.led_partition(group, p).map(|_| ())
+    pub async fn check_coordinator(&self, group: &str, p: u32) -> Result<(), BrokerError> {
+        self.wait_led(group, p).await.map(|_| ())
     }
 
     fn slot(&self, p: u32) -> Arc<tokio::sync::Mutex<SlotState>> {
@@ -193,6 +227,7 @@ impl GroupCoordinators {
                 Arc::new(tokio::sync::Mutex::new(SlotState {
                     coordinator: Coordinator::new(self.config.clone()),
                     loaded: None,
+                    seen: Default::default(),
                 }))
             })
             .clone()
@@ -207,7 +242,7 @@ impl GroupCoordinators {
         op: impl FnOnce(&mut Coordinator, &Topics, u64) -> OpResult<T>,
     ) -> Result<T, BrokerError> {
         let p = self.partition_of(group).await?;
-        let (part, term) = self.led_partition(group, p)?;
+        let (part, term) = self.wait_led(group, p).await?;
         let slot = self.slot(p);
         let mut state = tokio::time::timeout(SLOT_WAIT, slot.lock())
             .await
@@ -218,14 +253,58 @@ impl GroupCoordinators {
             })?;
         ensure_loaded(&mut state, &part, term).await?;
         let topics = self.broker.topic_counts()?;
+        if !state.seen.contains(group) {
+            self.import_legacy(&mut state, &part, group, &topics)
+                .await?;
+        }
         let (answer, records) = op(&mut state.coordinator, &topics, now_ms())?;
+        if !records.is_empty() {
+            state.seen.insert(group.to_owned());
+        }
         if let Err(e) = append(&part, &records).await {
             // Memory is ahead of the log now: rebuild from the log next time.
             state.loaded = None;
             state.coordinator = Coordinator::new(self.config.clone());
+            state.seen.clear();
             return Err(e);
         }
         Ok(answer)
+    }
+
+    /// Brings the offsets `group` committed before this version (see
+    /// [`Broker::legacy_offsets`]) into its coordinator, once: the group is
+    /// then in the log, so a later delete is not undone.
+    async fn import_legacy(
+        &self,
+        state: &mut SlotState,
+        part: &Arc<Partition>,
+        group: &str,
+        topics: &Topics,
+    ) -> Result<(), BrokerError> {
+        let legacy: Vec<(String, u32, u64)> = self
+            .broker
+            .legacy_offsets(group)?
+            .into_iter()
+            .filter(|(t, p, _)| topics.get(t).is_some_and(|n| p < n))
+            .collect();
+        if !legacy.is_empty() {
+            let records = state
+                .coordinator
+                .reset_offsets(group, &legacy, topics, now_ms())?;
+            if let Err(e) = append(part, &records).await {
+                state.loaded = None;
+                state.coordinator = Coordinator::new(self.config.clone());
+                state.seen.clear();
+                return Err(e);
+            }
+            tracing::info!(
+                group,
+                partitions = legacy.len(),
+                "imported the group's offsets committed before __consumer_offsets"
+            );
+        }
+        state.seen.insert(group.to_owned());
+        Ok(())
     }
 
     /// A member's heartbeat (join, leave, or keep-alive with its owned
@@ -369,6 +448,7 @@ impl GroupCoordinators {
                         );
                         state.loaded = None;
                         state.coordinator = Coordinator::new(self.config.clone());
+                        state.seen.clear();
                     }
                     continue;
                 }
@@ -382,6 +462,7 @@ impl GroupCoordinators {
                 tracing::warn!(partition = p, error = %e, "group tick records not appended; reloading");
                 state.loaded = None;
                 state.coordinator = Coordinator::new(self.config.clone());
+                state.seen.clear();
             }
         }
     }
@@ -422,6 +503,7 @@ async fn ensure_loaded(
     state.loaded = None;
     let started = std::time::Instant::now();
     let mut coordinator = Coordinator::new(state.coordinator.config().clone());
+    let mut seen = std::collections::HashSet::new();
     // The marker: once it commits, everything before it is the committed
     // history; nothing after it was written by another leader.
     let marker = Record {
@@ -453,6 +535,9 @@ async fn ensure_loaded(
                 }
                 match decode_record(&key, &r.value) {
                     Ok(rec) => {
+                        if !seen.contains(rec.group()) {
+                            seen.insert(rec.group().to_owned());
+                        }
                         coordinator.replay(rec);
                         replayed += 1;
                     }
@@ -475,6 +560,7 @@ async fn ensure_loaded(
         "group coordinator loaded"
     );
     state.coordinator = coordinator;
+    state.seen = seen;
     state.loaded = Some((term, part.clone()));
     Ok(())
 }

@@ -154,6 +154,20 @@ impl MetaStore {
         self.producer_id_key()
     }
 
+    /// A group's committed offsets on every topic: (topic, partition,
+    /// offset).
+    pub fn group_offsets(&self, group: &str) -> Result<Vec<(String, u32, u64)>, MetaError> {
+        let mut prefix = group.as_bytes().to_vec();
+        prefix.push(0);
+        self.offsets
+            .scan_prefix(&prefix)
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode_offset(&k, &v).map(|(_, t, p, o)| (t, p, o))
+            })
+            .collect()
+    }
+
     /// Every (group, topic, partition, offset).
     pub fn all_committed(&self) -> Result<Vec<(String, String, u32, u64)>, MetaError> {
         self.offsets

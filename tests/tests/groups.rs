@@ -645,3 +645,230 @@ async fn zombies_are_fenced_and_groups_survive_their_coordinator() {
         "z1 read none of the new records"
     );
 }
+
+/// A single-node broker with one topic of `partitions` and `records`
+/// records spread over them.
+async fn single(dir: &std::path::Path, partitions: u32, records: u64) -> (BrokerProcess, Admin) {
+    let broker = BrokerProcess::start(&dir.join("data"), &[]);
+    let admin = Admin::connect(&broker.grpc).await.unwrap();
+    admin
+        .create_topic("s", partitions, 1, TopicConfig::default())
+        .await
+        .unwrap();
+    let producer = Producer::connect(&broker.grpc, ProducerConfig::default())
+        .await
+        .unwrap();
+    for i in 0..records {
+        producer
+            .send(
+                "s",
+                rec(format!("r{i}")),
+                Some((i % u64::from(partitions)) as u32),
+            )
+            .await
+            .unwrap();
+    }
+    producer.flush().await.unwrap();
+    (broker, admin)
+}
+
+fn code(r: Result<(), strata_client::ClientError>) -> Option<ErrorCode> {
+    r.err().and_then(|e| e.code())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_group_requests_get_clear_errors_and_change_nothing() {
+    let (dir, _guard) = test_dir();
+    let (broker, admin) = single(&dir, 2, 20).await;
+    // Beyond the high watermark (10 per partition), backwards, internal
+    // topics, duplicates, unknown partitions.
+    assert_eq!(
+        code(admin.commit("g", "s", &[(0, 11)]).await),
+        Some(ErrorCode::OffsetOutOfRange)
+    );
+    admin.commit("g", "s", &[(0, 10), (1, 4)]).await.unwrap();
+    assert_eq!(
+        code(admin.commit("g", "s", &[(0, 9)]).await),
+        Some(ErrorCode::OffsetRegression)
+    );
+    assert_eq!(
+        code(admin.commit("g", "s", &[(1, 5), (1, 6)]).await),
+        Some(ErrorCode::InvalidRequest)
+    );
+    assert_eq!(
+        code(admin.commit("g", "s", &[(1, 5), (7, 0)]).await),
+        Some(ErrorCode::UnknownPartition)
+    );
+    assert_eq!(
+        code(admin.commit("g", "__consumer_offsets", &[(0, 0)]).await),
+        Some(ErrorCode::InvalidTopicName)
+    );
+    assert_eq!(
+        code(admin.commit(&"x".repeat(256), "s", &[(0, 0)]).await),
+        Some(ErrorCode::InvalidRequest)
+    );
+    // Nothing of the refused requests was written (all or nothing).
+    let mut got = admin.committed("g", "s").await.unwrap();
+    got.sort_unstable();
+    assert_eq!(got, vec![(0, 10), (1, 4)]);
+    // Internal topics are the broker's.
+    let err = admin
+        .create_topic("__mine", 1, 1, TopicConfig::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidTopicName), "{err}");
+    assert_eq!(
+        code(admin.delete_topic("__consumer_offsets").await),
+        Some(ErrorCode::InvalidTopicName)
+    );
+    let p = Producer::connect(&broker.grpc, ProducerConfig::default())
+        .await
+        .unwrap();
+    let err = p
+        .send_and_wait("__consumer_offsets", rec("x".into()), Some(0))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidTopicName), "{err}");
+    assert_eq!(
+        admin.describe_group("nope").await.unwrap_err().code(),
+        Some(ErrorCode::UnknownGroup)
+    );
+
+    // Heartbeats: a join without a subscription, a bad pattern, a session
+    // timeout out of range, a non-join without a member id.
+    let mut raw = pb::strata_client::StrataClient::connect(format!("http://{}", broker.grpc))
+        .await
+        .unwrap();
+    let join = |f: &dyn Fn(&mut pb::GroupHeartbeatRequest)| {
+        let mut r = pb::GroupHeartbeatRequest {
+            group: "h".into(),
+            subscribed_topics: vec!["s".into()],
+            owned_set: true,
+            ..Default::default()
+        };
+        f(&mut r);
+        r
+    };
+    for (what, req) in [
+        ("no subscription", join(&|r| r.subscribed_topics.clear())),
+        ("bad pattern", join(&|r| r.subscribed_pattern = "(".into())),
+        ("session too short", join(&|r| r.session_timeout_ms = 10)),
+        ("no member id", join(&|r| r.member_epoch = 3)),
+    ] {
+        let s = raw.group_heartbeat(req).await.unwrap_err();
+        assert_eq!(
+            strata_client::ClientError::from(s.clone()).code(),
+            Some(ErrorCode::InvalidRequest),
+            "{what}: {s:?}"
+        );
+    }
+    assert_eq!(
+        admin.describe_group("h").await.unwrap_err().code(),
+        Some(ErrorCode::UnknownGroup),
+        "refused joins created a group"
+    );
+
+    // With a member: standalone commits, resets and deletes are refused.
+    let member = raw
+        .group_heartbeat(join(&|_| {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(member.member_epoch > 0 && !member.member_id.is_empty());
+    assert_eq!(
+        member
+            .assignment
+            .iter()
+            .map(|t| t.partitions.len())
+            .sum::<usize>(),
+        2
+    );
+    assert_eq!(
+        code(admin.commit("h", "s", &[(0, 1)]).await),
+        Some(ErrorCode::GroupNotEmpty)
+    );
+    assert_eq!(
+        code(admin.reset_offsets("h", "s", &[(0, 1)]).await),
+        Some(ErrorCode::GroupNotEmpty)
+    );
+    assert_eq!(
+        code(admin.delete_group("h").await),
+        Some(ErrorCode::GroupNotEmpty)
+    );
+    // The member commits its own partitions; a stale or future epoch is fenced.
+    admin
+        .commit_as_member("h", &member.member_id, member.member_epoch, "s", &[(0, 3)])
+        .await
+        .unwrap();
+    assert_eq!(
+        code(
+            admin
+                .commit_as_member(
+                    "h",
+                    &member.member_id,
+                    member.member_epoch + 1,
+                    "s",
+                    &[(0, 4)]
+                )
+                .await
+        ),
+        Some(ErrorCode::FencedMemberEpoch)
+    );
+    assert_eq!(
+        code(
+            admin
+                .commit_as_member("h", "someone", 1, "s", &[(0, 4)])
+                .await
+        ),
+        Some(ErrorCode::UnknownMemberId)
+    );
+    // It leaves: now the group can be reset (backwards) and deleted.
+    raw.group_heartbeat(pb::GroupHeartbeatRequest {
+        group: "h".into(),
+        member_id: member.member_id.clone(),
+        member_epoch: -1,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    admin.reset_offsets("h", "s", &[(0, 0)]).await.unwrap();
+    assert_eq!(admin.committed("h", "s").await.unwrap(), vec![(0, 0)]);
+    admin.delete_group("h").await.unwrap();
+    assert!(admin.committed("h", "s").await.unwrap().is_empty());
+    let listing = admin.list_groups().await.unwrap();
+    let names: Vec<&str> = listing.groups.iter().map(|g| g.group.as_str()).collect();
+    assert_eq!(names, vec!["g"], "{listing:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_committed_before_groups_moved_are_imported_once() {
+    let (dir, _guard) = test_dir();
+    let (mut broker, _admin) = single(&dir, 2, 20).await;
+    // Offsets as an earlier version stored them (the single node's store).
+    assert!(broker.stop(), "the broker did not stop cleanly");
+    {
+        let meta = strata_broker::meta::MetaStore::open(&broker.data_dir.join("meta")).unwrap();
+        meta.commit("old", "s", &[(0, 7), (1, 3)]).unwrap();
+        meta.commit("gone", "s", &[(0, 2)]).unwrap();
+        meta.commit("old", "deleted-topic", &[(0, 9)]).unwrap();
+    }
+    broker.restart();
+    let admin = Admin::connect(&broker.grpc).await.unwrap();
+    let mut got = admin.committed("old", "s").await.unwrap();
+    got.sort_unstable();
+    assert_eq!(got, vec![(0, 7), (1, 3)]);
+    // They move on like any offsets, and a deleted group stays deleted.
+    admin.commit("old", "s", &[(0, 8)]).await.unwrap();
+    assert_eq!(admin.committed("gone", "s").await.unwrap(), vec![(0, 2)]);
+    admin.delete_group("gone").await.unwrap();
+    broker.kill9();
+    broker.restart();
+    let admin = Admin::connect(&broker.grpc).await.unwrap();
+    let mut got = admin.committed("old", "s").await.unwrap();
+    got.sort_unstable();
+    assert_eq!(got, vec![(0, 8), (1, 3)]);
+    assert!(
+        admin.committed("gone", "s").await.unwrap().is_empty(),
+        "a deleted group came back from the old store"
+    );
+}

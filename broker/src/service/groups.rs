@@ -91,31 +91,36 @@ pub(crate) struct Watermarks {
 
 impl Watermarks {
     /// The partition's high watermark, from this node if it leads it, else
-    /// from its leader; `None` when neither can answer.
+    /// from its leader; `Ok(None)` when neither can answer, an error for
+    /// a topic or partition that does not exist.
     pub(crate) async fn current(
         &self,
         broker: &Broker,
         peers: &Peers,
         topic: &str,
         partition: u32,
-    ) -> Option<u64> {
+    ) -> Result<Option<u64>, BrokerError> {
         let hw = match broker.partition(topic, partition) {
-            Ok(p) if p.check_leader().is_ok() => Some(p.high_watermark()),
             Ok(p) => match p.check_leader() {
+                Ok(()) => Some(p.high_watermark()),
                 Err(BrokerError::NotLeader { leader: Some(a) }) => {
                     remote_hw(peers, &a, topic, partition).await
                 }
-                _ => None,
+                Err(_) => None,
             },
             Err(BrokerError::NotLeader { leader: Some(a) }) => {
                 remote_hw(peers, &a, topic, partition).await
             }
+            Err(e @ (BrokerError::UnknownTopic(_) | BrokerError::UnknownPartition { .. })) => {
+                return Err(e);
+            }
             Err(_) => None,
-        }?;
+        };
+        let Some(hw) = hw else { return Ok(None) };
         let mut seen = self.seen.lock();
         let e = seen.entry((topic.to_owned(), partition)).or_insert(0);
         *e = (*e).max(hw);
-        Some(*e)
+        Ok(Some(*e))
     }
 
     /// Refuses any offset beyond its partition's high watermark
@@ -131,7 +136,7 @@ impl Watermarks {
             if cached.is_some_and(|hw| *o <= hw) {
                 continue;
             }
-            let Some(hw) = self.current(broker, peers, t, *p).await else {
+            let Some(hw) = self.current(broker, peers, t, *p).await? else {
                 return Err(BrokerError::NotLeader { leader: None });
             };
             if *o > hw {

@@ -27,6 +27,55 @@ pub(crate) const FORWARDED: &str = "x-strata-forwarded";
 /// coordinator, that the member still owns the partition.
 const MEMBER_RECHECK: Duration = Duration::from_secs(2);
 
+/// How long the node a client asked keeps relaying a group request while
+/// the coordinator moves (just created, electing, loading).
+const RELAY_WAIT: Duration = Duration::from_secs(10);
+
+/// Whether a relayed group request missed its coordinator (it moved, or is
+/// loading): worth resolving again and retrying.
+fn coordinator_missed(s: &Status) -> bool {
+    strata_proto::status::decode_details(s.details()).is_some_and(|d| {
+        d.code == pb::ErrorCode::NotCoordinator as i32
+            || d.code == pb::ErrorCode::CoordinatorLoading as i32
+            || d.code == pb::ErrorCode::NotLeader as i32
+    }) || s.code() == tonic::Code::Unavailable
+}
+
+/// A group RPC: served here if this node coordinates the group, else
+/// relayed to the coordinator (unless it was relayed here already), and
+/// retried while the coordinator moves, up to [`RELAY_WAIT`].
+/// `$local` is re-evaluated on each try.
+macro_rules! group_rpc {
+    ($self:ident, $api:literal, $started:ident, $forwarded:ident, $req:ident, $local:expr, $method:ident, $prep:expr) => {{
+        let deadline = tokio::time::Instant::now() + RELAY_WAIT;
+        loop {
+            let result = $local;
+            match &result {
+                Err(BrokerError::NotCoordinator {
+                    leader: Some(addr), ..
+                }) if !$forwarded => {
+                    let prep = $prep;
+                    let relayed = $self
+                        .peers
+                        .relay(addr, $req.clone(), |mut c, mut q| async move {
+                            prep(&mut q);
+                            c.$method(q).await
+                        })
+                        .await;
+                    if matches!(&relayed, Err(s) if coordinator_missed(s))
+                        && tokio::time::Instant::now() < deadline
+                    {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                    break $self.relayed($api, $started, relayed);
+                }
+                _ => break $self.observe($api, $started, result),
+            }
+        }
+    }};
+}
+
 /// The gRPC service over a broker.
 #[derive(Debug, Clone)]
 pub struct GrpcService {
@@ -102,6 +151,87 @@ impl GrpcService {
         }
     }
 
+    async fn heartbeat_here(
+        &self,
+        r: &pb::GroupHeartbeatRequest,
+        host: &str,
+    ) -> Result<pb::GroupHeartbeatResponse, BrokerError> {
+        let hb = wire::heartbeat_from_pb(r.clone(), host.to_owned());
+        let resp = self.groups.heartbeat(&r.group, hb).await?;
+        Ok(pb::GroupHeartbeatResponse {
+            member_id: resp.member_id,
+            member_epoch: resp.member_epoch,
+            heartbeat_interval_ms: resp.heartbeat_interval_ms,
+            assignment: wire::partitions_to_pb(&resp.assignment),
+        })
+    }
+
+    async fn commit_here(
+        &self,
+        r: &pb::CommitOffsetsRequest,
+    ) -> Result<pb::CommitOffsetsResponse, BrokerError> {
+        let offsets = wire::offsets_from_pb(&r.topic, &r.offsets)?;
+        let p = self.groups.partition_of(&r.group).await?;
+        self.groups.check_coordinator(&r.group, p).await?;
+        self.watermarks
+            .check(&self.broker, &self.peers, &offsets)
+            .await?;
+        let member = (!r.member_id.is_empty()).then(|| (r.member_id.clone(), r.member_epoch));
+        self.groups.commit(&r.group, member, offsets).await?;
+        Ok(pb::CommitOffsetsResponse {})
+    }
+
+    async fn committed_here(
+        &self,
+        r: &pb::FetchCommittedRequest,
+    ) -> Result<pb::FetchCommittedResponse, BrokerError> {
+        let all = self.groups.committed(&r.group).await?;
+        if r.topic.is_empty() {
+            return Ok(pb::FetchCommittedResponse {
+                offsets: Vec::new(),
+                topics: wire::group_topics(&r.group, &all),
+            });
+        }
+        Ok(pb::FetchCommittedResponse {
+            offsets: all
+                .iter()
+                .filter(|((t, _), _)| *t == r.topic)
+                .map(|((_, partition), offset)| pb::PartitionOffset {
+                    partition: *partition,
+                    offset: *offset,
+                })
+                .collect(),
+            topics: Vec::new(),
+        })
+    }
+
+    async fn describe_here(
+        &self,
+        r: &pb::DescribeGroupRequest,
+    ) -> Result<pb::DescribeGroupResponse, BrokerError> {
+        let d = self.groups.describe(&r.group).await?;
+        let hws = self.group_watermarks(&d).await;
+        let me = self
+            .broker
+            .cluster()
+            .map_or(self.broker.config().node_id, |c| c.node_id());
+        Ok(wire::describe_to_pb(&d, &hws, me))
+    }
+
+    async fn reset_here(
+        &self,
+        r: &pb::ResetGroupOffsetsRequest,
+    ) -> Result<pb::ResetGroupOffsetsResponse, BrokerError> {
+        let offsets = wire::offsets_from_pb(&r.topic, &r.offsets)?;
+        let p = self.groups.partition_of(&r.group).await?;
+        self.groups.check_coordinator(&r.group, p).await?;
+        self.watermarks
+            .check(&self.broker, &self.peers, &offsets)
+            .await?;
+        self.groups.reset_offsets(&r.group, offsets).await?;
+        Ok(pb::ResetGroupOffsetsResponse {})
+    }
+
     /// High watermarks of a group's partitions, best effort.
     async fn group_watermarks(
         &self,
@@ -115,7 +245,7 @@ impl GrpcService {
         }
         let mut out = std::collections::HashMap::new();
         for (t, p) in tps {
-            if let Some(hw) = self
+            if let Ok(Some(hw)) = self
                 .watermarks
                 .current(&self.broker, &self.peers, &t, p)
                 .await
@@ -793,6 +923,8 @@ impl Strata for GrpcService {
         let r =
             async {
                 let partition = self.groups.partition_of(&group).await?;
+                // The same wait as any group request while no leader is known.
+                let _ = self.groups.check_coordinator(&group, partition).await;
                 let (node_id, grpc_addr) = wire::coordinator_node(&self.broker, partition)
                     .map_err(|_| BrokerError::NotCoordinator {
                         group: group.clone(),
@@ -822,44 +954,37 @@ impl Strata for GrpcService {
             .or_else(|| req.remote_addr().map(|a| a.ip().to_string()))
             .unwrap_or_default();
         let mut r = req.into_inner();
-        let result = async {
-            if r.member_id.is_empty() {
-                if r.member_epoch != 0 {
-                    return Err(BrokerError::InvalidRequest(
+        if r.member_id.is_empty() {
+            if r.member_epoch != 0 {
+                return self.observe(
+                    "group_heartbeat",
+                    started,
+                    Err(BrokerError::InvalidRequest(
                         "a heartbeat without a member id must be a join (member_epoch 0)".into(),
-                    ));
-                }
-                r.member_id = wire::new_member_id()?;
+                    )),
+                );
             }
-            let group = r.group.clone();
-            let hb = wire::heartbeat_from_pb(r.clone(), host.clone());
-            let resp = self.groups.heartbeat(&group, hb).await?;
-            Ok(pb::GroupHeartbeatResponse {
-                member_id: resp.member_id,
-                member_epoch: resp.member_epoch,
-                heartbeat_interval_ms: resp.heartbeat_interval_ms,
-                assignment: wire::partitions_to_pb(&resp.assignment),
-            })
+            match wire::new_member_id() {
+                Ok(id) => r.member_id = id,
+                Err(e) => return self.observe("group_heartbeat", started, Err(e)),
+            }
         }
-        .await;
-        if let Err(BrokerError::NotCoordinator {
-            leader: Some(addr), ..
-        }) = &result
-            && !forwarded
-        {
-            let addr = addr.clone();
-            let relayed = self
-                .peers
-                .relay(&addr, r, |mut c, mut q| async move {
-                    if let Ok(v) = host.parse() {
-                        q.metadata_mut().insert(wire::CLIENT_HOST, v);
-                    }
-                    c.group_heartbeat(q).await
-                })
-                .await;
-            return self.relayed("group_heartbeat", started, relayed);
-        }
-        self.observe("group_heartbeat", started, result)
+        let host_value: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> =
+            host.parse().ok();
+        group_rpc!(
+            self,
+            "group_heartbeat",
+            started,
+            forwarded,
+            r,
+            self.heartbeat_here(&r, &host).await,
+            group_heartbeat,
+            |q: &mut Request<pb::GroupHeartbeatRequest>| {
+                if let Some(v) = host_value.clone() {
+                    q.metadata_mut().insert(wire::CLIENT_HOST, v);
+                }
+            }
+        )
     }
 
     async fn commit_offsets(
@@ -869,30 +994,16 @@ impl Strata for GrpcService {
         let started = Instant::now();
         let forwarded = req.metadata().contains_key(FORWARDED);
         let r = req.into_inner();
-        let result = async {
-            let offsets = wire::offsets_from_pb(&r.topic, &r.offsets)?;
-            let p = self.groups.partition_of(&r.group).await?;
-            self.groups.check_coordinator(&r.group, p)?;
-            self.watermarks
-                .check(&self.broker, &self.peers, &offsets)
-                .await?;
-            let member = (!r.member_id.is_empty()).then(|| (r.member_id.clone(), r.member_epoch));
-            self.groups.commit(&r.group, member, offsets).await?;
-            Ok(pb::CommitOffsetsResponse {})
-        }
-        .await;
-        if let Err(BrokerError::NotCoordinator {
-            leader: Some(addr), ..
-        }) = &result
-            && !forwarded
-        {
-            let relayed = self
-                .peers
-                .relay(addr, r, |mut c, q| async move { c.commit_offsets(q).await })
-                .await;
-            return self.relayed("commit_offsets", started, relayed);
-        }
-        self.observe("commit_offsets", started, result)
+        group_rpc!(
+            self,
+            "commit_offsets",
+            started,
+            forwarded,
+            r,
+            self.commit_here(&r).await,
+            commit_offsets,
+            |_: &mut Request<pb::CommitOffsetsRequest>| {}
+        )
     }
 
     async fn fetch_committed(
@@ -902,43 +1013,16 @@ impl Strata for GrpcService {
         let started = Instant::now();
         let forwarded = req.metadata().contains_key(FORWARDED);
         let r = req.into_inner();
-        let result = async {
-            let all = self.groups.committed(&r.group).await?;
-            if r.topic.is_empty() {
-                return Ok(pb::FetchCommittedResponse {
-                    offsets: Vec::new(),
-                    topics: wire::group_topics(&r.group, &all),
-                });
-            }
-            Ok(pb::FetchCommittedResponse {
-                offsets: all
-                    .iter()
-                    .filter(|((t, _), _)| *t == r.topic)
-                    .map(|((_, partition), offset)| pb::PartitionOffset {
-                        partition: *partition,
-                        offset: *offset,
-                    })
-                    .collect(),
-                topics: Vec::new(),
-            })
-        }
-        .await;
-        if let Err(BrokerError::NotCoordinator {
-            leader: Some(addr), ..
-        }) = &result
-            && !forwarded
-        {
-            let relayed = self
-                .peers
-                .relay(
-                    addr,
-                    r,
-                    |mut c, q| async move { c.fetch_committed(q).await },
-                )
-                .await;
-            return self.relayed("fetch_committed", started, relayed);
-        }
-        self.observe("fetch_committed", started, result)
+        group_rpc!(
+            self,
+            "fetch_committed",
+            started,
+            forwarded,
+            r,
+            self.committed_here(&r).await,
+            fetch_committed,
+            |_: &mut Request<pb::FetchCommittedRequest>| {}
+        )
     }
 
     async fn list_groups(
@@ -1011,28 +1095,16 @@ impl Strata for GrpcService {
         let started = Instant::now();
         let forwarded = req.metadata().contains_key(FORWARDED);
         let r = req.into_inner();
-        let result = async {
-            let d = self.groups.describe(&r.group).await?;
-            let hws = self.group_watermarks(&d).await;
-            let me = self
-                .broker
-                .cluster()
-                .map_or(self.broker.config().node_id, |c| c.node_id());
-            Ok(wire::describe_to_pb(&d, &hws, me))
-        }
-        .await;
-        if let Err(BrokerError::NotCoordinator {
-            leader: Some(addr), ..
-        }) = &result
-            && !forwarded
-        {
-            let relayed = self
-                .peers
-                .relay(addr, r, |mut c, q| async move { c.describe_group(q).await })
-                .await;
-            return self.relayed("describe_group", started, relayed);
-        }
-        self.observe("describe_group", started, result)
+        group_rpc!(
+            self,
+            "describe_group",
+            started,
+            forwarded,
+            r,
+            self.describe_here(&r).await,
+            describe_group,
+            |_: &mut Request<pb::DescribeGroupRequest>| {}
+        )
     }
 
     async fn delete_group(
@@ -1042,23 +1114,19 @@ impl Strata for GrpcService {
         let started = Instant::now();
         let forwarded = req.metadata().contains_key(FORWARDED);
         let r = req.into_inner();
-        let result = self
-            .groups
-            .delete_group(&r.group)
-            .await
-            .map(|()| pb::DeleteGroupResponse {});
-        if let Err(BrokerError::NotCoordinator {
-            leader: Some(addr), ..
-        }) = &result
-            && !forwarded
-        {
-            let relayed = self
-                .peers
-                .relay(addr, r, |mut c, q| async move { c.delete_group(q).await })
-                .await;
-            return self.relayed("delete_group", started, relayed);
-        }
-        self.observe("delete_group", started, result)
+        group_rpc!(
+            self,
+            "delete_group",
+            started,
+            forwarded,
+            r,
+            self.groups
+                .delete_group(&r.group)
+                .await
+                .map(|()| pb::DeleteGroupResponse {}),
+            delete_group,
+            |_: &mut Request<pb::DeleteGroupRequest>| {}
+        )
     }
 
     async fn reset_group_offsets(
@@ -1068,33 +1136,16 @@ impl Strata for GrpcService {
         let started = Instant::now();
         let forwarded = req.metadata().contains_key(FORWARDED);
         let r = req.into_inner();
-        let result = async {
-            let offsets = wire::offsets_from_pb(&r.topic, &r.offsets)?;
-            let p = self.groups.partition_of(&r.group).await?;
-            self.groups.check_coordinator(&r.group, p)?;
-            self.watermarks
-                .check(&self.broker, &self.peers, &offsets)
-                .await?;
-            self.groups.reset_offsets(&r.group, offsets).await?;
-            Ok(pb::ResetGroupOffsetsResponse {})
-        }
-        .await;
-        if let Err(BrokerError::NotCoordinator {
-            leader: Some(addr), ..
-        }) = &result
-            && !forwarded
-        {
-            let relayed = self
-                .peers
-                .relay(
-                    addr,
-                    r,
-                    |mut c, q| async move { c.reset_group_offsets(q).await },
-                )
-                .await;
-            return self.relayed("reset_group_offsets", started, relayed);
-        }
-        self.observe("reset_group_offsets", started, result)
+        group_rpc!(
+            self,
+            "reset_group_offsets",
+            started,
+            forwarded,
+            r,
+            self.reset_here(&r).await,
+            reset_group_offsets,
+            |_: &mut Request<pb::ResetGroupOffsetsRequest>| {}
+        )
     }
 
     async fn check_member(
