@@ -747,9 +747,12 @@ impl Broker {
         Ok(out)
     }
 
-    /// Runs retention on every partition, and forgets idle idempotent
-    /// producers; returns the segments deleted.
-    pub async fn enforce_retention(&self) -> usize {
+    /// Runs retention on every partition, keeping what consumer groups'
+    /// retention holds pin (`holds`: the lowest offset a holding group
+    /// committed, per partition; within `retention_hold_max_bytes` and
+    /// `retention_hold_max_ms`), and forgets idle idempotent producers;
+    /// returns the segments deleted.
+    pub async fn enforce_retention(&self, holds: &HashMap<(String, u32), u64>) -> usize {
         let mut deleted = 0;
         let partitions: Vec<Arc<Partition>> = match &self.cluster {
             Some(c) => c.hosted(),
@@ -760,7 +763,17 @@ impl Broker {
                 .collect(),
         };
         let expiry = self.config.producer_expiry();
+        let limit = |v: i64| (v >= 0).then_some(v);
         for p in &partitions {
+            let hold =
+                holds
+                    .get(&(p.topic.clone(), p.id))
+                    .map(|offset| crate::log::RetentionHold {
+                        offset: *offset,
+                        max_bytes: limit(self.config.retention_hold_max_bytes).map(|b| b as u64),
+                        max_ms: limit(self.config.retention_hold_max_ms),
+                    });
+            p.set_retention_hold(hold);
             match p.enforce_retention().await {
                 Ok(r) => deleted += r.segments_deleted,
                 Err(e) => {
@@ -808,6 +821,7 @@ impl PartitionSource for Broker {
                     high_watermark: s.high_watermark,
                     log_start_offset: s.log_start_offset,
                     producers: p.producer_count() as u64,
+                    held_bytes: p.held_bytes(),
                     replica: None,
                 });
             }

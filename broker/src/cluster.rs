@@ -381,6 +381,7 @@ impl Cluster {
                     high_watermark: h.partition.high_watermark(),
                     log_start_offset: h.partition.log_start_offset(),
                     producers: h.partition.producer_count() as u64,
+                    held_bytes: h.partition.held_bytes(),
                     replica: Some(crate::metrics::ReplicaFigures {
                         leader: st.leader.unwrap_or(0),
                         leading,

@@ -118,6 +118,14 @@ pub struct BrokerConfig {
     pub meta_snapshot_entries: u64,
     /// Broker-wide defaults for topics (segments, retention, batch size).
     pub log: LogDefaults,
+    /// Most bytes per partition retention keeps for consumer groups'
+    /// retention holds (segments retention would delete, kept because a
+    /// holding group has not consumed them); past it the oldest go anyway.
+    /// -1: no limit. Default 1 GiB.
+    pub retention_hold_max_bytes: i64,
+    /// Segments kept for a hold go anyway once their newest record is older
+    /// than this. -1: no limit. Default 7 days.
+    pub retention_hold_max_ms: i64,
     /// Partitions of the internal topic `__consumer_offsets`, created on
     /// the first group request; each partition's leader coordinates the
     /// groups hashed onto it. Fixed once the topic exists (a later value
@@ -184,6 +192,8 @@ impl Default for BrokerConfig {
             meta_snapshot_entries: 10_000,
             log: LogDefaults::default(),
             group_coordinator_partitions: 16,
+            retention_hold_max_bytes: 1 << 30,
+            retention_hold_max_ms: 7 * 24 * 3600 * 1000,
             groups: strata_group::CoordinatorConfig::default(),
         }
     }
@@ -210,6 +220,16 @@ impl BrokerConfig {
                 "group_coordinator_partitions must be between 1 and 1024, got {}",
                 self.group_coordinator_partitions
             )));
+        }
+        for (name, v) in [
+            ("retention_hold_max_bytes", self.retention_hold_max_bytes),
+            ("retention_hold_max_ms", self.retention_hold_max_ms),
+        ] {
+            if v < -1 {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be -1 (no limit) or at least 0, got {v}"
+                )));
+            }
         }
         let g = &self.groups;
         if g.session_timeout_min_ms == 0

@@ -346,6 +346,14 @@ impl GroupCoordinators {
         .await
     }
 
+    /// Turns a group's retention hold on or off.
+    pub async fn set_hold(&self, group: &str, hold: bool) -> Result<(), BrokerError> {
+        self.run(group, |c, _, now| {
+            c.set_hold(group, hold, now).map(|r| ((), r))
+        })
+        .await
+    }
+
     /// Deletes a group without members.
     pub async fn delete_group(&self, group: &str) -> Result<(), BrokerError> {
         self.run(group, |c, _, _| c.delete_group(group).map(|r| ((), r)))

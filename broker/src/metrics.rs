@@ -28,6 +28,9 @@ pub struct PartitionFigures {
     pub log_start_offset: u64,
     /// Idempotent producers the partition's state keeps.
     pub producers: u64,
+    /// Bytes retention would delete but keeps for consumer groups'
+    /// retention holds.
+    pub held_bytes: u64,
     /// On a cluster node: the replica's Raft view.
     pub replica: Option<ReplicaFigures>,
 }
@@ -161,7 +164,8 @@ impl Metrics {
             Opts::new(
                 "strata_partition",
                 "Partition figures: size_bytes, segments, high_watermark, log_start_offset, \
-                 producers (idempotent producers kept); \
+                 producers (idempotent producers kept), held_bytes (kept for consumer-group \
+                 retention holds); \
                  on a cluster node also leader (node id, 0: none known), leading (1 if this \
                  node leads), quorum (1 if this node sees a quorum of the voters alive) and term.",
             ),
@@ -226,6 +230,7 @@ impl Metrics {
                 ("high_watermark", s.high_watermark),
                 ("log_start_offset", s.log_start_offset),
                 ("producers", s.producers),
+                ("held_bytes", s.held_bytes),
             ];
             if let Some(r) = &s.replica {
                 figures.extend([

@@ -141,19 +141,40 @@ pub async fn run(
     println!("strata-broker ready grpc={grpc_local} http={http_local}{raft_line}");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let service = GrpcService::new(
+        broker.clone(),
+        crate::coordinator::GroupCoordinators::start(broker.clone()),
+    );
     let retention = {
         let broker = broker.clone();
+        let service = service.clone();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(retention_every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // The last complete view of the groups' retention holds: a
+            // round whose coordinators cannot all be asked uses it, and
+            // until there is one retention waits (it cannot know what a
+            // group still needs).
+            let mut holds: Option<std::collections::HashMap<(String, u32), u64>> = None;
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
+                        match service.collect_holds().await {
+                            Some(h) => holds = Some(h),
+                            None if holds.is_some() => {
+                                tracing::warn!("some group coordinators did not answer; retention uses the last known holds");
+                            }
+                            None => {
+                                tracing::warn!("group coordinators did not answer; retention waits until the groups' holds are known");
+                                continue;
+                            }
+                        }
                         let b = broker.clone();
+                        let h = holds.clone().unwrap_or_default();
                         // Retention deletes files: keep it off the
                         // request-serving workers' hot path.
-                        let _ = tokio::spawn(async move { b.enforce_retention().await }).await;
+                        let _ = tokio::spawn(async move { b.enforce_retention(&h).await }).await;
                     }
                     _ = stop.changed() => return,
                 }
@@ -161,12 +182,9 @@ pub async fn run(
         })
     };
 
-    let svc = strata_proto::pb::strata_server::StrataServer::new(GrpcService::new(
-        broker.clone(),
-        crate::coordinator::GroupCoordinators::start(broker.clone()),
-    ))
-    .max_decoding_message_size(message_max)
-    .max_encoding_message_size(message_max);
+    let svc = strata_proto::pb::strata_server::StrataServer::new(service)
+        .max_decoding_message_size(message_max)
+        .max_encoding_message_size(message_max);
     let grpc = {
         let mut stop = stop_rx.clone();
         // Accepted sockets get TCP_NODELAY: with Nagle, a response can wait

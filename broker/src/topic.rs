@@ -337,6 +337,17 @@ impl Partition {
         }
     }
 
+    /// Sets the consumer-group hold retention respects (see
+    /// `crate::log::RetentionHold`).
+    pub fn set_retention_hold(&self, hold: Option<crate::log::RetentionHold>) {
+        self.writer.write().set_retention_hold(hold);
+    }
+
+    /// Bytes retention keeps for the hold now.
+    pub fn held_bytes(&self) -> u64 {
+        self.writer.read().held_bytes()
+    }
+
     /// The Raft term this node leads the partition in (0 on a single
     /// node), or `NOT_LEADER`. State derived from the log while leading
     /// (the group coordinator's) is valid for one term only.

@@ -419,6 +419,20 @@ impl Admin {
         Ok(convert::group_description(r))
     }
 
+    /// Turns a group's retention hold on or off: while on, retention keeps
+    /// the records the group has not consumed (within the broker's hold
+    /// limits).
+    pub async fn set_group_hold(&self, group: &str, hold: bool) -> Result<()> {
+        self.client
+            .clone()
+            .set_group_hold(pb::SetGroupHoldRequest {
+                group: group.to_owned(),
+                hold,
+            })
+            .await?;
+        Ok(())
+    }
+
     /// Deletes a group without members, and its offsets.
     pub async fn delete_group(&self, group: &str) -> Result<()> {
         self.client

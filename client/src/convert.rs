@@ -152,6 +152,7 @@ pub(crate) fn group_listing(r: pb::ListGroupsResponse) -> GroupListing {
                 members: s.members,
                 group_epoch: s.group_epoch,
                 coordinator: s.coordinator,
+                hold: s.hold,
             })
             .collect(),
         offsets: r.groups.into_iter().map(group_offsets).collect(),
@@ -166,6 +167,7 @@ pub(crate) fn group_description(d: pb::DescribeGroupResponse) -> GroupDescriptio
         group_epoch: d.group_epoch,
         assignment_epoch: d.assignment_epoch,
         coordinator: d.coordinator,
+        hold: d.hold,
         members: d
             .members
             .into_iter()

@@ -234,6 +234,8 @@ pub struct GroupSummary {
     pub group_epoch: i32,
     /// The coordinator's node id.
     pub coordinator: u64,
+    /// Whether its committed offsets hold retention back.
+    pub hold: bool,
 }
 
 /// Every group of the cluster.
@@ -309,4 +311,6 @@ pub struct GroupDescription {
     pub members: Vec<GroupMemberInfo>,
     /// Partitions with offsets or owners.
     pub partitions: Vec<GroupPartitionLag>,
+    /// Whether its committed offsets hold retention back.
+    pub hold: bool,
 }

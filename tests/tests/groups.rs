@@ -188,12 +188,17 @@ fn sampler(
     })
 }
 
+/// A record stamped now (retention holds give way for records older than
+/// `retention_hold_max_ms`).
 fn rec(v: String) -> Record {
     Record {
         key: None,
         value: v.into_bytes().into(),
         headers: Vec::new(),
-        timestamp_ms: 0,
+        timestamp_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64,
     }
 }
 
@@ -871,4 +876,140 @@ async fn offsets_committed_before_groups_moved_are_imported_once() {
         admin.committed("gone", "s").await.unwrap().is_empty(),
         "a deleted group came back from the old store"
     );
+}
+
+fn partition_figure(http_addr: &str, topic: &str, partition: u32, figure: &str) -> Option<u64> {
+    let (_, body) = strata_tests::http(http_addr, "GET", "/metrics", b"");
+    let labels = format!(
+        "strata_partition{{figure=\"{figure}\",partition=\"{partition}\",topic=\"{topic}\"}}"
+    );
+    body.lines()
+        .find_map(|l| l.strip_prefix(labels.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Produces `n` records of 100 bytes to partition 0 of each topic.
+async fn fill(broker: &str, topics: &[&str], n: usize) {
+    let producer = Producer::connect(
+        broker,
+        ProducerConfig {
+            batch_bytes_max: 8 * 1024,
+            compression: strata_client::Compression::None,
+            ..ProducerConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    for i in 0..n {
+        for t in topics {
+            producer
+                .send(t, rec(format!("{i:0100}")), Some(0))
+                .await
+                .unwrap();
+        }
+    }
+    producer.flush().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retention_hold_keeps_what_the_group_has_not_consumed_up_to_its_limit() {
+    let (dir, _guard) = test_dir();
+    let conf = dir.join("broker.toml");
+    // Holds keep at most 640 KiB per partition.
+    std::fs::write(
+        &conf,
+        "retention_check_ms = 100\nretention_hold_max_bytes = 655360\n",
+    )
+    .unwrap();
+    let broker = BrokerProcess::start(&dir.join("data"), &["--config", conf.to_str().unwrap()]);
+    let admin = Admin::connect(&broker.grpc).await.unwrap();
+    let config = TopicConfig {
+        segment_bytes: Some(128 * 1024),
+        max_batch_bytes: Some(16 * 1024),
+        retention_bytes: Some(256 * 1024),
+        ..TopicConfig::default()
+    };
+    for t in ["held", "free"] {
+        admin.create_topic(t, 1, 1, config.clone()).await.unwrap();
+    }
+    // The same records in both topics; a holding group has consumed 10 of
+    // "held" (it holds from offset 10); a group without a hold has
+    // consumed nothing of "free".
+    // The hold is on before the records arrive, so no retention pass can
+    // run between them and the hold.
+    admin.commit("keeper", "held", &[(0, 0)]).await.unwrap();
+    admin.set_group_hold("keeper", true).await.unwrap();
+    admin.commit("idle", "free", &[(0, 0)]).await.unwrap();
+    fill(&broker.grpc, &["held", "free"], 6000).await;
+    admin.commit("keeper", "held", &[(0, 10)]).await.unwrap();
+    let d = admin.describe_group("keeper").await.unwrap();
+    assert!(d.hold, "{d:?}");
+    let start = |t: &'static str| {
+        let a = admin.clone();
+        async move {
+            a.list_offsets(t, 0, strata_client::OffsetSpec::Earliest)
+                .await
+                .unwrap()
+                .log_start_offset
+        }
+    };
+    let http = broker.http.clone();
+    poll_until_async(
+        "retention trims the free topic and holds the other",
+        Duration::from_secs(30),
+        || {
+            let (free, http) = (start("free"), http.clone());
+            async move {
+                free.await > 0
+                    && partition_figure(&http, "held", 0, "held_bytes").is_some_and(|b| b > 0)
+            }
+        },
+    )
+    .await;
+    assert!(
+        start("held").await <= 10,
+        "retention deleted records the holding group has not consumed"
+    );
+
+    // The group consumes on: retention follows its committed offset.
+    admin.commit("keeper", "held", &[(0, 3000)]).await.unwrap();
+    poll_until_async(
+        "retention follows the hold",
+        Duration::from_secs(30),
+        || {
+            let held = start("held");
+            async move { held.await > 10 }
+        },
+    )
+    .await;
+    assert!(
+        start("held").await <= 3000,
+        "retention passed the holding group's offset"
+    );
+
+    // Past the limit the oldest held segments go anyway.
+    fill(&broker.grpc, &["held"], 12_000).await;
+    poll_until_async(
+        "retention passes a hold past its limit",
+        Duration::from_secs(30),
+        || {
+            let held = start("held");
+            async move { held.await > 3000 }
+        },
+    )
+    .await;
+    let kept = partition_figure(&broker.http, "held", 0, "held_bytes").unwrap();
+    assert!(
+        kept <= 655_360,
+        "the hold keeps {kept} bytes, over its limit"
+    );
+    // Off: the hold is gone.
+    admin.set_group_hold("keeper", false).await.unwrap();
+    assert!(!admin.describe_group("keeper").await.unwrap().hold);
+    let http = broker.http.clone();
+    poll_until_async("no bytes held", Duration::from_secs(30), || {
+        let http = http.clone();
+        async move { partition_figure(&http, "held", 0, "held_bytes") == Some(0) }
+    })
+    .await;
 }

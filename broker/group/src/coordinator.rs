@@ -94,6 +94,7 @@ struct Group {
     topics: Topics,
     offsets: BTreeMap<TopicPartition, u64>,
     last_change_ms: u64,
+    hold: bool,
 }
 
 impl Group {
@@ -245,6 +246,7 @@ impl Group {
                 .collect(),
             topics: self.topics.clone(),
             last_change_ms: self.last_change_ms,
+            hold: self.hold,
         }
     }
 
@@ -290,6 +292,7 @@ impl Group {
         self.target = target;
         self.topics = s.topics;
         self.last_change_ms = s.last_change_ms;
+        self.hold = s.hold;
     }
 }
 
@@ -873,6 +876,7 @@ impl Coordinator {
             assignment_epoch: g.assignment_epoch,
             members,
             offsets: g.offsets.clone(),
+            hold: g.hold,
         })
     }
 
@@ -885,8 +889,46 @@ impl Coordinator {
                 state: g.state(),
                 members: g.members.len(),
                 group_epoch: g.group_epoch,
+                hold: g.hold,
             })
             .collect()
+    }
+
+    /// Turns the group's retention hold on or off (creating the group, with
+    /// no members and no offsets, if it does not exist). A holding group's
+    /// committed offset of a partition keeps retention from deleting the
+    /// records from that offset on (the broker bounds how much is held).
+    pub fn set_hold(
+        &mut self,
+        group: &str,
+        hold: bool,
+        now_ms: u64,
+    ) -> Result<Vec<GroupRecord>, GroupError> {
+        validate_group_name(group)?;
+        let g = self
+            .groups
+            .entry(group.to_owned())
+            .or_insert_with(|| Group::new(now_ms));
+        if g.hold == hold {
+            return Ok(Vec::new());
+        }
+        g.hold = hold;
+        g.last_change_ms = now_ms;
+        Ok(vec![GroupRecord::Group(g.snapshot(group))])
+    }
+
+    /// Per partition, the lowest offset committed by a holding group:
+    /// retention keeps every record from it on.
+    pub fn holds(&self) -> BTreeMap<TopicPartition, u64> {
+        let mut out: BTreeMap<TopicPartition, u64> = BTreeMap::new();
+        for g in self.groups.values().filter(|g| g.hold) {
+            for (tp, o) in &g.offsets {
+                out.entry(tp.clone())
+                    .and_modify(|h| *h = (*h).min(*o))
+                    .or_insert(*o);
+            }
+        }
+        out
     }
 }
 

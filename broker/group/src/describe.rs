@@ -23,6 +23,8 @@ pub struct GroupDescription {
     pub members: Vec<MemberDescription>,
     /// Committed offsets.
     pub offsets: BTreeMap<TopicPartition, u64>,
+    /// Whether the committed offsets hold retention back.
+    pub hold: bool,
 }
 
 /// A member as shown by describe.
@@ -83,4 +85,6 @@ pub struct GroupSummary {
     pub members: usize,
     /// The group epoch.
     pub group_epoch: i32,
+    /// Whether the committed offsets hold retention back.
+    pub hold: bool,
 }

@@ -63,6 +63,11 @@ pub struct GroupSnapshot {
     pub topics: BTreeMap<String, u32>,
     /// Last membership change or commit, for offsets retention.
     pub last_change_ms: u64,
+    /// Whether the group's committed offsets hold retention back (records
+    /// not yet consumed by the group are kept, within the broker's hold
+    /// limits). Absent in records written before holds existed: false.
+    #[serde(default)]
+    pub hold: bool,
 }
 
 /// The durable state of one member.

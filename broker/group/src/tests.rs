@@ -844,3 +844,60 @@ proptest! {
         sim.assert_replays();
     }
 }
+
+#[test]
+fn holds_are_the_lowest_offsets_of_holding_groups_and_survive_replay() {
+    let t = topics(&[("a", 2)]);
+    let mut c = Coordinator::new(CoordinatorConfig::default());
+    let mut log = Vec::new();
+    log.extend(
+        c.commit(
+            "slow",
+            None,
+            &[("a".into(), 0, 5), ("a".into(), 1, 9)],
+            &t,
+            1,
+        )
+        .unwrap(),
+    );
+    log.extend(
+        c.commit("fast", None, &[("a".into(), 0, 50)], &t, 1)
+            .unwrap(),
+    );
+    log.extend(
+        c.commit("free", None, &[("a".into(), 0, 1)], &t, 1)
+            .unwrap(),
+    );
+    assert!(c.holds().is_empty(), "no group holds yet");
+    log.extend(c.set_hold("slow", true, 2).unwrap());
+    log.extend(c.set_hold("fast", true, 2).unwrap());
+    assert!(
+        c.set_hold("fast", true, 3).unwrap().is_empty(),
+        "no change, no record"
+    );
+    let want: BTreeMap<TopicPartition, u64> = [(tp("a", 0), 5), (tp("a", 1), 9)].into();
+    assert_eq!(c.holds(), want);
+    assert!(c.describe("slow").unwrap().hold && !c.describe("free").unwrap().hold);
+    // A holding group moves its hold forward by committing.
+    log.extend(
+        c.commit("slow", None, &[("a".into(), 0, 70)], &t, 4)
+            .unwrap(),
+    );
+    assert_eq!(c.holds()[&tp("a", 0)], 50);
+    // Replay rebuilds the holds; switching off releases them.
+    let mut r = Coordinator::new(CoordinatorConfig::default());
+    for rec in &log {
+        let (k, v) = encode_record(rec);
+        r.replay(decode_record(&k, &v).unwrap());
+    }
+    assert_eq!(r.holds(), c.holds());
+    r.set_hold("slow", false, 5).unwrap();
+    r.set_hold("fast", false, 5).unwrap();
+    assert!(r.holds().is_empty());
+    // A group snapshot written before holds existed reads as not holding.
+    let old = r#"{"v":1,"record":{"Group":{"group":"x","group_epoch":1,"assignment_epoch":1,"members":[],"topics":{},"last_change_ms":0}}}"#;
+    let rec = decode_record(b"x", old.as_bytes()).unwrap();
+    let mut o = Coordinator::new(CoordinatorConfig::default());
+    o.replay(rec);
+    assert!(!o.describe("x").unwrap().hold);
+}

@@ -30,6 +30,7 @@ pub use error::{ConfigError, FormatError, LogError, Result};
 pub use partition::{
     Appended, PartitionLog, RecoveryReport, RetentionReport, SegmentInfo, StoredBatch,
 };
+pub use retention::RetentionHold;
 pub use storage::{FileStorage, Storage, StorageFile};
 pub use writer::{
     Completion, PartitionWriter, SyncObserver, WriterConfig, WriterPool, WriterStats,

@@ -30,7 +30,7 @@ use super::checkpoint::{CHECKPOINT_FILE, StartCheckpoint};
 use super::config::{Clock, ENTRY_READ_LIMIT, LogConfig, SystemClock};
 use super::entry::{ENTRY_HEADER_LEN, Entry, EntryKind, LogId, NewEntry, Payload};
 use super::error::{LogError, Result};
-use super::retention::{RetentionView, segments_to_delete};
+use super::retention::{RetentionHold, RetentionView, apply_hold, segments_to_delete};
 use super::segment::{
     SEGMENT_HEADER_LEN, Segment, SegmentHeader, index_file_name, log_file_name, parse_file_name,
     time_index_file_name,
@@ -171,6 +171,7 @@ pub struct PartitionLog {
     dir_dirty: bool,
     poisoned: Option<String>,
     recovery: RecoveryReport,
+    hold: Option<RetentionHold>,
 }
 
 impl PartitionLog {
@@ -353,6 +354,7 @@ impl PartitionLog {
             dir_dirty: false,
             poisoned: None,
             recovery: report,
+            hold: None,
         };
         if log.start.last_purged.is_none()
             && let Some(first) = log.segments.first()
@@ -969,9 +971,9 @@ impl PartitionLog {
         self.guard(r)
     }
 
-    /// How many front segments the retention policy would delete now, and
-    /// the views it decided on.
-    fn retention_candidates(&self) -> (usize, Vec<RetentionView>) {
+    /// How many front segments retention (policy and hold) would delete
+    /// now, the bytes the hold keeps, and the views it decided on.
+    fn retention_decision(&self) -> (usize, u64, Vec<RetentionView>) {
         let now = self.clock.now_ms();
         let views: Vec<RetentionView> = self
             .segments
@@ -988,7 +990,24 @@ impl PartitionLog {
             self.config.retention_ms,
             now,
         );
+        let next: Vec<u64> = self.segments.iter().map(|s| s.next_offset).collect();
+        let (n, held) = apply_hold(&views, &next, n, self.hold, now);
+        (n, held, views)
+    }
+
+    fn retention_candidates(&self) -> (usize, Vec<RetentionView>) {
+        let (n, _, views) = self.retention_decision();
         (n, views)
+    }
+
+    /// Sets (or clears) the consumer hold retention respects from now on.
+    pub fn set_retention_hold(&mut self, hold: Option<RetentionHold>) {
+        self.hold = hold;
+    }
+
+    /// Bytes retention would delete now but keeps for the hold.
+    pub fn held_bytes(&self) -> u64 {
+        self.retention_decision().1
     }
 
     /// Where retention would cut the log now, without cutting it: the last

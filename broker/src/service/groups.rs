@@ -339,6 +339,7 @@ pub(crate) fn describe_to_pb(
             .collect(),
         partitions,
         coordinator,
+        hold: d.hold,
     }
 }
 

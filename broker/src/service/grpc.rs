@@ -151,6 +151,93 @@ impl GrpcService {
         }
     }
 
+    /// Every group of the cluster: this node's coordinators' groups, and
+    /// (unless `local_only`, as when another node asks) every other
+    /// coordinator's, asked of the node leading its partition.
+    async fn all_groups(&self, local_only: bool) -> Result<pb::ListGroupsResponse, BrokerError> {
+        let local = self.groups.local_groups().await?;
+        let me = self
+            .broker
+            .cluster()
+            .map_or(self.broker.config().node_id, |c| c.node_id());
+        let mut out = pb::ListGroupsResponse::default();
+        for (s, offsets) in &local.groups {
+            out.summaries.push(pb::GroupSummary {
+                group: s.group.clone(),
+                state: s.state.to_string(),
+                members: s.members as u32,
+                group_epoch: s.group_epoch,
+                coordinator: me,
+                hold: s.hold,
+            });
+            out.groups.extend(wire::group_topics(&s.group, offsets));
+        }
+        if local_only {
+            return Ok(out);
+        }
+        let mut by_leader: std::collections::BTreeMap<String, Vec<u32>> =
+            std::collections::BTreeMap::new();
+        for (p, leader) in local.elsewhere {
+            match leader {
+                Some(a) => by_leader.entry(a).or_default().push(p),
+                None => out.unavailable_partitions.push(p),
+            }
+        }
+        for (addr, parts) in by_leader {
+            let asked = self
+                .peers
+                .relay(&addr, pb::ListGroupsRequest {}, |mut c, q| async move {
+                    c.list_groups(q).await
+                })
+                .await;
+            match asked {
+                Ok(remote) => {
+                    out.summaries.extend(remote.summaries);
+                    out.groups.extend(remote.groups);
+                }
+                Err(_) => out.unavailable_partitions.extend(parts),
+            }
+        }
+        out.summaries.sort_by(|a, b| a.group.cmp(&b.group));
+        out.summaries.dedup_by(|a, b| a.group == b.group);
+        out.groups
+            .sort_by(|a, b| (&a.group, &a.topic).cmp(&(&b.group, &b.topic)));
+        out.groups
+            .dedup_by(|a, b| a.group == b.group && a.topic == b.topic);
+        out.unavailable_partitions.sort_unstable();
+        Ok(out)
+    }
+
+    /// The retention holds of every holding group of the cluster: per
+    /// partition, the lowest offset a holding group committed. `None` when
+    /// some coordinator could not be asked (its groups' holds are unknown).
+    pub async fn collect_holds(&self) -> Option<std::collections::HashMap<(String, u32), u64>> {
+        let all = self.all_groups(false).await.ok()?;
+        if !all.unavailable_partitions.is_empty() {
+            return None;
+        }
+        let holding: std::collections::HashSet<&str> = all
+            .summaries
+            .iter()
+            .filter(|s| s.hold)
+            .map(|s| s.group.as_str())
+            .collect();
+        let mut out: std::collections::HashMap<(String, u32), u64> =
+            std::collections::HashMap::new();
+        for g in all
+            .groups
+            .iter()
+            .filter(|g| holding.contains(g.group.as_str()))
+        {
+            for o in &g.offsets {
+                out.entry((g.topic.clone(), o.partition))
+                    .and_modify(|h| *h = (*h).min(o.offset))
+                    .or_insert(o.offset);
+            }
+        }
+        Some(out)
+    }
+
     async fn heartbeat_here(
         &self,
         r: &pb::GroupHeartbeatRequest,
@@ -1031,61 +1118,30 @@ impl Strata for GrpcService {
     ) -> Result<Response<pb::ListGroupsResponse>, Status> {
         let started = Instant::now();
         let forwarded = req.metadata().contains_key(FORWARDED);
-        let result = async {
-            let local = self.groups.local_groups().await?;
-            let me = self
-                .broker
-                .cluster()
-                .map_or(self.broker.config().node_id, |c| c.node_id());
-            let mut out = pb::ListGroupsResponse::default();
-            for (s, offsets) in &local.groups {
-                out.summaries.push(pb::GroupSummary {
-                    group: s.group.clone(),
-                    state: s.state.to_string(),
-                    members: s.members as u32,
-                    group_epoch: s.group_epoch,
-                    coordinator: me,
-                });
-                out.groups.extend(wire::group_topics(&s.group, offsets));
-            }
-            if forwarded {
-                // The asking node accounts for the partitions led elsewhere.
-                return Ok(out);
-            }
-            let mut by_leader: std::collections::BTreeMap<String, Vec<u32>> =
-                std::collections::BTreeMap::new();
-            for (p, leader) in local.elsewhere {
-                match leader {
-                    Some(a) => by_leader.entry(a).or_default().push(p),
-                    None => out.unavailable_partitions.push(p),
-                }
-            }
-            for (addr, parts) in by_leader {
-                let asked = self
-                    .peers
-                    .relay(&addr, pb::ListGroupsRequest {}, |mut c, q| async move {
-                        c.list_groups(q).await
-                    })
-                    .await;
-                match asked {
-                    Ok(remote) => {
-                        out.summaries.extend(remote.summaries);
-                        out.groups.extend(remote.groups);
-                    }
-                    Err(_) => out.unavailable_partitions.extend(parts),
-                }
-            }
-            out.summaries.sort_by(|a, b| a.group.cmp(&b.group));
-            out.summaries.dedup_by(|a, b| a.group == b.group);
-            out.groups
-                .sort_by(|a, b| (&a.group, &a.topic).cmp(&(&b.group, &b.topic)));
-            out.groups
-                .dedup_by(|a, b| a.group == b.group && a.topic == b.topic);
-            out.unavailable_partitions.sort_unstable();
-            Ok(out)
-        }
-        .await;
+        let result = self.all_groups(forwarded).await;
         self.observe("list_groups", started, result)
+    }
+
+    async fn set_group_hold(
+        &self,
+        req: Request<pb::SetGroupHoldRequest>,
+    ) -> Result<Response<pb::SetGroupHoldResponse>, Status> {
+        let started = Instant::now();
+        let forwarded = req.metadata().contains_key(FORWARDED);
+        let r = req.into_inner();
+        group_rpc!(
+            self,
+            "set_group_hold",
+            started,
+            forwarded,
+            r,
+            self.groups
+                .set_hold(&r.group, r.hold)
+                .await
+                .map(|()| pb::SetGroupHoldResponse {}),
+            set_group_hold,
+            |_: &mut Request<pb::SetGroupHoldRequest>| {}
+        )
     }
 
     async fn describe_group(

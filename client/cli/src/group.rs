@@ -27,6 +27,16 @@ pub enum GroupCmd {
         /// Group.
         group: String,
     },
+    /// Turn the group's retention hold on or off: while on, retention keeps
+    /// the records the group has not consumed, up to the broker's
+    /// retention_hold_max_bytes per partition and retention_hold_max_ms.
+    Hold {
+        /// Group.
+        group: String,
+        /// on or off.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
     /// Show committed offsets (of one group, or all) with lag.
     Offsets {
         /// Group (default: all groups).
@@ -78,6 +88,15 @@ pub async fn run(broker: &str, json: bool, cmd: GroupCmd) -> anyhow::Result<()> 
         GroupCmd::Describe { group } => {
             let d = admin.describe_group(&group).await?;
             render::print_group_description(&d, json);
+        }
+        GroupCmd::Hold { group, state } => {
+            let on = state == "on";
+            admin.set_group_hold(&group, on).await?;
+            if json {
+                render::print_json(&serde_json::json!({ "group": group, "hold": on }));
+            } else {
+                println!("group {group}: retention hold {state}");
+            }
         }
         GroupCmd::Delete { group } => {
             admin.delete_group(&group).await?;

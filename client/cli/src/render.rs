@@ -174,20 +174,25 @@ pub fn print_group_list(l: &GroupListing, json: bool) {
         print_json(&json!({
             "groups": l.groups.iter().map(|g| json!({
                 "group": g.group, "state": g.state, "members": g.members,
-                "group_epoch": g.group_epoch, "coordinator": g.coordinator,
+                "group_epoch": g.group_epoch, "coordinator": g.coordinator, "hold": g.hold,
             })).collect::<Vec<_>>(),
             "unavailable_partitions": l.unavailable_partitions,
         }));
         return;
     }
     println!(
-        "{:<32} {:<12} {:>7} {:>11} {:>11}",
-        "GROUP", "STATE", "MEMBERS", "GROUP_EPOCH", "COORDINATOR"
+        "{:<32} {:<12} {:>7} {:>11} {:>11} {:>4}",
+        "GROUP", "STATE", "MEMBERS", "GROUP_EPOCH", "COORDINATOR", "HOLD"
     );
     for g in &l.groups {
         println!(
-            "{:<32} {:<12} {:>7} {:>11} {:>11}",
-            g.group, g.state, g.members, g.group_epoch, g.coordinator
+            "{:<32} {:<12} {:>7} {:>11} {:>11} {:>4}",
+            g.group,
+            g.state,
+            g.members,
+            g.group_epoch,
+            g.coordinator,
+            if g.hold { "on" } else { "off" }
         );
     }
 }
@@ -215,7 +220,7 @@ pub fn print_group_description(d: &GroupDescription, json: bool) {
     if json {
         print_json(&json!({
             "group": d.group, "state": d.state, "group_epoch": d.group_epoch,
-            "assignment_epoch": d.assignment_epoch, "coordinator": d.coordinator,
+            "assignment_epoch": d.assignment_epoch, "coordinator": d.coordinator, "hold": d.hold,
             "members": d.members.iter().map(|m| json!({
                 "member_id": m.member_id, "instance_id": m.instance_id,
                 "member_epoch": m.member_epoch, "client_id": m.client_id,
@@ -232,8 +237,17 @@ pub fn print_group_description(d: &GroupDescription, json: bool) {
         return;
     }
     println!(
-        "group {}  state {}  group epoch {}  assignment epoch {}  coordinator node {}",
-        d.group, d.state, d.group_epoch, d.assignment_epoch, d.coordinator
+        "group {}  state {}  group epoch {}  assignment epoch {}  coordinator node {}  retention hold {}",
+        d.group,
+        d.state,
+        d.group_epoch,
+        d.assignment_epoch,
+        d.coordinator,
+        if d.hold {
+            "on (retention keeps what the group has not consumed)"
+        } else {
+            "off"
+        }
     );
     println!();
     println!(
