@@ -1115,7 +1115,18 @@ async fn cli_topics_groups_and_offline_log_inspection() {
     assert!(broker.stop());
     let (code, out, err) = run(&["log", "verify", data.to_str().unwrap()], None);
     assert_eq!(code, Some(0), "{out}{err}");
-    assert_eq!(out.matches(" OK").count(), 2, "{out}");
+    // The topic's two segments, and the internal offsets topic's.
+    let cli_ok = out
+        .lines()
+        .filter(|l| l.contains("/topics/cli/") && l.ends_with(" OK"))
+        .count();
+    assert_eq!(cli_ok, 2, "{out}");
+    assert!(
+        out.lines()
+            .filter(|l| l.contains("/topics/__consumer_offsets/"))
+            .all(|l| l.ends_with(" OK")),
+        "{out}"
+    );
     let (code, out, _) = run(
         &[
             "log",

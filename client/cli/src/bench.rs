@@ -1,9 +1,10 @@
-//! `strata bench produce|consume`: load against a running broker.
+//! `strata bench produce|consume|groups`: load against a running broker.
 //!
 //! `produce` runs concurrent producers, optionally paced to a target rate,
 //! and measures send-to-acknowledgement latency from each record's
 //! *scheduled* send time (no coordinated omission) into an HDR histogram;
-//! `consume` replays a topic from its start. Both print rates (and
+//! `consume` replays a topic from its start; `groups` measures offset
+//! commits over many groups and the time rebalances take. Both print rates (and
 //! percentiles) through `render`.
 
 use std::time::{Duration, Instant};
@@ -13,8 +14,8 @@ use bytes::Bytes;
 use clap::{Args, Subcommand};
 use hdrhistogram::Histogram;
 use strata_client::{
-    Admin, ClientError, Compression, Consumer, ConsumerConfig, Delivery, Producer, ProducerConfig,
-    Record, ResetPolicy, TopicConfig,
+    Admin, ClientError, Compression, Consumer, ConsumerConfig, Delivery, GroupConsumer,
+    GroupConsumerConfig, Producer, ProducerConfig, Record, ResetPolicy, TopicConfig,
 };
 use strata_proto::now_ms;
 
@@ -33,6 +34,10 @@ pub enum BenchCmd {
         #[arg(long)]
         records: Option<u64>,
     },
+    /// Offset commits/s over many groups (standalone commits of every
+    /// partition), then a member join and a member crash: how long each
+    /// takes to rebalance.
+    Groups(BenchGroupsArgs),
 }
 
 #[derive(Args, Debug)]
@@ -83,6 +88,7 @@ pub async fn run(broker: &str, json: bool, cmd: BenchCmd) -> anyhow::Result<()> 
     match cmd {
         BenchCmd::Produce(a) => produce(broker, json, a).await,
         BenchCmd::Consume { topic, records } => consume(broker, json, &topic, records).await,
+        BenchCmd::Groups(a) => groups(broker, json, a).await,
     }
 }
 
@@ -231,5 +237,174 @@ async fn consume(
         },
         json,
     );
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct BenchGroupsArgs {
+    /// Topic the groups commit offsets for (created with --partitions if
+    /// missing; gets --commits records per partition first).
+    #[arg(long, default_value = "bench-groups")]
+    topic: String,
+    /// Partitions when the topic is created.
+    #[arg(long, default_value_t = 12)]
+    partitions: u32,
+    /// Replication factor when the topic is created (cluster mode).
+    #[arg(long, default_value_t = 1)]
+    replication_factor: u32,
+    /// Groups committing.
+    #[arg(long, default_value_t = 1000)]
+    groups: usize,
+    /// Commits per group (each carries every partition's offset).
+    #[arg(long, default_value_t = 10)]
+    commits: u64,
+    /// Commit requests in flight.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Members' session timeout for the rebalance measurements, in ms.
+    #[arg(long, default_value_t = 3000)]
+    session_timeout_ms: u64,
+}
+
+/// `bench groups`: offset commits/s over many groups, then the time a
+/// member join and a member crash take to rebalance.
+async fn groups(broker: &str, json: bool, a: BenchGroupsArgs) -> anyhow::Result<()> {
+    let admin = Admin::connect(broker).await?;
+    match admin.describe_topic(&a.topic).await {
+        Ok(_) => {}
+        Err(ClientError::UnknownTopic(_)) => {
+            admin
+                .create_topic(
+                    &a.topic,
+                    a.partitions,
+                    a.replication_factor,
+                    TopicConfig::default(),
+                )
+                .await?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let partitions = admin.describe_topic(&a.topic).await?.partitions;
+    // Records to commit offsets over (a commit may not pass the high
+    // watermark).
+    let producer = Producer::connect(broker, ProducerConfig::default()).await?;
+    for p in 0..partitions {
+        for _ in 0..a.commits {
+            let record = Record {
+                key: None,
+                value: Bytes::from_static(b"x"),
+                headers: vec![],
+                timestamp_ms: now_ms(),
+            };
+            producer.send(&a.topic, record, Some(p)).await?;
+        }
+    }
+    producer.flush().await?;
+    producer.close().await?;
+
+    // Commits: group g commits offsets 1..=commits on every partition.
+    let run_id = now_ms();
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let per_task = a.groups.div_ceil(a.concurrency.max(1));
+    for t in 0..a.concurrency.max(1) {
+        let admin = admin.clone();
+        let topic = a.topic.clone();
+        let commits = a.commits;
+        let groups: Vec<usize> = (t * per_task..((t + 1) * per_task).min(a.groups)).collect();
+        tasks.spawn(async move {
+            let mut hist = latency_histogram()?;
+            for c in 1..=commits {
+                for g in &groups {
+                    let offsets: Vec<(u32, u64)> = (0..partitions).map(|p| (p, c)).collect();
+                    let t0 = Instant::now();
+                    admin
+                        .commit(&format!("bench-{run_id}-{g}"), &topic, &offsets)
+                        .await?;
+                    hist.record(t0.elapsed().as_micros().max(1) as u64)?;
+                }
+            }
+            anyhow::Ok(hist)
+        });
+    }
+    let mut latency_us = latency_histogram()?;
+    while let Some(h) = tasks.join_next().await {
+        latency_us.add(h??)?;
+    }
+    let commit_secs = started.elapsed().as_secs_f64();
+    let commit_requests = latency_us.len();
+
+    // Rebalance: member A alone, then B joins, then B crashes.
+    let group = format!("bench-{run_id}-rebalance");
+    let session = Duration::from_millis(a.session_timeout_ms);
+    let config = |id: &str| {
+        let mut c = GroupConsumerConfig::new(&group, &[a.topic.as_str()]);
+        c.session_timeout = Some(session);
+        c.client_id = format!("bench-{id}");
+        c
+    };
+    let deadline = Duration::from_secs(60) + session * 2;
+    let t0 = Instant::now();
+    let mut m1 = GroupConsumer::join(broker, config("a")).await?;
+    while m1.assignment().len() < partitions as usize {
+        if t0.elapsed() > deadline {
+            bail!("the first member never got every partition");
+        }
+        m1.poll(Duration::from_millis(20)).await?;
+    }
+    let first_join = t0.elapsed();
+    let t0 = Instant::now();
+    let mut m2 = GroupConsumer::join(broker, config("b")).await?;
+    let half = partitions as usize / 2;
+    while m2.assignment().len() < half || m1.assignment().len() > partitions as usize - half {
+        if t0.elapsed() > deadline {
+            bail!("the second member never got its share");
+        }
+        m1.poll(Duration::from_millis(10)).await?;
+        m2.poll(Duration::from_millis(10)).await?;
+    }
+    let second_join = t0.elapsed();
+    // A crash: B stops heartbeating and is not closed.
+    drop(m2);
+    let t0 = Instant::now();
+    while m1.assignment().len() < partitions as usize {
+        if t0.elapsed() > deadline {
+            bail!("the crashed member's partitions never moved");
+        }
+        m1.poll(Duration::from_millis(20)).await?;
+    }
+    let crash = t0.elapsed();
+    m1.close().await?;
+
+    let q = |p: f64| latency_us.value_at_quantile(p) as f64 / 1000.0;
+    if json {
+        render::print_json(&serde_json::json!({
+            "groups": a.groups, "partitions": partitions, "commit_requests": commit_requests,
+            "commits_per_s": commit_requests as f64 / commit_secs,
+            "partition_offsets_per_s": (commit_requests * u64::from(partitions)) as f64 / commit_secs,
+            "commit_ms": {"p50": q(0.5), "p99": q(0.99), "max": latency_us.max() as f64 / 1000.0},
+            "first_join_ms": first_join.as_secs_f64() * 1000.0,
+            "second_join_ms": second_join.as_secs_f64() * 1000.0,
+            "crash_ms": crash.as_secs_f64() * 1000.0,
+            "session_timeout_ms": a.session_timeout_ms,
+        }));
+    } else {
+        println!(
+            "{commit_requests} commits of {partitions} partitions over {} groups in {commit_secs:.2} s: {:.0} commits/s ({:.0} partition offsets/s), latency p50 {:.2} ms p99 {:.2} ms max {:.2} ms",
+            a.groups,
+            commit_requests as f64 / commit_secs,
+            (commit_requests * u64::from(partitions)) as f64 / commit_secs,
+            q(0.5),
+            q(0.99),
+            latency_us.max() as f64 / 1000.0
+        );
+        println!(
+            "rebalance: first member owns all {partitions} partitions after {:.0} ms; a second member has its share after {:.0} ms; a crashed member's partitions move after {:.0} ms (session timeout {} ms)",
+            first_join.as_secs_f64() * 1000.0,
+            second_join.as_secs_f64() * 1000.0,
+            crash.as_secs_f64() * 1000.0,
+            a.session_timeout_ms
+        );
+    }
     Ok(())
 }
