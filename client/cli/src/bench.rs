@@ -92,22 +92,34 @@ pub async fn run(broker: &str, json: bool, cmd: BenchCmd) -> anyhow::Result<()> 
     }
 }
 
-async fn produce(broker: &str, json: bool, a: BenchProduceArgs) -> anyhow::Result<()> {
-    let admin = Admin::connect(broker).await?;
-    match admin.describe_topic(&a.topic).await {
-        Ok(_) => {}
+/// Creates `topic` with `partitions` and `replication_factor` unless it
+/// exists.
+async fn ensure_topic(
+    admin: &Admin,
+    topic: &str,
+    partitions: u32,
+    replication_factor: u32,
+) -> anyhow::Result<()> {
+    match admin.describe_topic(topic).await {
+        Ok(_) => Ok(()),
         Err(ClientError::UnknownTopic(_)) => {
             admin
                 .create_topic(
-                    &a.topic,
-                    a.partitions,
-                    a.replication_factor,
+                    topic,
+                    partitions,
+                    replication_factor,
                     TopicConfig::default(),
                 )
                 .await?;
+            Ok(())
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => Err(e.into()),
     }
+}
+
+async fn produce(broker: &str, json: bool, a: BenchProduceArgs) -> anyhow::Result<()> {
+    let admin = Admin::connect(broker).await?;
+    ensure_topic(&admin, &a.topic, a.partitions, a.replication_factor).await?;
     // Seconds between two records of one producer, when paced.
     let interval = (a.rate > 0).then(|| a.producers.max(1) as f64 / a.rate as f64);
     let config = ProducerConfig {
@@ -270,20 +282,7 @@ pub struct BenchGroupsArgs {
 /// member join and a member crash take to rebalance.
 async fn groups(broker: &str, json: bool, a: BenchGroupsArgs) -> anyhow::Result<()> {
     let admin = Admin::connect(broker).await?;
-    match admin.describe_topic(&a.topic).await {
-        Ok(_) => {}
-        Err(ClientError::UnknownTopic(_)) => {
-            admin
-                .create_topic(
-                    &a.topic,
-                    a.partitions,
-                    a.replication_factor,
-                    TopicConfig::default(),
-                )
-                .await?;
-        }
-        Err(e) => return Err(e.into()),
-    }
+    ensure_topic(&admin, &a.topic, a.partitions, a.replication_factor).await?;
     let partitions = admin.describe_topic(&a.topic).await?.partitions;
     // Records to commit offsets over (a commit may not pass the high
     // watermark).
