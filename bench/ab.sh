@@ -40,7 +40,7 @@ trap stop EXIT
 run() {
   local label=$1 dir=$2
   rm -rf "$data" && mkdir -p "$data"
-  "$dir/strata-broker" --data-dir "$data/d" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
+  "$dir/strata-broker" --data-dir "$data/d" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 --kafka-addr 127.0.0.1:0 \
     >"$data/broker.log" 2>&1 &
   broker_pid=$!
   local addr=

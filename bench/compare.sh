@@ -50,7 +50,7 @@ nats_port=$(free_port)
 nats-server -a 127.0.0.1 -p "$nats_port" -js -sd "$work/nats" >"$work/nats.log" 2>&1 &
 pids+=($!)
 
-target/release/strata-broker --data-dir "$work/strata" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
+target/release/strata-broker --data-dir "$work/strata" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 --kafka-addr 127.0.0.1:0 \
   >"$work/strata.out" 2>"$work/strata.err" &
 pids+=($!)
 for _ in $(seq 1 300); do grep -q "strata-broker ready" "$work/strata.out" 2>/dev/null && break; sleep 0.1; done
@@ -67,7 +67,7 @@ if [[ ",$workloads," == *",rf3,"* ]]; then
   peers="1=127.0.0.1:${sr[1]},2=127.0.0.1:${sr[2]},3=127.0.0.1:${sr[3]}"
   for i in 1 2 3; do
     target/release/strata-broker --data-dir "$work/strata-c$i" --node-id "$i" --raft-addr "127.0.0.1:${sr[$i]}" \
-      --grpc-addr "127.0.0.1:${sg[$i]}" --http-addr "127.0.0.1:${sh[$i]}" --peers "$peers" \
+      --grpc-addr "127.0.0.1:${sg[$i]}" --http-addr "127.0.0.1:${sh[$i]}" --kafka-addr 127.0.0.1:0 --peers "$peers" \
       >"$work/strata-c$i.out" 2>"$work/strata-c$i.err" &
     pids+=($!)
   done

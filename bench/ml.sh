@@ -33,7 +33,7 @@ wait_for_line() { # file pattern
   echo "timed out waiting for '$2' in $1" >&2; return 1
 }
 
-"$bin/strata-broker" --data-dir "$work/data" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 >"$work/broker.out" 2>"$work/broker.err" &
+"$bin/strata-broker" --data-dir "$work/data" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 --kafka-addr 127.0.0.1:0 >"$work/broker.out" 2>"$work/broker.err" &
 pids+=($!)
 ready=$(wait_for_line "$work/broker.out" "strata-broker ready")
 grpc=$(echo "$ready" | sed 's/.*grpc=\([^ ]*\).*/\1/')

@@ -61,6 +61,7 @@ class Node:
             "--data-dir", self.dir,
             "--grpc-addr", self.grpc,
             "--http-addr", self.http,
+            "--kafka-addr", "127.0.0.1:0",
         ]
         if self.rf == 3:
             args += [

@@ -23,7 +23,7 @@ start)
       echo "node $i already running (pid $(cat "$dir/n$i.pid"))"; continue
     fi
     "$bin" --node-id "$i" --data-dir "$dir/n$i" \
-      --grpc-addr "127.0.0.$i:7070" --http-addr "127.0.0.$i:7080" \
+      --grpc-addr "127.0.0.$i:7070" --http-addr "127.0.0.$i:7080" --kafka-addr "127.0.0.$i:9092" \
       --raft-addr "127.0.0.$i:7071" --peers "$peers" \
       >"$dir/n$i.out" 2>"$dir/n$i.log" &
     echo $! >"$dir/n$i.pid"

@@ -59,6 +59,8 @@ pub struct Broker {
     /// The (gRPC, HTTP) addresses the listeners are bound to, once bound:
     /// what clients are told (a configured port 0 is not an address).
     bound: std::sync::OnceLock<(String, String)>,
+    /// The Kafka address clients are told, once the listener is bound.
+    kafka: std::sync::OnceLock<String>,
     /// The key that issues and checks producer ids: the metadata store's
     /// on a single node; in a cluster the metadata group's, once known
     /// here (it never changes once set).
@@ -115,6 +117,7 @@ impl Broker {
             topics: RwLock::new(HashMap::new()),
             cluster: None,
             bound: std::sync::OnceLock::new(),
+            kafka: std::sync::OnceLock::new(),
             producer_key,
         };
         for record in broker.meta.topics()? {
@@ -176,6 +179,16 @@ impl Broker {
     /// Records the addresses the listeners are bound to (once).
     pub fn set_bound(&self, grpc: std::net::SocketAddr, http: std::net::SocketAddr) {
         let _ = self.bound.set((grpc.to_string(), http.to_string()));
+    }
+
+    /// Records the Kafka address clients are told (once).
+    pub fn set_kafka_advertised(&self, addr: std::net::SocketAddr) {
+        let _ = self.kafka.set(addr.to_string());
+    }
+
+    /// The Kafka address clients are told; empty when the listener is off.
+    pub fn kafka_advertised(&self) -> String {
+        self.kafka.get().cloned().unwrap_or_default()
     }
 
     /// The (gRPC, HTTP) addresses clients are told: the bound ones once

@@ -49,6 +49,20 @@ pub struct BrokerConfig {
     pub grpc_addr: SocketAddr,
     /// HTTP listen address. Default 127.0.0.1:7080.
     pub http_addr: SocketAddr,
+    /// Whether the Kafka protocol listener runs. Default true.
+    pub kafka_enabled: bool,
+    /// Kafka protocol listen address. Default 127.0.0.1:9092.
+    pub kafka_addr: SocketAddr,
+    /// The Kafka address given to clients in Metadata, when it is not the
+    /// bound one (behind NAT, or bound to 0.0.0.0). Default: the bound one.
+    pub kafka_advertised_addr: Option<SocketAddr>,
+    /// Largest Kafka request frame accepted; a larger one closes the
+    /// connection before anything is read into memory. Default 100 MiB
+    /// (Kafka's `socket.request.max.bytes`).
+    pub kafka_frame_bytes_max: usize,
+    /// Kafka connections served at once; further ones are closed at
+    /// accept. Default 1024.
+    pub kafka_connections_max: usize,
     /// How often retention runs, in milliseconds. Default 60 s.
     pub retention_check_ms: u64,
     /// Bytes of batches per fetch response message, unless the request asks
@@ -172,6 +186,11 @@ impl Default for BrokerConfig {
             data_dir: PathBuf::from("strata-data"),
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 7070)),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 7080)),
+            kafka_enabled: true,
+            kafka_addr: SocketAddr::from(([127, 0, 0, 1], 9092)),
+            kafka_advertised_addr: None,
+            kafka_frame_bytes_max: 100 << 20,
+            kafka_connections_max: 1024,
             retention_check_ms: 60_000,
             fetch_bytes_default: 1 << 20,
             fetch_wait_ms_max: 60_000,
@@ -215,6 +234,13 @@ impl BrokerConfig {
 
     /// Checks the settings that cannot be checked by their types.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.kafka_frame_bytes_max < 1024 || self.kafka_connections_max == 0 {
+            return Err(ConfigError::Invalid(format!(
+                "kafka_frame_bytes_max must be at least 1024 (got {}) and kafka_connections_max \
+                 at least 1 (got {})",
+                self.kafka_frame_bytes_max, self.kafka_connections_max
+            )));
+        }
         if self.group_coordinator_partitions == 0 || self.group_coordinator_partitions > 1024 {
             return Err(ConfigError::Invalid(format!(
                 "group_coordinator_partitions must be between 1 and 1024, got {}",

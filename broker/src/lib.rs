@@ -13,7 +13,8 @@
 //!    [`broker`] (every operation the services expose, in domain types)
 //!    and [`coordinator`] (the consumer-group coordinators this node hosts,
 //!    on the partitions of `__consumer_offsets` it leads);
-//! 5. the gRPC and HTTP [`service`]s;
+//! 5. the gRPC and HTTP [`service`]s, and the Kafka protocol front-end
+//!    ([`kafka`]), which translates to the core and the service layer;
 //! 6. [`node::run`], which wires it all for the `strata-broker` binary.
 
 /// The storage engine, re-exported so that `crate::log` reads as the layer
@@ -26,6 +27,7 @@ pub mod config;
 pub mod coordinator;
 pub mod dedup;
 pub mod error;
+pub mod kafka;
 pub mod meta;
 pub mod metrics;
 pub mod node;

@@ -10,7 +10,8 @@ use clap::Parser;
 use strata_broker::config::BrokerConfig;
 
 /// The Strata broker. With no arguments it serves on embedded defaults:
-/// data in ./strata-data, gRPC on 127.0.0.1:7070, HTTP on 127.0.0.1:7080.
+/// data in ./strata-data, gRPC on 127.0.0.1:7070, HTTP on 127.0.0.1:7080,
+/// the Kafka protocol on 127.0.0.1:9092.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
@@ -26,6 +27,14 @@ struct Args {
     /// HTTP listen address (port 0 picks a free port).
     #[arg(long)]
     http_addr: Option<SocketAddr>,
+    /// Kafka protocol listen address (port 0 picks a free port), or `off`
+    /// to run without the Kafka listener. Default 127.0.0.1:9092.
+    #[arg(long, value_name = "ADDR|off")]
+    kafka_addr: Option<String>,
+    /// The Kafka address clients are told in Metadata, when it differs from
+    /// the bound one (behind NAT, or bound to 0.0.0.0).
+    #[arg(long)]
+    kafka_advertised_addr: Option<SocketAddr>,
     /// This node's id.
     #[arg(long)]
     node_id: Option<u64>,
@@ -85,6 +94,19 @@ fn real_main() -> anyhow::Result<()> {
     }
     if let Some(v) = args.http_addr {
         config.http_addr = v;
+    }
+    match args.kafka_addr.as_deref() {
+        None => {}
+        Some("off") => config.kafka_enabled = false,
+        Some(a) => {
+            config.kafka_enabled = true;
+            config.kafka_addr = a.parse().map_err(|e| {
+                anyhow::anyhow!("--kafka-addr {a:?}: expected host:port or \"off\" ({e})")
+            })?;
+        }
+    }
+    if let Some(v) = args.kafka_advertised_addr {
+        config.kafka_advertised_addr = Some(v);
     }
     if let Some(v) = args.node_id {
         config.node_id = v;

@@ -76,6 +76,24 @@ pub async fn run(
         .local_addr()
         .map_err(|e| NodeError::Serve(e.to_string()))?;
     b.set_bound(grpc_local, http_local);
+    let kafka_listener = if config.kafka_enabled {
+        let l = TcpListener::bind(config.kafka_addr)
+            .await
+            .map_err(|source| NodeError::Bind {
+                addr: config.kafka_addr,
+                source,
+            })?;
+        let local = l
+            .local_addr()
+            .map_err(|e| NodeError::Serve(e.to_string()))?;
+        b.set_kafka_advertised(config.kafka_advertised_addr.unwrap_or(local));
+        Some((l, local))
+    } else {
+        None
+    };
+    let kafka_line = kafka_listener
+        .as_ref()
+        .map_or_else(String::new, |(_, a)| format!(" kafka={a}"));
     let mut raft_server = None;
     let mut raft_line = String::new();
     let b = match config.raft_addr {
@@ -138,13 +156,21 @@ pub async fn run(
     let broker = Arc::new(b);
     tracing::info!(data_dir = %data_dir.display(), grpc = %grpc_local, http = %http_local, "strata-broker serving");
     // A line tests and scripts can wait for.
-    println!("strata-broker ready grpc={grpc_local} http={http_local}{raft_line}");
+    println!("strata-broker ready grpc={grpc_local} http={http_local}{raft_line}{kafka_line}");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let service = GrpcService::new(
         broker.clone(),
         crate::coordinator::GroupCoordinators::start(broker.clone()),
     );
+    let kafka = kafka_listener.map(|(listener, local)| {
+        let k = crate::kafka::Kafka::new(
+            broker.clone(),
+            service.clone(),
+            config.kafka_advertised_addr.unwrap_or(local),
+        );
+        tokio::spawn(k.serve(listener))
+    });
     let retention = {
         let broker = broker.clone();
         let service = service.clone();
@@ -228,6 +254,9 @@ pub async fn run(
     shutdown.await;
     tracing::info!("shutting down: draining requests and flushing partitions");
     let _ = stop_tx.send(true);
+    if let Some(k) = &kafka {
+        k.abort(); // no new Kafka connections
+    }
     // Long-polling fetch streams keep servers' graceful shutdown waiting;
     // give in-flight requests a bounded time.
     let drain = async {

@@ -48,7 +48,7 @@ trap cleanup EXIT
 mkdir -p "$work"
 printf 'message_timestamp_after_max_ms = 9223372036854775807\n' >"$work/broker.toml"
 target/debug/strata-broker --data-dir "$work/data" --config "$work/broker.toml" \
-  --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 >"$work/stdout" 2>"$work/stderr" &
+  --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 --kafka-addr 127.0.0.1:0 >"$work/stdout" 2>"$work/stderr" &
 broker_pid=$!
 for _ in $(seq 300); do # up to 30 s for the ready line
   grep -q '^strata-broker ready' "$work/stdout" && break

@@ -113,6 +113,8 @@ pub struct BrokerProcess {
     pub grpc: String,
     /// HTTP address.
     pub http: String,
+    /// Kafka protocol address (a free port unless the caller fixed one).
+    pub kafka: String,
     /// Data directory.
     pub data_dir: PathBuf,
     args: Vec<String>,
@@ -136,6 +138,7 @@ impl BrokerProcess {
             child: None,
             grpc: String::new(),
             http: String::new(),
+            kafka: String::new(),
             data_dir: data_dir.to_path_buf(),
             args: args.iter().map(|s| s.to_string()).collect(),
             starts: 0,
@@ -171,6 +174,11 @@ impl BrokerProcess {
                 &[][..]
             } else {
                 &["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"][..]
+            })
+            .args(if self.args.iter().any(|a| a == "--kafka-addr") {
+                &[][..]
+            } else {
+                &["--kafka-addr", "127.0.0.1:0"][..]
             })
             .args(&self.args)
             // STRATA_BROKER_LOG turns up the brokers' logging when a test
@@ -209,6 +217,9 @@ impl BrokerProcess {
             }
             if let Some(a) = part.strip_prefix("http=") {
                 self.http = a.to_owned();
+            }
+            if let Some(a) = part.strip_prefix("kafka=") {
+                self.kafka = a.to_owned();
             }
         }
         self.child = Some(child);

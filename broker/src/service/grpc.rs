@@ -1233,12 +1233,14 @@ impl Strata for GrpcService {
             None => pb::NodeStatusResponse {
                 node_id: self.broker.config().node_id,
                 clustered: false,
+                kafka_addr: self.broker.kafka_advertised(),
                 ..Default::default()
             },
             Some(c) => pb::NodeStatusResponse {
                 node_id: c.node_id(),
                 raft_addr: c.raft_addr().to_owned(),
                 clustered: true,
+                kafka_addr: self.broker.kafka_advertised(),
                 uptime_ms: c.uptime().as_millis() as u64,
                 replicas: c
                     .status()

@@ -1,0 +1,374 @@
+//! Group APIs over the service layer's coordinator RPCs: FindCoordinator
+//! (v0–v4), OffsetCommit (v2–v8), OffsetFetch (v1–v7), ListGroups (v0–v4)
+//! and DescribeGroups (v0–v5).
+//!
+//! Every node relays group requests to the group's coordinator (the
+//! leader of its `__consumer_offsets` partition), so FindCoordinator
+//! names the node the client asked: the client never has to chase a
+//! coordinator that moves. Offsets are the same as the native API's (the
+//! next offset to read), so a group's commits are shared whichever
+//! protocol made them. The classic join/sync protocol is not served yet:
+//! commits from Kafka clients are standalone commits (generation −1, no
+//! member), which the coordinator refuses while the group has members.
+
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+use strata_proto::pb;
+use strata_proto::pb::strata_server::Strata;
+use tonic::Request;
+
+use super::Kafka;
+use super::api::Work;
+use super::errors::{self, code};
+use super::wire::{Reader, WireError, Writer};
+
+/// FindCoordinator: this node, for groups (see the module doc).
+pub fn find_coordinator(k: &Kafka, v: i16, r: &mut Reader) -> Result<Writer, WireError> {
+    let mut keys = Vec::new();
+    if v <= 3 {
+        keys.push(r.string()?);
+    }
+    let key_type = if v >= 1 { r.i8()? } else { 0 };
+    if v >= 4 {
+        keys = r.array(|r| r.string())?;
+    }
+    r.tags()?;
+    let (host, port) = k.advertised.clone();
+    let (error, message) = if key_type == 0 {
+        (code::NONE, None)
+    } else {
+        (
+            code::COORDINATOR_NOT_AVAILABLE,
+            Some("transaction coordinators: Strata has no transactions"),
+        )
+    };
+    let mut w = Writer::new(r.flexible);
+    if v >= 1 {
+        w.i32(0);
+    }
+    if v >= 4 {
+        w.array(&keys, |w, key| {
+            w.string(key);
+            w.i32(k.node_id());
+            w.string(&host);
+            w.i32(port);
+            w.i16(error);
+            w.nullable_string(message);
+            w.tags();
+        });
+    } else {
+        w.i16(error);
+        if v >= 1 {
+            w.nullable_string(message);
+        }
+        w.i32(k.node_id());
+        w.string(&host);
+        w.i32(port);
+    }
+    w.tags();
+    Ok(w)
+}
+
+/// OffsetCommit: one CommitOffsets per topic.
+pub fn offset_commit(k: Arc<Kafka>, v: i16, mut r: Reader) -> Work {
+    Box::pin(async move {
+        let group = r.string()?;
+        let generation = r.i32()?;
+        let member = r.string()?;
+        if v >= 7 {
+            let _instance = r.nullable_string()?;
+        }
+        if (2..=4).contains(&v) {
+            let _retention = r.i64()?;
+        }
+        let topics = r.array(|r| {
+            let name = r.string()?;
+            let parts = r.array(|r| {
+                let index = r.i32()?;
+                let offset = r.i64()?;
+                if v >= 6 {
+                    let _epoch = r.i32()?;
+                }
+                let _metadata = r.nullable_string()?;
+                r.tags()?;
+                Ok((index, offset))
+            })?;
+            r.tags()?;
+            Ok((name, parts))
+        })?;
+        r.tags()?;
+        let mut results = Vec::with_capacity(topics.len());
+        for (name, parts) in topics {
+            let valid = parts.iter().all(|(i, o)| *i >= 0 && *o >= 0);
+            let outcome = if !valid {
+                code::INVALID_REQUEST
+            } else {
+                let req = pb::CommitOffsetsRequest {
+                    group: group.clone(),
+                    topic: name.clone(),
+                    offsets: parts
+                        .iter()
+                        .map(|(i, o)| pb::PartitionOffset {
+                            partition: *i as u32,
+                            offset: *o as u64,
+                        })
+                        .collect(),
+                    member_id: if generation < 0 {
+                        String::new()
+                    } else {
+                        member.clone()
+                    },
+                    member_epoch: generation.max(0),
+                };
+                match k.service.commit_offsets(Request::new(req)).await {
+                    Ok(_) => code::NONE,
+                    Err(s) => {
+                        tracing::debug!(%group, topic = %name, status = %s, "kafka offset commit refused");
+                        errors::of_status(&s)
+                    }
+                }
+            };
+            results.push((name, parts, outcome));
+        }
+        let mut w = Writer::new(r.flexible);
+        if v >= 3 {
+            w.i32(0);
+        }
+        w.array(&results, |w, (name, parts, outcome)| {
+            w.string(name);
+            w.array(parts, |w, (i, _)| {
+                w.i32(*i);
+                w.i16(*outcome);
+                w.tags();
+            });
+            w.tags();
+        });
+        w.tags();
+        Ok(Some(w))
+    })
+}
+
+/// OffsetFetch: the committed offsets (−1 where none).
+pub fn offset_fetch(k: Arc<Kafka>, v: i16, mut r: Reader) -> Work {
+    Box::pin(async move {
+        let group = r.string()?;
+        let topics = r.nullable_array(|r| {
+            let name = r.string()?;
+            let parts = r.array(|r| r.i32())?;
+            r.tags()?;
+            Ok((name, parts))
+        })?;
+        if v >= 7 {
+            let _require_stable = r.bool()?;
+        }
+        r.tags()?;
+        let asked = k
+            .service
+            .fetch_committed(Request::new(pb::FetchCommittedRequest {
+                group: group.clone(),
+                topic: String::new(),
+            }))
+            .await;
+        let (error, committed) = match asked {
+            Ok(resp) => (code::NONE, resp.into_inner().topics),
+            Err(s) if errors::of_status(&s) == code::GROUP_ID_NOT_FOUND => (code::NONE, Vec::new()),
+            Err(s) => (errors::of_status(&s), Vec::new()),
+        };
+        let offset_of = |topic: &str, p: i32| -> i64 {
+            committed
+                .iter()
+                .find(|t| t.topic == topic)
+                .and_then(|t| t.offsets.iter().find(|o| o.partition as i32 == p))
+                .map_or(-1, |o| o.offset as i64)
+        };
+        // Null topics (v2+): everything committed.
+        let answer: Vec<(String, Vec<i32>)> = match topics {
+            Some(t) => t,
+            None => committed
+                .iter()
+                .map(|t| {
+                    (
+                        t.topic.clone(),
+                        t.offsets.iter().map(|o| o.partition as i32).collect(),
+                    )
+                })
+                .collect(),
+        };
+        let mut w = Writer::new(r.flexible);
+        if v >= 3 {
+            w.i32(0);
+        }
+        w.array(&answer, |w, (name, parts)| {
+            w.string(name);
+            w.array(parts, |w, p| {
+                w.i32(*p);
+                w.i64(if error == code::NONE {
+                    offset_of(name, *p)
+                } else {
+                    -1
+                });
+                if v >= 5 {
+                    w.i32(-1);
+                }
+                w.nullable_string(Some(""));
+                w.i16(error);
+                w.tags();
+            });
+            w.tags();
+        });
+        if v >= 2 {
+            w.i16(error);
+        }
+        w.tags();
+        Ok(Some(w))
+    })
+}
+
+/// Kafka's name for a Strata group state.
+fn state_name(s: &str) -> &'static str {
+    match s {
+        "empty" => "Empty",
+        "stable" => "Stable",
+        "reconciling" => "Reconciling",
+        _ => "Unknown",
+    }
+}
+
+/// ListGroups: every group of the cluster (protocol type "consumer").
+pub fn list_groups(k: Arc<Kafka>, v: i16, mut r: Reader) -> Work {
+    Box::pin(async move {
+        let filter = if v >= 4 {
+            r.array(|r| r.string())?
+        } else {
+            Vec::new()
+        };
+        r.tags()?;
+        let listed = k
+            .service
+            .list_groups(Request::new(pb::ListGroupsRequest {}))
+            .await;
+        let (error, groups) = match listed {
+            Ok(l) => (code::NONE, l.into_inner().summaries),
+            Err(s) => (errors::of_status(&s), Vec::new()),
+        };
+        let groups: Vec<_> = groups
+            .into_iter()
+            .filter(|g| {
+                filter.is_empty()
+                    || filter
+                        .iter()
+                        .any(|f| f.eq_ignore_ascii_case(state_name(&g.state)))
+            })
+            .collect();
+        let mut w = Writer::new(r.flexible);
+        if v >= 1 {
+            w.i32(0);
+        }
+        w.i16(error);
+        w.array(&groups, |w, g| {
+            w.string(&g.group);
+            w.string("consumer");
+            if v >= 4 {
+                w.string(state_name(&g.state));
+            }
+            w.tags();
+        });
+        w.tags();
+        Ok(Some(w))
+    })
+}
+
+/// The consumer protocol's subscription (v0), as DescribeGroups shows it.
+fn subscription(topics: &[String]) -> BytesMut {
+    let mut b = BytesMut::new();
+    b.put_i16(0);
+    b.put_i32(topics.len() as i32);
+    for t in topics {
+        b.put_i16(t.len() as i16);
+        b.put_slice(t.as_bytes());
+    }
+    b.put_i32(-1);
+    b
+}
+
+/// The consumer protocol's assignment (v0).
+fn assignment(assigned: &[pb::TopicPartitions]) -> BytesMut {
+    let mut b = BytesMut::new();
+    b.put_i16(0);
+    b.put_i32(assigned.len() as i32);
+    for t in assigned {
+        b.put_i16(t.topic.len() as i16);
+        b.put_slice(t.topic.as_bytes());
+        b.put_i32(t.partitions.len() as i32);
+        for p in &t.partitions {
+            b.put_i32(*p as i32);
+        }
+    }
+    b.put_i32(-1);
+    b
+}
+
+/// DescribeGroups: state and members ("Dead" for an unknown group, as
+/// Kafka answers).
+pub fn describe_groups(k: Arc<Kafka>, v: i16, mut r: Reader) -> Work {
+    Box::pin(async move {
+        let names = r.array(|r| r.string())?;
+        if v >= 3 {
+            let _ops = r.bool()?;
+        }
+        r.tags()?;
+        let mut described = Vec::with_capacity(names.len());
+        for g in names {
+            let d = k
+                .service
+                .describe_group(Request::new(pb::DescribeGroupRequest { group: g.clone() }))
+                .await;
+            described.push((g, d.map(tonic::Response::into_inner)));
+        }
+        let mut w = Writer::new(r.flexible);
+        if v >= 1 {
+            w.i32(0);
+        }
+        w.array(&described, |w, (g, d)| {
+            match d {
+                Ok(d) => {
+                    w.i16(code::NONE);
+                    w.string(g);
+                    w.string(state_name(&d.state));
+                    w.string("consumer");
+                    w.string("uniform");
+                    w.array(&d.members, |w, m| {
+                        w.string(&m.member_id);
+                        if v >= 4 {
+                            w.nullable_string(
+                                (!m.instance_id.is_empty()).then_some(m.instance_id.as_str()),
+                            );
+                        }
+                        w.string(&m.client_id);
+                        w.string(&m.client_host);
+                        w.nullable_bytes(Some(&subscription(&m.subscribed_topics)));
+                        w.nullable_bytes(Some(&assignment(&m.assigned)));
+                        w.tags();
+                    });
+                }
+                Err(s) => {
+                    let c = errors::of_status(s);
+                    let dead = c == code::GROUP_ID_NOT_FOUND;
+                    w.i16(if dead { code::NONE } else { c });
+                    w.string(g);
+                    w.string(if dead { "Dead" } else { "" });
+                    w.string("");
+                    w.string("");
+                    w.array_len(0);
+                }
+            }
+            if v >= 3 {
+                w.i32(i32::MIN);
+            }
+            w.tags();
+        });
+        w.tags();
+        Ok(Some(w))
+    })
+}
