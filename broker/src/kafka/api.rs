@@ -26,105 +26,27 @@ struct Api {
 }
 
 /// Every API served, in ApiVersions order.
+#[rustfmt::skip]
 const APIS: &[Api] = &[
-    Api {
-        key: 0,
-        name: "kafka_produce",
-        min: 0,
-        max: 9,
-        flexible_from: 9,
-    },
-    Api {
-        key: 1,
-        name: "kafka_fetch",
-        min: 4,
-        max: 12,
-        flexible_from: 12,
-    },
-    Api {
-        key: 2,
-        name: "kafka_list_offsets",
-        min: 1,
-        max: 6,
-        flexible_from: 6,
-    },
-    Api {
-        key: 3,
-        name: "kafka_metadata",
-        min: 0,
-        max: 12,
-        flexible_from: 9,
-    },
-    Api {
-        key: 8,
-        name: "kafka_offset_commit",
-        min: 2,
-        max: 8,
-        flexible_from: 8,
-    },
-    Api {
-        key: 9,
-        name: "kafka_offset_fetch",
-        min: 1,
-        max: 7,
-        flexible_from: 6,
-    },
-    Api {
-        key: 10,
-        name: "kafka_find_coordinator",
-        min: 0,
-        max: 4,
-        flexible_from: 3,
-    },
-    Api {
-        key: 15,
-        name: "kafka_describe_groups",
-        min: 0,
-        max: 5,
-        flexible_from: 5,
-    },
-    Api {
-        key: 16,
-        name: "kafka_list_groups",
-        min: 0,
-        max: 4,
-        flexible_from: 3,
-    },
-    Api {
-        key: 18,
-        name: "kafka_api_versions",
-        min: 0,
-        max: 3,
-        flexible_from: 3,
-    },
-    Api {
-        key: 19,
-        name: "kafka_create_topics",
-        min: 0,
-        max: 7,
-        flexible_from: 5,
-    },
-    Api {
-        key: 20,
-        name: "kafka_delete_topics",
-        min: 0,
-        max: 5,
-        flexible_from: 4,
-    },
-    Api {
-        key: 22,
-        name: "kafka_init_producer_id",
-        min: 0,
-        max: 4,
-        flexible_from: 2,
-    },
-    Api {
-        key: 23,
-        name: "kafka_offset_for_leader_epoch",
-        min: 2,
-        max: 4,
-        flexible_from: 4,
-    },
+    Api { key: 0, name: "kafka_produce", min: 0, max: 9, flexible_from: 9 },
+    Api { key: 1, name: "kafka_fetch", min: 4, max: 12, flexible_from: 12 },
+    Api { key: 2, name: "kafka_list_offsets", min: 1, max: 6, flexible_from: 6 },
+    Api { key: 3, name: "kafka_metadata", min: 0, max: 12, flexible_from: 9 },
+    Api { key: 8, name: "kafka_offset_commit", min: 2, max: 9, flexible_from: 8 },
+    Api { key: 9, name: "kafka_offset_fetch", min: 1, max: 9, flexible_from: 6 },
+    Api { key: 10, name: "kafka_find_coordinator", min: 0, max: 4, flexible_from: 3 },
+    Api { key: 11, name: "kafka_join_group", min: 0, max: 9, flexible_from: 6 },
+    Api { key: 12, name: "kafka_heartbeat", min: 0, max: 4, flexible_from: 4 },
+    Api { key: 13, name: "kafka_leave_group", min: 0, max: 5, flexible_from: 4 },
+    Api { key: 14, name: "kafka_sync_group", min: 0, max: 5, flexible_from: 4 },
+    Api { key: 15, name: "kafka_describe_groups", min: 0, max: 5, flexible_from: 5 },
+    Api { key: 16, name: "kafka_list_groups", min: 0, max: 4, flexible_from: 3 },
+    Api { key: 18, name: "kafka_api_versions", min: 0, max: 3, flexible_from: 3 },
+    Api { key: 19, name: "kafka_create_topics", min: 0, max: 7, flexible_from: 5 },
+    Api { key: 20, name: "kafka_delete_topics", min: 0, max: 5, flexible_from: 4 },
+    Api { key: 22, name: "kafka_init_producer_id", min: 0, max: 4, flexible_from: 2 },
+    Api { key: 23, name: "kafka_offset_for_leader_epoch", min: 2, max: 4, flexible_from: 4 },
+    Api { key: 68, name: "kafka_consumer_group_heartbeat", min: 0, max: 1, flexible_from: 0 },
 ];
 
 /// How one request at one version is framed.
@@ -184,6 +106,11 @@ pub async fn dispatch(k: Arc<Kafka>, h: RequestHeader, mut r: Reader) -> Work {
         8 => super::groups::offset_commit(k, v, r),
         9 => super::groups::offset_fetch(k, v, r),
         10 => done(super::groups::find_coordinator(&k, v, &mut r)),
+        11 => super::membership::join_group(k, h, r),
+        12 => super::membership::heartbeat_classic(k, h, r),
+        13 => super::membership::leave_group(k, h, r),
+        14 => super::membership::sync_group(k, h, r),
+        68 => super::membership::consumer_group_heartbeat(k, h, r),
         15 => super::groups::describe_groups(k, v, r),
         16 => super::groups::list_groups(k, v, r),
         18 => done(api_versions(v, flexible, &mut r)),
@@ -252,24 +179,35 @@ pub fn topic_id(name: &str) -> [u8; 16] {
 /// partition's leader (the Raft leader), leader epoch (the Raft term)
 /// and replicas. Topics are never created by a metadata request.
 async fn metadata(k: &Kafka, v: i16, r: &mut Reader) -> Result<Writer, WireError> {
-    let topics: Option<Vec<Option<String>>> = r.nullable_array(|r| {
-        if v >= 10 {
-            let _id = r.uuid()?;
-        }
+    let topics: Option<Vec<(Option<[u8; 16]>, Option<String>)>> = r.nullable_array(|r| {
+        let id = if v >= 10 { Some(r.uuid()?) } else { None };
         let name = if v >= 10 {
             r.nullable_string()?
         } else {
             Some(r.string()?)
         };
         r.tags()?;
-        Ok(name)
+        Ok((id.filter(|u| *u != [0; 16]), name))
     })?;
+    // Topics asked for by id only (KIP-848 clients resolve assignments so):
+    // named by the topic whose derived id it is.
+    let by_id = |id: [u8; 16]| -> Option<String> {
+        k.broker
+            .topic_views(&[])
+            .ok()?
+            .into_iter()
+            .map(|t| t.name)
+            .find(|n| topic_id(n) == id)
+    };
     // v0: an empty array means every topic; v1+: null does.
     let asked: Vec<String> = match topics {
         None => Vec::new(),
         Some(t) if t.is_empty() && v == 0 => Vec::new(),
         Some(t) => {
-            let names: Vec<String> = t.into_iter().flatten().collect();
+            let names: Vec<String> = t
+                .into_iter()
+                .filter_map(|(id, name)| name.or_else(|| id.and_then(by_id)))
+                .collect();
             if names.is_empty() {
                 vec![String::new()] // asked for none: answer none
             } else {

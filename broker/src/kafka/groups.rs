@@ -149,76 +149,133 @@ pub fn offset_commit(k: Arc<Kafka>, v: i16, mut r: Reader) -> Work {
     })
 }
 
-/// OffsetFetch: the committed offsets (−1 where none).
+/// One group's part of an OffsetFetch: asked topics (`None`: all).
+type AskedGroup = (String, Option<Vec<(String, Vec<i32>)>>);
+
+/// The committed offsets of one group, as OffsetFetch answers them.
+async fn committed(k: &Kafka, group: &str) -> (i16, Vec<pb::GroupTopic>) {
+    let asked = k
+        .service
+        .fetch_committed(Request::new(pb::FetchCommittedRequest {
+            group: group.to_owned(),
+            topic: String::new(),
+        }))
+        .await;
+    match asked {
+        Ok(resp) => (code::NONE, resp.into_inner().topics),
+        Err(s) if errors::of_status(&s) == code::GROUP_ID_NOT_FOUND => (code::NONE, Vec::new()),
+        Err(s) => (errors::of_status(&s), Vec::new()),
+    }
+}
+
+/// OffsetFetch: the committed offsets (−1 where none); v8+ asks for
+/// several groups at once.
 pub fn offset_fetch(k: Arc<Kafka>, v: i16, mut r: Reader) -> Work {
     Box::pin(async move {
-        let group = r.string()?;
-        let topics = r.nullable_array(|r| {
-            let name = r.string()?;
-            let parts = r.array(|r| r.i32())?;
-            r.tags()?;
-            Ok((name, parts))
-        })?;
+        let topics_of = |r: &mut Reader| {
+            r.nullable_array(|r| {
+                let name = r.string()?;
+                let parts = r.array(|r| r.i32())?;
+                r.tags()?;
+                Ok((name, parts))
+            })
+        };
+        let groups: Vec<AskedGroup> = if v <= 7 {
+            let g = r.string()?;
+            vec![(g, topics_of(&mut r)?)]
+        } else {
+            r.array(|r| {
+                let g = r.string()?;
+                if v >= 9 {
+                    let _member = r.nullable_string()?;
+                    let _epoch = r.i32()?;
+                }
+                let t = topics_of(r)?;
+                r.tags()?;
+                Ok((g, t))
+            })?
+        };
         if v >= 7 {
             let _require_stable = r.bool()?;
         }
         r.tags()?;
-        let asked = k
-            .service
-            .fetch_committed(Request::new(pb::FetchCommittedRequest {
-                group: group.clone(),
-                topic: String::new(),
-            }))
-            .await;
-        let (error, committed) = match asked {
-            Ok(resp) => (code::NONE, resp.into_inner().topics),
-            Err(s) if errors::of_status(&s) == code::GROUP_ID_NOT_FOUND => (code::NONE, Vec::new()),
-            Err(s) => (errors::of_status(&s), Vec::new()),
-        };
-        let offset_of = |topic: &str, p: i32| -> i64 {
-            committed
-                .iter()
-                .find(|t| t.topic == topic)
-                .and_then(|t| t.offsets.iter().find(|o| o.partition as i32 == p))
-                .map_or(-1, |o| o.offset as i64)
-        };
-        // Null topics (v2+): everything committed.
-        let answer: Vec<(String, Vec<i32>)> = match topics {
-            Some(t) => t,
-            None => committed
-                .iter()
-                .map(|t| {
-                    (
-                        t.topic.clone(),
-                        t.offsets.iter().map(|o| o.partition as i32).collect(),
-                    )
+        let mut answers = Vec::with_capacity(groups.len());
+        for (group, topics) in groups {
+            let (error, committed) = committed(&k, &group).await;
+            let offset_of = |topic: &str, p: i32| -> i64 {
+                committed
+                    .iter()
+                    .find(|t| t.topic == topic)
+                    .and_then(|t| t.offsets.iter().find(|o| o.partition as i32 == p))
+                    .map_or(-1, |o| o.offset as i64)
+            };
+            // Null topics (v2+): everything committed.
+            let asked: Vec<(String, Vec<i32>)> = match topics {
+                Some(t) => t,
+                None => committed
+                    .iter()
+                    .map(|t| {
+                        (
+                            t.topic.clone(),
+                            t.offsets.iter().map(|o| o.partition as i32).collect(),
+                        )
+                    })
+                    .collect(),
+            };
+            let rows: Vec<(String, Vec<(i32, i64)>)> = asked
+                .into_iter()
+                .map(|(name, parts)| {
+                    let offs = parts
+                        .iter()
+                        .map(|p| {
+                            (
+                                *p,
+                                if error == code::NONE {
+                                    offset_of(&name, *p)
+                                } else {
+                                    -1
+                                },
+                            )
+                        })
+                        .collect();
+                    (name, offs)
                 })
-                .collect(),
+                .collect();
+            answers.push((group, error, rows));
+        }
+        let write_topics = |w: &mut Writer, rows: &[(String, Vec<(i32, i64)>)], error: i16| {
+            w.array(rows, |w, (name, parts)| {
+                w.string(name);
+                w.array(parts, |w, (p, o)| {
+                    w.i32(*p);
+                    w.i64(*o);
+                    if v >= 5 {
+                        w.i32(-1);
+                    }
+                    w.nullable_string(Some(""));
+                    w.i16(if v >= 8 { code::NONE } else { error });
+                    w.tags();
+                });
+                w.tags();
+            });
         };
         let mut w = Writer::new(r.flexible);
         if v >= 3 {
             w.i32(0);
         }
-        w.array(&answer, |w, (name, parts)| {
-            w.string(name);
-            w.array(parts, |w, p| {
-                w.i32(*p);
-                w.i64(if error == code::NONE {
-                    offset_of(name, *p)
-                } else {
-                    -1
-                });
-                if v >= 5 {
-                    w.i32(-1);
-                }
-                w.nullable_string(Some(""));
-                w.i16(error);
+        if v <= 7 {
+            let (_, error, rows) = &answers[0];
+            write_topics(&mut w, rows, *error);
+            if v >= 2 {
+                w.i16(*error);
+            }
+        } else {
+            w.array(&answers, |w, (group, error, rows)| {
+                w.string(group);
+                write_topics(w, rows, *error);
+                w.i16(*error);
                 w.tags();
             });
-            w.tags();
-        });
-        if v >= 2 {
-            w.i16(error);
         }
         w.tags();
         Ok(Some(w))

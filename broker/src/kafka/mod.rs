@@ -19,6 +19,7 @@ mod api;
 mod errors;
 mod fetch;
 mod groups;
+mod membership;
 mod produce;
 pub mod records;
 pub mod wire;
@@ -60,6 +61,8 @@ pub struct RequestHeader {
     pub correlation_id: i32,
     /// The client's id, if it sent one.
     pub client_id: Option<String>,
+    /// The client's IP address, as group descriptions show it.
+    pub client_host: String,
 }
 
 /// The front-end's shared state.
@@ -70,6 +73,8 @@ pub struct Kafka {
     advertised: (String, i32),
     /// Other nodes' Kafka addresses, learnt from their NodeStatus.
     peer_addrs: Mutex<HashMap<u64, (String, i32)>>,
+    /// Classic-protocol group members whose client talks to this node.
+    classic: Mutex<membership::ClassicMembers>,
     connections: Arc<Semaphore>,
 }
 
@@ -82,6 +87,7 @@ impl Kafka {
             service,
             advertised: (advertised.ip().to_string(), i32::from(advertised.port())),
             peer_addrs: Mutex::new(HashMap::new()),
+            classic: Mutex::new(HashMap::new()),
             connections,
         })
     }
@@ -106,7 +112,7 @@ impl Kafka {
             let _ = stream.set_nodelay(true);
             let me = self.clone();
             tokio::spawn(async move {
-                if let Err(e) = me.connection(stream).await {
+                if let Err(e) = me.connection(stream, peer.ip().to_string()).await {
                     tracing::debug!(%peer, error = %e, "kafka connection closed");
                 }
                 drop(permit);
@@ -115,7 +121,7 @@ impl Kafka {
     }
 
     /// One client connection: frames in, answers out, in order.
-    async fn connection(self: Arc<Self>, stream: TcpStream) -> std::io::Result<()> {
+    async fn connection(self: Arc<Self>, stream: TcpStream, host: String) -> std::io::Result<()> {
         let (mut rd, mut wr) = stream.into_split();
         let max = self.broker.config().kafka_frame_bytes_max;
         let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
@@ -125,7 +131,7 @@ impl Kafka {
                 frame = read_frame(&mut rd, max), if reading && pending.len() < PIPELINE_DEPTH => {
                     match frame? {
                         None => reading = false,
-                        Some(frame) => pending.push_back(self.clone().request(frame).await),
+                        Some(frame) => pending.push_back(self.clone().request(frame, &host).await),
                     }
                 }
                 Some(answer) = pending.next(), if !pending.is_empty() => {
@@ -148,10 +154,10 @@ impl Kafka {
     }
 
     /// Parses one request and does its ordered part; the rest is returned.
-    async fn request(self: Arc<Self>, frame: Bytes) -> Pending {
+    async fn request(self: Arc<Self>, frame: Bytes, host: &str) -> Pending {
         let started = Instant::now();
         let mut r = Reader::new(frame, false);
-        let header = match parse_header(&mut r) {
+        let header = match parse_header(&mut r, host) {
             Ok(h) => h,
             Err(e) => {
                 // Without a header there is no correlation id to answer.
@@ -268,7 +274,7 @@ async fn read_frame(
 
 /// The request header: v1 (client id), then v2's tagged fields when the
 /// body is flexible (read by the caller once the version is known).
-fn parse_header(r: &mut Reader) -> Result<RequestHeader, WireError> {
+fn parse_header(r: &mut Reader, host: &str) -> Result<RequestHeader, WireError> {
     let api_key = r.i16()?;
     let api_version = r.i16()?;
     let correlation_id = r.i32()?;
@@ -278,6 +284,7 @@ fn parse_header(r: &mut Reader) -> Result<RequestHeader, WireError> {
         api_version,
         correlation_id,
         client_id,
+        client_host: host.to_owned(),
     })
 }
 
