@@ -175,11 +175,14 @@ pub fn topic_id(name: &str) -> [u8; 16] {
     id
 }
 
+/// A topic a Metadata request names: by id (v10+), by name, or both.
+type AskedTopic = (Option<[u8; 16]>, Option<String>);
+
 /// Metadata (v0–v12): this cluster's brokers, and its topics with each
 /// partition's leader (the Raft leader), leader epoch (the Raft term)
 /// and replicas. Topics are never created by a metadata request.
 async fn metadata(k: &Kafka, v: i16, r: &mut Reader) -> Result<Writer, WireError> {
-    let topics: Option<Vec<(Option<[u8; 16]>, Option<String>)>> = r.nullable_array(|r| {
+    let topics: Option<Vec<AskedTopic>> = r.nullable_array(|r| {
         let id = if v >= 10 { Some(r.uuid()?) } else { None };
         let name = if v >= 10 {
             r.nullable_string()?
