@@ -3,7 +3,9 @@
 # strata-broker (debug build) on loopback, started and stopped here:
 #   1. rich_status_check.py: a standard gRPC client (grpcio, grpcio-status)
 #      reads the rich error status of failing RPCs;
-#   2. schemathesis: property-based requests generated from the OpenAPI
+#   2. kafka_clients.py: real Kafka clients (kcat from Debian,
+#      confluent-kafka, kafka-python) against the broker's Kafka listener;
+#   3. schemathesis: property-based requests generated from the OpenAPI
 #      document the broker serves (/openapi.json, i.e. docs/openapi.json),
 #      every check on; any failure fails the run.
 # The Python packages (pinned in requirements.txt) go into a venv under
@@ -65,6 +67,11 @@ target/debug/strata --broker "$grpc" topic create empty >/dev/null
 
 echo "== rich gRPC error status, read by grpcio-status"
 timeout 120 "$venv/bin/python" tests/python/rich_status_check.py "$grpc" empty "$work/gen"
+
+kafka=$(sed 's/.* kafka=\([^ ]*\).*/\1/' <<<"$ready")
+echo "== Kafka clients (kcat, confluent-kafka, kafka-python) against $kafka"
+command -v kcat >/dev/null || { echo "kcat is not installed (.ci/run installs it)" >&2; exit 1; }
+timeout 300 "$venv/bin/python" tests/python/kafka_clients.py "$kafka" "$grpc" target/debug/strata
 
 echo "== schemathesis against http://$http/openapi.json"
 st_started=$SECONDS

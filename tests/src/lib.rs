@@ -445,9 +445,9 @@ pub fn start_cluster(dir: &Path) -> Vec<BrokerProcess> {
 /// Like [`start_cluster`]; without `peers` the nodes wait for `strata
 /// cluster init`. `extra` goes to every node.
 pub fn start_cluster_with(dir: &Path, peers_flag: bool, extra: &[&str]) -> Vec<BrokerProcess> {
-    // Per node: raft, grpc, http.
+    // Per node: raft, grpc, http, kafka.
     let node_addrs: Vec<Vec<String>> = (1..=3)
-        .map(|i| free_addrs(&format!("127.0.0.{i}"), 3))
+        .map(|i| free_addrs(&format!("127.0.0.{i}"), 4))
         .collect();
     let addrs: Vec<String> = node_addrs.iter().map(|a| a[0].clone()).collect();
     let peers = addrs
@@ -460,11 +460,14 @@ pub fn start_cluster_with(dir: &Path, peers_flag: bool, extra: &[&str]) -> Vec<B
         .map(|i| {
             let id = i.to_string();
             let (grpc, http) = (&node_addrs[i - 1][1], &node_addrs[i - 1][2]);
+            let kafka = &node_addrs[i - 1][3];
             let mut args = vec![
                 "--grpc-addr",
                 grpc,
                 "--http-addr",
                 http,
+                "--kafka-addr",
+                kafka,
                 "--node-id",
                 &id,
                 "--raft-addr",

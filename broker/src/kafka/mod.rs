@@ -120,18 +120,40 @@ impl Kafka {
         }
     }
 
-    /// One client connection: frames in, answers out, in order.
+    /// One client connection: frames in, answers out, in order. Frames are
+    /// read by a task of their own (a read cut off mid-frame by the select
+    /// below would lose bytes), at most [`PIPELINE_DEPTH`] ahead.
     async fn connection(self: Arc<Self>, stream: TcpStream, host: String) -> std::io::Result<()> {
         let (mut rd, mut wr) = stream.into_split();
         let max = self.broker.config().kafka_frame_bytes_max;
+        let (tx, mut frames) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+        let reader = tokio::spawn(async move {
+            loop {
+                match read_frame(&mut rd, max).await {
+                    Ok(Some(f)) => {
+                        if tx.send(Ok(f)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        let _stop_reader = AbortOnDrop(reader);
         let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
         let mut reading = true;
         loop {
             tokio::select! {
-                frame = read_frame(&mut rd, max), if reading && pending.len() < PIPELINE_DEPTH => {
-                    match frame? {
+                frame = frames.recv(), if reading && pending.len() < PIPELINE_DEPTH => {
+                    match frame {
                         None => reading = false,
-                        Some(frame) => pending.push_back(self.clone().request(frame, &host).await),
+                        Some(frame) => {
+                            pending.push_back(self.clone().request(frame?, &host).await);
+                        }
                     }
                 }
                 Some(answer) = pending.next(), if !pending.is_empty() => {
@@ -247,6 +269,15 @@ fn malformed(h: &RequestHeader, e: &WireError) -> String {
     );
     tracing::warn!("kafka request refused, connection closed: {msg}");
     msg
+}
+
+/// Aborts a task when dropped (a connection's reader ends with it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Reads one size-prefixed frame (`None` at a clean end of stream).
