@@ -712,6 +712,73 @@ fn decode_payload(
     Ok(records)
 }
 
+/// One record of a batch, borrowed from its (decompressed) payload: what
+/// [`visit_records`] hands out, without allocating per record.
+pub struct RecordView<'a> {
+    payload: &'a [u8],
+    key: Option<std::ops::Range<usize>>,
+    value: std::ops::Range<usize>,
+    headers: &'a [(std::ops::Range<usize>, std::ops::Range<usize>)],
+    /// The record's timestamp, milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+}
+
+impl<'a> RecordView<'a> {
+    /// The key, if any.
+    pub fn key(&self) -> Option<&'a [u8]> {
+        self.key.clone().map(|k| &self.payload[k])
+    }
+
+    /// The value.
+    pub fn value(&self) -> &'a [u8] {
+        &self.payload[self.value.clone()]
+    }
+
+    /// Number of headers.
+    pub fn header_count(&self) -> usize {
+        self.headers.len()
+    }
+
+    /// The headers, as (key, value) bytes (keys are UTF-8).
+    pub fn headers(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + '_ {
+        self.headers
+            .iter()
+            .map(|(k, v)| (&self.payload[k.clone()], &self.payload[v.clone()]))
+    }
+}
+
+/// Verifies a batch (header and CRC) and hands each record to `visit` in
+/// order, borrowed: the allocation-free counterpart of [`decode_records`]
+/// for code that re-encodes records (the Kafka front-end's fetch).
+/// `scratch` holds an LZ4 payload's decompressed bytes.
+pub fn visit_records(
+    bytes: &[u8],
+    limits: &BatchLimits,
+    scratch: &mut Vec<u8>,
+    mut visit: impl FnMut(RecordView<'_>),
+) -> Result<BatchHeader, BatchError> {
+    let header = verify_slice(bytes, limits)?;
+    check_payload_limit(&header, limits)?;
+    let body = &bytes[BATCH_HEADER_LEN..header.batch_len as usize];
+    let payload: &[u8] = match header.compression {
+        Compression::None => body,
+        Compression::Lz4 => {
+            decompress_lz4(body, header.uncompressed_len as usize, scratch)?;
+            scratch
+        }
+    };
+    walk_records(&header, payload, |r| {
+        visit(RecordView {
+            payload,
+            key: r.key,
+            value: r.value,
+            headers: r.headers,
+            timestamp_ms: r.timestamp_ms,
+        })
+    })?;
+    Ok(header)
+}
+
 /// What the broker runs on every batch a client sends before it appends
 /// it: [`verify_batch`] (header, limits, CRC) and then every record's
 /// framing and the declared record count, decompressing an LZ4 payload into

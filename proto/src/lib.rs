@@ -16,8 +16,8 @@ pub mod time;
 
 pub use batch::{
     BatchError, BatchHeader, BatchLimits, Compression, EncodeError, Header, ProducerInfo, Record,
-    VerifiedBatch, admit_batch, decode_records, encode_batch, parse_header, verify_batch,
-    verify_slice,
+    RecordView, VerifiedBatch, admit_batch, decode_records, encode_batch, parse_header,
+    verify_batch, verify_slice, visit_records,
 };
 pub use time::now_ms;
 

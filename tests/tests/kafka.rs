@@ -211,14 +211,19 @@ fn hostile_frames_change_nothing_and_the_broker_keeps_serving() {
     // A Metadata request whose topic array claims 2^31-1 elements.
     let mut c = Conn::open(&broker.kafka);
     c.send(3, 1, &0x7fff_ffffi32.to_be_bytes());
-    assert!(c.closed(), "an impossible array count closes the connection");
+    assert!(
+        c.closed(),
+        "an impossible array count closes the connection"
+    );
     assert!(alive(&broker.kafka));
 
     // An unknown API key: UNSUPPORTED_VERSION, and the connection stays.
     let mut c = Conn::open(&broker.kafka);
     let r = c.call(999, 0, &[]).expect("an unknown API is answered");
     assert_eq!(i16_at(&r, 0), 35, "UNSUPPORTED_VERSION");
-    let r = c.call(18, 9, &[]).expect("ApiVersions past its range is answered");
+    let r = c
+        .call(18, 9, &[])
+        .expect("ApiVersions past its range is answered");
     assert_eq!(i16_at(&r, 0), 35, "ApiVersions v9: UNSUPPORTED_VERSION");
     assert!(i32_at(&r, 2) > 10, "with the list of APIs served");
     let r = c.call(18, 0, &[]).expect("the connection still serves");
@@ -232,14 +237,24 @@ fn hostile_frames_change_nothing_and_the_broker_keeps_serving() {
     // An old message format (magic 1).
     let mut old = kafka_batch(&["x"]);
     old[16] = 1;
-    assert_eq!(produce(&mut c, "k", 0, &old).0, 43, "UNSUPPORTED_FOR_MESSAGE_FORMAT");
-    assert_eq!(produce(&mut c, "k", 7, &kafka_batch(&["x"])).0, 3, "unknown partition");
+    assert_eq!(
+        produce(&mut c, "k", 0, &old).0,
+        43,
+        "UNSUPPORTED_FOR_MESSAGE_FORMAT"
+    );
+    assert_eq!(
+        produce(&mut c, "k", 7, &kafka_batch(&["x"])).0,
+        3,
+        "unknown partition"
+    );
     assert_eq!(latest(&mut c, "k", 0), (0, 0), "nothing was written");
 
     // Random frames (seeded): every served API key at versions in and out
     // of range, with random bodies. None may take the broker down.
     let mut rng = fastrand::Rng::with_seed(20_261_208);
-    let keys = [0i16, 1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 19, 20, 22, 23, 68];
+    let keys = [
+        0i16, 1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 19, 20, 22, 23, 68,
+    ];
     let started = Instant::now();
     let mut c = Conn::open(&broker.kafka);
     for i in 0..3_000 {
@@ -257,10 +272,17 @@ fn hostile_frames_change_nothing_and_the_broker_keeps_serving() {
             c = Conn::open(&broker.kafka);
         }
     }
-    assert!(alive(&broker.kafka), "the broker survived 3,000 random frames");
+    assert!(
+        alive(&broker.kafka),
+        "the broker survived 3,000 random frames"
+    );
     let mut c = Conn::open(&broker.kafka);
     let (err, base) = produce(&mut c, "k", 0, &kafka_batch(&["after"]));
-    assert_eq!((err, base), (0, 0), "and a valid produce is the first write");
+    assert_eq!(
+        (err, base),
+        (0, 0),
+        "and a valid produce is the first write"
+    );
 }
 
 #[test]
@@ -298,6 +320,74 @@ fn a_response_ready_mid_frame_does_not_lose_the_next_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_budget_counts_the_bytes_sent_not_the_compressed_ones() {
+    let (dir, _keep) = test_dir();
+    let broker = BrokerProcess::start(&dir.join("b"), &[]);
+    let out = strata_tests::cli(&broker.grpc, &["topic", "create", "z"], None);
+    assert!(out.status.success());
+    // Three native LZ4 batches of 2 MiB of zeros each (~8 KiB stored).
+    let mut c = strata_proto::pb::strata_client::StrataClient::connect(format!(
+        "http://{}",
+        broker.grpc
+    ))
+    .await
+    .unwrap();
+    let now = strata_proto::now_ms();
+    for _ in 0..3 {
+        let records: Vec<Record> = (0..2)
+            .map(|_| Record {
+                key: None,
+                value: Bytes::from(vec![0u8; 1 << 20]),
+                headers: Vec::new(),
+                timestamp_ms: now,
+            })
+            .collect();
+        let mut batch = Vec::new();
+        encode_batch(&records, Compression::Lz4, None, &mut batch).unwrap();
+        assert!(batch.len() < 100_000);
+        c.produce(strata_proto::pb::ProduceRequest {
+            topic: "z".into(),
+            partition: 0,
+            batch: batch.into(),
+            acks: 0,
+        })
+        .await
+        .unwrap();
+    }
+    let kafka = broker.kafka.clone();
+    let size = tokio::task::spawn_blocking(move || {
+        // Fetch v4: partition budget 1 MiB, total 50 MiB (librdkafka's).
+        let mut f = BytesMut::new();
+        f.put_i32(-1);
+        f.put_i32(100);
+        f.put_i32(1);
+        f.put_i32(50 << 20);
+        f.put_i8(0);
+        f.put_i32(1);
+        s16(&mut f, "z");
+        f.put_i32(1);
+        f.put_i32(0);
+        f.put_i64(0);
+        f.put_i32(1 << 20);
+        let r = Conn::open(&kafka).call(1, 4, &f).expect("fetch answered");
+        // throttle, topics[1]: name, partitions[1]: index, error, hw, lso,
+        // aborted (null), records.
+        let at = 4 + 4 + 2 + 1 + 4 + 4;
+        assert_eq!(i16_at(&r, at), 0, "no error");
+        assert_eq!(i64_at(&r, at + 2), 6, "high watermark");
+        i32_at(&r, at + 2 + 8 + 8 + 4)
+    })
+    .await
+    .unwrap();
+    // One batch (2 MiB and its framing), not all three (6 MiB): at least
+    // one batch goes out, then the budget stops the response.
+    assert!(
+        (2 << 20..3 << 20).contains(&size),
+        "records of {size} bytes for a 1 MiB partition budget"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_advertises_its_own_address_and_leaders_move_on_failover() {
     let (dir, _keep) = test_dir();
     let mut nodes = start_cluster(&dir);
@@ -314,25 +404,29 @@ async fn every_node_advertises_its_own_address_and_leaders_move_on_failover() {
     for addr in &kafka {
         let addr = addr.clone();
         let want = kafka.clone();
-        poll_until_async("metadata with 3 brokers and leaders", Duration::from_secs(30), || {
-            let addr = addr.clone();
-            let want = want.clone();
-            async move {
-                tokio::task::spawn_blocking(move || {
-                    let (brokers, parts) = metadata(&mut Conn::open(&addr), "kc");
-                    let mut got: Vec<(i32, String)> = brokers;
-                    got.sort();
-                    let expected: Vec<(i32, String)> = want
-                        .iter()
-                        .enumerate()
-                        .map(|(i, a)| (i as i32 + 1, a.clone()))
-                        .collect();
-                    got == expected && parts.len() == 3 && parts.iter().all(|p| p.1 > 0)
-                })
-                .await
-                .unwrap()
-            }
-        })
+        poll_until_async(
+            "metadata with 3 brokers and leaders",
+            Duration::from_secs(30),
+            || {
+                let addr = addr.clone();
+                let want = want.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || {
+                        let (brokers, parts) = metadata(&mut Conn::open(&addr), "kc");
+                        let mut got: Vec<(i32, String)> = brokers;
+                        got.sort();
+                        let expected: Vec<(i32, String)> = want
+                            .iter()
+                            .enumerate()
+                            .map(|(i, a)| (i as i32 + 1, a.clone()))
+                            .collect();
+                        got == expected && parts.len() == 3 && parts.iter().all(|p| p.1 > 0)
+                    })
+                    .await
+                    .unwrap()
+                }
+            },
+        )
         .await;
     }
     let a0 = kafka[0].clone();
@@ -345,7 +439,10 @@ async fn every_node_advertises_its_own_address_and_leaders_move_on_failover() {
     // Produce at the leader works; at a follower it is refused.
     let (la, fa) = (kafka[leader - 1].clone(), kafka[follower - 1].clone());
     tokio::task::spawn_blocking(move || {
-        assert_eq!(produce(&mut Conn::open(&la), "kc", 0, &kafka_batch(&["a", "b"])), (0, 0));
+        assert_eq!(
+            produce(&mut Conn::open(&la), "kc", 0, &kafka_batch(&["a", "b"])),
+            (0, 0)
+        );
         assert_eq!(
             produce(&mut Conn::open(&fa), "kc", 0, &kafka_batch(&["c"])).0,
             6,
@@ -360,23 +457,31 @@ async fn every_node_advertises_its_own_address_and_leaders_move_on_failover() {
     nodes[leader - 1].kill9();
     let survivor = kafka[follower - 1].clone();
     let kafka2 = kafka.clone();
-    poll_until_async("a new leader takes the write", Duration::from_secs(30), || {
-        let survivor = survivor.clone();
-        let kafka2 = kafka2.clone();
-        async move {
-            tokio::task::spawn_blocking(move || {
-                let (_, parts) = metadata(&mut Conn::open(&survivor), "kc");
-                let l = parts[0].1;
-                if l <= 0 || l as usize == leader {
-                    return false;
-                }
-                let (err, base) =
-                    produce(&mut Conn::open(&kafka2[l as usize - 1]), "kc", 0, &kafka_batch(&["d"]));
-                err == 0 && base == 2
-            })
-            .await
-            .unwrap()
-        }
-    })
+    poll_until_async(
+        "a new leader takes the write",
+        Duration::from_secs(30),
+        || {
+            let survivor = survivor.clone();
+            let kafka2 = kafka2.clone();
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    let (_, parts) = metadata(&mut Conn::open(&survivor), "kc");
+                    let l = parts[0].1;
+                    if l <= 0 || l as usize == leader {
+                        return false;
+                    }
+                    let (err, base) = produce(
+                        &mut Conn::open(&kafka2[l as usize - 1]),
+                        "kc",
+                        0,
+                        &kafka_batch(&["d"]),
+                    );
+                    err == 0 && base == 2
+                })
+                .await
+                .unwrap()
+            }
+        },
+    )
     .await;
 }

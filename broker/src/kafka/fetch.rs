@@ -92,6 +92,12 @@ fn read_one(k: &Kafka, topic: &str, fp: &FetchPartition, max_bytes: usize) -> Fe
     };
     let mut records = 0u64;
     for b in &batches {
+        // The budget counts translated (uncompressed) bytes: a compressed
+        // batch can decompress to many times its stored size. At least one
+        // batch goes out, as Kafka does.
+        if !out.records.is_empty() && out.records.len() >= max_bytes {
+            break;
+        }
         let epoch = b.log_id.term as i32;
         if let Err(e) = records::encode_fetched(&b.bytes, b.base_offset, epoch, &mut out.records) {
             tracing::error!(topic, partition = fp.index, offset = b.base_offset, error = %e,

@@ -8,14 +8,15 @@
 //! consume` and Kafka clients see the same records at the same offsets.
 //! What does not survive the translation is documented in
 //! `docs/kafka.md`: a null value is stored as an empty value, a null
-//! header value as an empty one, and fetched batches are uncompressed.
+//! header value as an empty one, and fetched batches are uncompressed
+//! (the fetch counts its budget in translated bytes).
 
 use std::io::Read;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use strata_proto::batch::{
-    BatchLimits, Compression, Header, ProducerInfo, Record, decode_records, encode_batch,
-    parse_header,
+    BatchLimits, Compression, Header, ProducerInfo, Record, encode_batch, parse_header,
+    visit_records,
 };
 
 /// Size of the RecordBatch v2 header, up to and including the record count.
@@ -371,28 +372,28 @@ fn varlong_len(v: i64) -> usize {
 
 /// Appends one stored Strata batch to `out` as a Kafka RecordBatch v2
 /// (uncompressed) at `base_offset`, with `leader_epoch` as its partition
-/// leader epoch.
+/// leader epoch. Records are transcoded straight from the stored payload
+/// (no per-record allocation); `scratch` holds an LZ4 payload.
 pub fn encode_fetched(
     stored: &Bytes,
     base_offset: u64,
     leader_epoch: i32,
     out: &mut BytesMut,
 ) -> Result<(), strata_proto::BatchError> {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
     let header = parse_header(stored)?;
-    let records = decode_records(stored.clone(), &BatchLimits::UNLIMITED)?;
-    let Some(first) = records.first() else {
-        return Ok(());
-    };
-    let base_ts = first.timestamp_ms;
     let start = out.len();
+    out.reserve(BATCH_HEADER_LEN + header.uncompressed_len as usize + 16);
     out.put_i64(base_offset as i64);
     out.put_i32(0); // batch length, patched below
     out.put_i32(leader_epoch);
     out.put_i8(2);
     out.put_u32(0); // CRC, patched below
     out.put_i16(0); // attributes: no compression, create time
-    out.put_i32(records.len() as i32 - 1);
-    out.put_i64(base_ts);
+    out.put_i32(header.record_count as i32 - 1);
+    out.put_i64(header.first_timestamp_ms);
     out.put_i64(header.max_timestamp_ms);
     match header.producer {
         Some(p) => {
@@ -406,32 +407,49 @@ pub fn encode_fetched(
             out.put_i32(-1);
         }
     }
-    out.put_i32(records.len() as i32);
-    let mut body = BytesMut::new();
-    for (i, r) in records.iter().enumerate() {
-        body.clear();
-        body.put_u8(0);
-        put_varlong(&mut body, r.timestamp_ms - base_ts);
-        put_varlong(&mut body, i as i64);
-        match &r.key {
-            Some(k) => {
-                put_varlong(&mut body, k.len() as i64);
-                body.put_slice(k);
+    out.put_i32(header.record_count as i32);
+    let base_ts = header.first_timestamp_ms;
+    let mut i: i64 = 0;
+    let visited = SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        visit_records(stored, &BatchLimits::UNLIMITED, &mut scratch, |r| {
+            let key = r.key();
+            let value = r.value();
+            let ts = r.timestamp_ms - base_ts;
+            let mut len = 1 + varlong_len(ts) + varlong_len(i);
+            len += key.map_or(1, |k| varlong_len(k.len() as i64) + k.len());
+            len += varlong_len(value.len() as i64) + value.len();
+            len += varlong_len(r.header_count() as i64);
+            for (k, v) in r.headers() {
+                len +=
+                    varlong_len(k.len() as i64) + k.len() + varlong_len(v.len() as i64) + v.len();
             }
-            None => put_varlong(&mut body, -1),
-        }
-        put_varlong(&mut body, r.value.len() as i64);
-        body.put_slice(&r.value);
-        put_varlong(&mut body, r.headers.len() as i64);
-        for h in &r.headers {
-            put_varlong(&mut body, h.key.len() as i64);
-            body.put_slice(h.key.as_bytes());
-            put_varlong(&mut body, h.value.len() as i64);
-            body.put_slice(&h.value);
-        }
-        out.reserve(varlong_len(body.len() as i64) + body.len());
-        put_varlong(out, body.len() as i64);
-        out.put_slice(&body);
+            put_varlong(out, len as i64);
+            out.put_u8(0);
+            put_varlong(out, ts);
+            put_varlong(out, i);
+            match key {
+                Some(k) => {
+                    put_varlong(out, k.len() as i64);
+                    out.put_slice(k);
+                }
+                None => put_varlong(out, -1),
+            }
+            put_varlong(out, value.len() as i64);
+            out.put_slice(value);
+            put_varlong(out, r.header_count() as i64);
+            for (k, v) in r.headers() {
+                put_varlong(out, k.len() as i64);
+                out.put_slice(k);
+                put_varlong(out, v.len() as i64);
+                out.put_slice(v);
+            }
+            i += 1;
+        })
+    });
+    if let Err(e) = visited {
+        out.truncate(start);
+        return Err(e);
     }
     let batch_len = (out.len() - start - 12) as i32;
     out[start + 8..start + 12].copy_from_slice(&batch_len.to_be_bytes());
@@ -443,6 +461,7 @@ pub fn encode_fetched(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use strata_proto::batch::decode_records;
 
     fn strata_batch(records: &[Record]) -> Bytes {
         let mut v = Vec::new();
@@ -472,6 +491,26 @@ mod tests {
         let back = translate_produce(&kafka, &BatchLimits::default()).unwrap();
         assert_eq!(back.len(), 1);
         assert_eq!(back[0].record_count, 2);
+        let decoded = decode_records(back[0].batch.clone(), &BatchLimits::default()).unwrap();
+        assert_eq!(decoded, records);
+    }
+
+    #[test]
+    fn a_compressed_stored_batch_is_served_uncompressed_and_round_trips() {
+        let records: Vec<Record> = (0..1000).map(|i| rec(None, &"x".repeat(100), i)).collect();
+        let mut v = Vec::new();
+        encode_batch(&records, Compression::Lz4, None, &mut v).unwrap();
+        let stored = Bytes::from(v);
+        let mut kafka = BytesMut::new();
+        encode_fetched(&stored, 0, 0, &mut kafka).unwrap();
+        assert_eq!(be_i16(&kafka, 21) & 7, 3, "lz4");
+        assert!(
+            kafka.len() < stored.len() * 2,
+            "{} vs {}",
+            kafka.len(),
+            stored.len()
+        );
+        let back = translate_produce(&kafka, &BatchLimits::default()).unwrap();
         let decoded = decode_records(back[0].batch.clone(), &BatchLimits::default()).unwrap();
         assert_eq!(decoded, records);
     }
