@@ -326,12 +326,10 @@ async fn a_fetch_budget_counts_the_bytes_sent_not_the_compressed_ones() {
     let out = strata_tests::cli(&broker.grpc, &["topic", "create", "z"], None);
     assert!(out.status.success());
     // Three native LZ4 batches of 2 MiB of zeros each (~8 KiB stored).
-    let mut c = strata_proto::pb::strata_client::StrataClient::connect(format!(
-        "http://{}",
-        broker.grpc
-    ))
-    .await
-    .unwrap();
+    let mut c =
+        strata_proto::pb::strata_client::StrataClient::connect(format!("http://{}", broker.grpc))
+            .await
+            .unwrap();
     let now = strata_proto::now_ms();
     for _ in 0..3 {
         let records: Vec<Record> = (0..2)
