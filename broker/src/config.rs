@@ -63,6 +63,10 @@ pub struct BrokerConfig {
     /// Kafka connections served at once; further ones are closed at
     /// accept. Default 1024.
     pub kafka_connections_max: usize,
+    /// Kafka fetch sessions (KIP-227) kept at once; the least recently used
+    /// is dropped for a new one (its client falls back to a full fetch).
+    /// 0 declines sessions. Default 1000.
+    pub kafka_fetch_sessions_max: usize,
     /// How often retention runs, in milliseconds. Default 60 s.
     pub retention_check_ms: u64,
     /// Bytes of batches per fetch response message, unless the request asks
@@ -191,6 +195,7 @@ impl Default for BrokerConfig {
             kafka_advertised_addr: None,
             kafka_frame_bytes_max: 100 << 20,
             kafka_connections_max: 1024,
+            kafka_fetch_sessions_max: 1000,
             retention_check_ms: 60_000,
             fetch_bytes_default: 1 << 20,
             fetch_wait_ms_max: 60_000,

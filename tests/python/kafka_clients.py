@@ -271,6 +271,24 @@ def kafka_python():
     except Exception as e:  # noqa: BLE001
         check("TopicAlreadyExists" in type(e).__name__ or "TopicAlreadyExists" in str(e),
               f"kafka-python: a second create fails with TopicAlreadyExists ({type(e).__name__})")
+    # Topic configs: set at create, read back by DescribeConfigs; an unknown
+    # one refused with INVALID_CONFIG, naming it.
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    a.create_topics([KNewTopic("kpc", 1, 1, topic_configs={"retention.ms": "3600000"})])
+    d = a.describe_configs([ConfigResource(ConfigResourceType.TOPIC, "kpc")])
+    check(d["topic"]["kpc"]["retention.ms"]["value"] == "3600000",
+          f"kafka-python: describe_configs reads retention.ms set at create ({d})")
+    d = a.describe_configs([ConfigResource(ConfigResourceType.TOPIC, "kpc")], config_filter="all")
+    check({"segment.bytes", "max.message.bytes", "cleanup.policy"} <= set(d["topic"]["kpc"]),
+          "kafka-python: describe_configs lists the defaults too")
+    try:
+        a.create_topics([KNewTopic("kpx", 1, 1, topic_configs={"compression.type": "zstd"})])
+        raise AssertionError("an unsupported topic config was accepted")
+    except Exception as e:  # noqa: BLE001
+        check("InvalidConfig" in type(e).__name__ or "compression.type" in str(e),
+              f"kafka-python: an unsupported config is refused ({type(e).__name__}: {e})")
+
     p = KafkaProducer(bootstrap_servers=KAFKA, acks="all", compression_type="gzip")
     futures = [p.send("kp", key=b"k%d" % i, value=b"v%d" % i) for i in range(1000)]
     p.flush(timeout=DEADLINE_S)

@@ -319,6 +319,132 @@ fn a_response_ready_mid_frame_does_not_lose_the_next_request() {
     assert_eq!(i16_at(&body, 0), 0, "ApiVersions answered intact");
 }
 
+/// Fetch v7 with a session: (error, session id, partitions answered as
+/// (index, high watermark, record bytes)).
+fn session_fetch(
+    c: &mut Conn,
+    session: i32,
+    epoch: i32,
+    parts: &[(i32, i64)],
+    forget: &[i32],
+) -> (i16, i32, Vec<(i32, i64, usize)>) {
+    let mut f = BytesMut::new();
+    f.put_i32(-1);
+    f.put_i32(0); // max wait: answer at once
+    f.put_i32(0);
+    f.put_i32(1 << 20);
+    f.put_i8(0);
+    f.put_i32(session);
+    f.put_i32(epoch);
+    f.put_i32(if parts.is_empty() { 0 } else { 1 });
+    if !parts.is_empty() {
+        s16(&mut f, "s");
+        f.put_i32(parts.len() as i32);
+        for (p, offset) in parts {
+            f.put_i32(*p);
+            f.put_i64(*offset);
+            f.put_i64(-1);
+            f.put_i32(1 << 20);
+        }
+    }
+    f.put_i32(if forget.is_empty() { 0 } else { 1 });
+    if !forget.is_empty() {
+        s16(&mut f, "s");
+        f.put_i32(forget.len() as i32);
+        for p in forget {
+            f.put_i32(*p);
+        }
+    }
+    let r = c.call(1, 7, &f).expect("fetch answered");
+    let error = i16_at(&r, 4);
+    let id = i32_at(&r, 6);
+    let mut at = 10;
+    let mut out = Vec::new();
+    let topics = i32_at(&r, at);
+    at += 4;
+    for _ in 0..topics {
+        let tl = i16_at(&r, at) as usize;
+        at += 2 + tl;
+        let n = i32_at(&r, at);
+        at += 4;
+        for _ in 0..n {
+            let index = i32_at(&r, at);
+            let hw = i64_at(&r, at + 6);
+            at += 4 + 2 + 8 + 8 + 8;
+            let aborted = i32_at(&r, at);
+            at += 4 + 16 * aborted.max(0) as usize;
+            let len = i32_at(&r, at).max(0) as usize;
+            at += 4 + len;
+            out.push((index, hw, len));
+        }
+    }
+    (error, id, out)
+}
+
+#[test]
+fn fetch_sessions_answer_only_what_changed() {
+    let (dir, _keep) = test_dir();
+    let broker = BrokerProcess::start(&dir.join("b"), &[]);
+    let out = strata_tests::cli(
+        &broker.grpc,
+        &["topic", "create", "s", "--partitions", "2"],
+        None,
+    );
+    assert!(out.status.success());
+    let mut c = Conn::open(&broker.kafka);
+    assert_eq!(produce(&mut c, "s", 0, &kafka_batch(&["a"])).0, 0);
+    assert_eq!(produce(&mut c, "s", 1, &kafka_batch(&["b"])).0, 0);
+
+    // Epoch 0 opens a session with a full fetch: both partitions answered.
+    let (err, id, parts) = session_fetch(&mut c, 0, 0, &[(0, 0), (1, 0)], &[]);
+    assert_eq!(err, 0);
+    assert!(id > 0, "a session was opened");
+    assert_eq!(
+        parts.iter().map(|p| (p.0, p.1)).collect::<Vec<_>>(),
+        vec![(0, 1), (1, 1)]
+    );
+    assert!(parts.iter().all(|p| p.2 > 0), "with their records");
+
+    // Incremental, at the ends: nothing changed, nothing answered.
+    let (err, same, parts) = session_fetch(&mut c, id, 1, &[(0, 1), (1, 1)], &[]);
+    assert_eq!((err, same), (0, id));
+    assert!(parts.is_empty(), "no news: {parts:?}");
+
+    // A write to partition 1: an incremental fetch naming nothing gets it.
+    assert_eq!(produce(&mut c, "s", 1, &kafka_batch(&["c"])).0, 0);
+    let (err, _, parts) = session_fetch(&mut c, id, 2, &[], &[]);
+    assert_eq!(err, 0);
+    assert_eq!(parts.len(), 1, "only the partition with news: {parts:?}");
+    assert_eq!((parts[0].0, parts[0].1), (1, 2));
+    assert!(parts[0].2 > 0);
+
+    // Forget partition 1; a write there is no longer answered.
+    let (_, _, parts) = session_fetch(&mut c, id, 3, &[], &[1]);
+    assert!(parts.is_empty(), "{parts:?}");
+    assert_eq!(produce(&mut c, "s", 1, &kafka_batch(&["d"])).0, 0);
+    let (_, _, parts) = session_fetch(&mut c, id, 4, &[], &[]);
+    assert!(
+        parts.is_empty(),
+        "a forgotten partition is not fetched: {parts:?}"
+    );
+
+    // A wrong epoch, an unknown session.
+    assert_eq!(
+        session_fetch(&mut c, id, 9, &[], &[]).0,
+        71,
+        "INVALID_FETCH_SESSION_EPOCH"
+    );
+    assert_eq!(
+        session_fetch(&mut c, id + 1, 1, &[], &[]).0,
+        70,
+        "FETCH_SESSION_ID_NOT_FOUND"
+    );
+    // Epoch -1 closes it: the id is gone afterwards.
+    let (err, none, _) = session_fetch(&mut c, id, -1, &[(0, 0)], &[]);
+    assert_eq!((err, none), (0, 0));
+    assert_eq!(session_fetch(&mut c, id, 5, &[], &[]).0, 70, "closed");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fetch_budget_counts_the_bytes_sent_not_the_compressed_ones() {
     let (dir, _keep) = test_dir();

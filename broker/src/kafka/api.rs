@@ -46,6 +46,7 @@ const APIS: &[Api] = &[
     Api { key: 20, name: "kafka_delete_topics", min: 0, max: 5, flexible_from: 4 },
     Api { key: 22, name: "kafka_init_producer_id", min: 0, max: 4, flexible_from: 2 },
     Api { key: 23, name: "kafka_offset_for_leader_epoch", min: 2, max: 4, flexible_from: 4 },
+    Api { key: 32, name: "kafka_describe_configs", min: 0, max: 4, flexible_from: 4 },
     Api { key: 68, name: "kafka_consumer_group_heartbeat", min: 0, max: 1, flexible_from: 0 },
 ];
 
@@ -122,6 +123,7 @@ pub async fn dispatch(k: Arc<Kafka>, h: RequestHeader, mut r: Reader) -> Work {
                 .map(Some)
         }),
         23 => super::fetch::offset_for_leader_epoch(k, v, r),
+        32 => done(describe_configs(&k, v, &mut r)),
         _ => done(Err(WireError::Malformed(format!("API key {}", h.api_key)))),
     }
 }
@@ -550,6 +552,142 @@ async fn delete_topics(k: &Kafka, v: i16, r: &mut Reader) -> Result<Writer, Wire
         if v >= 5 {
             w.nullable_string(outcome.as_ref().err().map(|(_, m)| m.as_str()));
         }
+        w.tags();
+    });
+    w.tags();
+    Ok(w)
+}
+
+/// Kafka's resource type for topics in DescribeConfigs.
+const RESOURCE_TOPIC: i8 = 2;
+/// Kafka's resource type for brokers.
+const RESOURCE_BROKER: i8 = 4;
+/// Config sources: a topic override, or the broker's default.
+const SOURCE_TOPIC: i8 = 1;
+const SOURCE_DEFAULT: i8 = 5;
+
+/// One config entry as DescribeConfigs shows it.
+struct ConfigEntry {
+    name: &'static str,
+    value: String,
+    overridden: bool,
+}
+
+/// A topic's configs in Kafka's names: effective values, and whether the
+/// topic sets them or the broker's defaults do.
+fn topic_configs(s: &TopicSettings, d: &crate::settings::LogDefaults) -> Vec<ConfigEntry> {
+    let e = |name, value: String, overridden| ConfigEntry {
+        name,
+        value,
+        overridden,
+    };
+    vec![
+        e("cleanup.policy", "delete".into(), false),
+        e(
+            "max.message.bytes",
+            s.max_batch_bytes.unwrap_or(d.max_batch_bytes).to_string(),
+            s.max_batch_bytes.is_some(),
+        ),
+        e(
+            "retention.bytes",
+            s.retention_bytes.unwrap_or(d.retention_bytes).to_string(),
+            s.retention_bytes.is_some(),
+        ),
+        e(
+            "retention.ms",
+            s.retention_ms.unwrap_or(d.retention_ms).to_string(),
+            s.retention_ms.is_some(),
+        ),
+        e(
+            "segment.bytes",
+            s.segment_bytes.unwrap_or(d.segment_bytes).to_string(),
+            s.segment_bytes.is_some(),
+        ),
+        e(
+            "segment.ms",
+            s.segment_ms.unwrap_or(d.segment_ms).to_string(),
+            s.segment_ms.is_some(),
+        ),
+    ]
+}
+
+/// DescribeConfigs (v0–v4): topic configs (the ones CreateTopics takes);
+/// a broker resource answers an empty list. Read-only here: Strata's own
+/// `topic alter` changes them.
+fn describe_configs(k: &Kafka, v: i16, r: &mut Reader) -> Result<Writer, WireError> {
+    let resources = r.array(|r| {
+        let rtype = r.i8()?;
+        let name = r.string()?;
+        let keys = r.nullable_array(|r| r.string())?;
+        r.tags()?;
+        Ok((rtype, name, keys))
+    })?;
+    if v >= 1 {
+        let _synonyms = r.bool()?;
+    }
+    if v >= 3 {
+        let _docs = r.bool()?;
+    }
+    r.tags()?;
+    let defaults = &k.broker.config().log;
+    let mut w = Writer::new(r.flexible);
+    w.i32(0);
+    w.array(&resources, |w, (rtype, name, keys)| {
+        let (error, message, entries) = match *rtype {
+            RESOURCE_TOPIC => match k.broker.topic_views(std::slice::from_ref(name)) {
+                Ok(t) if !t.is_empty() => {
+                    (code::NONE, None, topic_configs(&t[0].settings, defaults))
+                }
+                _ => (
+                    code::UNKNOWN_TOPIC_OR_PARTITION,
+                    Some(format!("unknown topic {name:?}")),
+                    Vec::new(),
+                ),
+            },
+            RESOURCE_BROKER => (code::NONE, None, Vec::new()),
+            t => (
+                code::INVALID_REQUEST,
+                Some(format!(
+                    "resource type {t}: only topics (2) and brokers (4)"
+                )),
+                Vec::new(),
+            ),
+        };
+        let entries: Vec<&ConfigEntry> = entries
+            .iter()
+            // Null or empty: every key (as Kafka answers).
+            .filter(|e| {
+                keys.as_ref()
+                    .is_none_or(|ks| ks.is_empty() || ks.iter().any(|k| k == e.name))
+            })
+            .collect();
+        w.i16(error);
+        w.nullable_string(message.as_deref());
+        w.i8(*rtype);
+        w.string(name);
+        w.array(&entries, |w, e| {
+            w.string(e.name);
+            w.nullable_string(Some(&e.value));
+            w.bool(true); // read-only over Kafka
+            if v == 0 {
+                w.bool(!e.overridden);
+            } else {
+                w.i8(if e.overridden {
+                    SOURCE_TOPIC
+                } else {
+                    SOURCE_DEFAULT
+                });
+            }
+            w.bool(false);
+            if v >= 1 {
+                w.array_len(0);
+            }
+            if v >= 3 {
+                w.i8(if e.name == "cleanup.policy" { 7 } else { 5 }); // LIST or LONG
+                w.nullable_string(None);
+            }
+            w.tags();
+        });
         w.tags();
     });
     w.tags();

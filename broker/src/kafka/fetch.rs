@@ -4,9 +4,14 @@
 //! (below the high watermark), translated into RecordBatch v2. A fetch
 //! that finds fewer than `min_bytes` waits (up to `max_wait_ms`, capped by
 //! `fetch_wait_ms_max`) for any of its partitions' high watermarks to
-//! move. Fetch sessions are declined (session id 0, which KIP-227 allows):
-//! every fetch is a full fetch.
+//! move. Fetch sessions (KIP-227) are kept per node: a session remembers
+//! its partitions and fetch offsets, so an incremental fetch names only
+//! what changed and is answered with only the partitions that have
+//! records, a new high watermark or log start, or an error. At most
+//! `kafka_fetch_sessions_max` sessions live at once (the least recently
+//! used goes first) and one unused for two minutes is dropped.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +26,34 @@ use crate::topic::Partition;
 
 /// Kafka's FETCH_SESSION_ID_NOT_FOUND.
 const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
+/// Kafka's INVALID_FETCH_SESSION_EPOCH.
+const INVALID_FETCH_SESSION_EPOCH: i16 = 71;
+/// A session unused this long is dropped.
+const SESSION_IDLE: Duration = Duration::from_secs(120);
 
+/// One partition of a fetch session: what the client last asked for and
+/// what it was last told.
+#[derive(Debug, Clone)]
+struct SessionPartition {
+    fetch: FetchPartition,
+    sent_hw: i64,
+    sent_lso: i64,
+}
+
+/// A fetch session.
+#[derive(Debug)]
+pub struct Session {
+    /// The epoch the next incremental request must carry.
+    next_epoch: i32,
+    /// Partitions, in the order they were added.
+    partitions: Vec<(String, SessionPartition)>,
+    last_used: std::time::Instant,
+}
+
+/// The node's fetch sessions by id.
+pub type Sessions = HashMap<i32, Session>;
+
+#[derive(Debug, Clone)]
 struct FetchPartition {
     index: i32,
     current_leader_epoch: i32,
@@ -126,7 +158,7 @@ pub fn fetch(k: Arc<Kafka>, v: i16, mut r: Reader) -> Work {
         let min_bytes = r.i32()?;
         let max_bytes = r.i32()?;
         let _isolation = r.i8()?;
-        let (session_id, _session_epoch) = if v >= 7 {
+        let (session_id, session_epoch) = if v >= 7 {
             (r.i32()?, r.i32()?)
         } else {
             (0, -1)
@@ -155,26 +187,28 @@ pub fn fetch(k: Arc<Kafka>, v: i16, mut r: Reader) -> Work {
             r.tags()?;
             Ok((topic, parts))
         })?;
-        if v >= 7 {
-            let _forgotten = r.array(|r| {
-                let _t = r.string()?;
-                let _p = r.array(|r| r.i32())?;
+        let forgotten = if v >= 7 {
+            r.array(|r| {
+                let t = r.string()?;
+                let p = r.array(|r| r.i32())?;
                 r.tags()?;
-                Ok(())
-            })?;
-        }
+                Ok((t, p))
+            })?
+        } else {
+            Vec::new()
+        };
         if v >= 11 {
             let _rack = r.string()?;
         }
         r.tags()?;
 
         let flexible = r.flexible;
-        let write = |error: i16, results: &[(String, Vec<Fetched>)]| {
+        let write = |error: i16, session: i32, results: &[(String, Vec<Fetched>)]| {
             let mut w = Writer::new(flexible);
             w.i32(0);
             if v >= 7 {
                 w.i16(error);
-                w.i32(0);
+                w.i32(session);
             }
             w.array(results, |w, (topic, parts)| {
                 w.string(topic);
@@ -198,9 +232,12 @@ pub fn fetch(k: Arc<Kafka>, v: i16, mut r: Reader) -> Work {
             w.tags();
             w
         };
-        if session_id != 0 {
-            return Ok(Some(write(FETCH_SESSION_ID_NOT_FOUND, &[])));
-        }
+        // What to read, and the session this fetch belongs to (0: none).
+        let (session, incremental, topics) =
+            match open_session(&k, session_id, session_epoch, topics, &forgotten) {
+                Ok(x) => x,
+                Err(code) => return Ok(Some(write(code, 0, &[]))),
+            };
 
         let cap = k.broker.config().fetch_wait_ms_max;
         let deadline = tokio::time::Instant::now()
@@ -242,7 +279,8 @@ pub fn fetch(k: Arc<Kafka>, v: i16, mut r: Reader) -> Work {
                 || now >= deadline
                 || watches.is_empty()
             {
-                return Ok(Some(write(code::NONE, &results)));
+                let results = close_round(&k, session, incremental, results);
+                return Ok(Some(write(code::NONE, session, &results)));
             }
             let changed =
                 futures::future::select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
@@ -252,6 +290,165 @@ pub fn fetch(k: Arc<Kafka>, v: i16, mut r: Reader) -> Work {
             }
         }
     })
+}
+
+type Asked = Vec<(String, Vec<FetchPartition>)>;
+
+/// Applies a request to the node's sessions (KIP-227): returns the session
+/// id to answer with (0: none), whether the fetch is incremental, and the
+/// partitions to read.
+fn open_session(
+    k: &Kafka,
+    id: i32,
+    epoch: i32,
+    topics: Asked,
+    forgotten: &[(String, Vec<i32>)],
+) -> Result<(i32, bool, Asked), i16> {
+    let mut all = k.fetch_sessions.lock();
+    all.retain(|_, s| s.last_used.elapsed() < SESSION_IDLE);
+    let fresh = |all: &mut Sessions, topics: &Asked| -> i32 {
+        let max = k.broker.config().kafka_fetch_sessions_max;
+        if max == 0 {
+            return 0;
+        }
+        while all.len() >= max {
+            let Some(oldest) = all
+                .iter()
+                .min_by_key(|(_, s)| s.last_used)
+                .map(|(id, _)| *id)
+            else {
+                break;
+            };
+            all.remove(&oldest);
+        }
+        let mut new_id = 0;
+        while new_id <= 0 || all.contains_key(&new_id) {
+            new_id = fastrand::i32(1..);
+        }
+        let partitions = topics
+            .iter()
+            .flat_map(|(t, ps)| {
+                ps.iter().map(|p| {
+                    (
+                        t.clone(),
+                        SessionPartition {
+                            fetch: p.clone(),
+                            sent_hw: -1,
+                            sent_lso: -1,
+                        },
+                    )
+                })
+            })
+            .collect();
+        all.insert(
+            new_id,
+            Session {
+                next_epoch: 1,
+                partitions,
+                last_used: std::time::Instant::now(),
+            },
+        );
+        new_id
+    };
+    match (id, epoch) {
+        // A full fetch without a session.
+        (0, -1) => Ok((0, false, topics)),
+        // A full fetch that opens a session.
+        (0, 0) => Ok((fresh(&mut all, &topics), false, topics)),
+        // Close the session; this one is a full fetch without one.
+        (id, -1) => {
+            all.remove(&id);
+            Ok((0, false, topics))
+        }
+        // Close the session and open a new one with this full fetch.
+        (id, 0) => {
+            all.remove(&id);
+            Ok((fresh(&mut all, &topics), false, topics))
+        }
+        (id, epoch) => {
+            let s = all.get_mut(&id).ok_or(FETCH_SESSION_ID_NOT_FOUND)?;
+            if epoch != s.next_epoch {
+                return Err(INVALID_FETCH_SESSION_EPOCH);
+            }
+            s.next_epoch = if epoch == i32::MAX { 1 } else { epoch + 1 };
+            s.last_used = std::time::Instant::now();
+            s.partitions.retain(|(t, p)| {
+                !forgotten
+                    .iter()
+                    .any(|(ft, fp)| ft == t && fp.contains(&p.fetch.index))
+            });
+            for (t, ps) in topics {
+                for p in ps {
+                    match s
+                        .partitions
+                        .iter_mut()
+                        .find(|(st, sp)| *st == t && sp.fetch.index == p.index)
+                    {
+                        Some((_, sp)) => sp.fetch = p,
+                        None => s.partitions.push((
+                            t.clone(),
+                            SessionPartition {
+                                fetch: p,
+                                sent_hw: -1,
+                                sent_lso: -1,
+                            },
+                        )),
+                    }
+                }
+            }
+            let mut asked: Asked = Vec::new();
+            for (t, sp) in &s.partitions {
+                match asked.iter_mut().find(|(at, _)| at == t) {
+                    Some((_, ps)) => ps.push(sp.fetch.clone()),
+                    None => asked.push((t.clone(), vec![sp.fetch.clone()])),
+                }
+            }
+            Ok((id, true, asked))
+        }
+    }
+}
+
+/// Records what a session's client is told, and for an incremental fetch
+/// keeps only the partitions with something new.
+fn close_round(
+    k: &Kafka,
+    session: i32,
+    incremental: bool,
+    results: Vec<(String, Vec<Fetched>)>,
+) -> Vec<(String, Vec<Fetched>)> {
+    if session == 0 {
+        return results;
+    }
+    let mut all = k.fetch_sessions.lock();
+    let Some(s) = all.get_mut(&session) else {
+        return results;
+    };
+    let mut out = Vec::with_capacity(results.len());
+    for (topic, parts) in results {
+        let mut kept = Vec::with_capacity(parts.len());
+        for f in parts {
+            let Some((_, sp)) = s
+                .partitions
+                .iter_mut()
+                .find(|(t, sp)| *t == topic && sp.fetch.index == f.index)
+            else {
+                continue;
+            };
+            let news = !f.records.is_empty()
+                || f.error != code::NONE
+                || f.high_watermark != sp.sent_hw
+                || f.log_start_offset != sp.sent_lso;
+            sp.sent_hw = f.high_watermark;
+            sp.sent_lso = f.log_start_offset;
+            if news || !incremental {
+                kept.push(f);
+            }
+        }
+        if !kept.is_empty() {
+            out.push((topic, kept));
+        }
+    }
+    out
 }
 
 /// ListOffsets: earliest (−2), latest (−1) or the first offset at or

@@ -75,6 +75,8 @@ pub struct Kafka {
     peer_addrs: Mutex<HashMap<u64, (String, i32)>>,
     /// Classic-protocol group members whose client talks to this node.
     classic: Mutex<membership::ClassicMembers>,
+    /// Fetch sessions (KIP-227) by id.
+    fetch_sessions: Mutex<fetch::Sessions>,
     connections: Arc<Semaphore>,
 }
 
@@ -88,6 +90,7 @@ impl Kafka {
             advertised: (advertised.ip().to_string(), i32::from(advertised.port())),
             peer_addrs: Mutex::new(HashMap::new()),
             classic: Mutex::new(HashMap::new()),
+            fetch_sessions: Mutex::new(HashMap::new()),
             connections,
         })
     }
