@@ -369,6 +369,24 @@ impl Consumer {
         Ok(offset)
     }
 
+    /// Moves a partition's position back to `offset`, locally (no request):
+    /// for an application that stops part-way through a poll, so the
+    /// records it did not process are read again and a commit does not
+    /// cover them. A position already at or before `offset` is left alone.
+    pub fn rewind(&mut self, partition: u32, offset: u64) -> Result<()> {
+        let tp = (self.topic.clone(), partition);
+        match self.fetcher.positions().get(&tp) {
+            None => Err(ClientError::Invalid(format!(
+                "partition {partition} is not assigned"
+            ))),
+            Some(p) if *p <= offset => Ok(()),
+            Some(_) => {
+                self.fetcher.assign(tp, offset);
+                Ok(())
+            }
+        }
+    }
+
     /// Waits up to `timeout` for records; returns those available (possibly
     /// none), at most `max_poll_records`. Records of one partition come in
     /// offset order, each once.

@@ -191,6 +191,21 @@ impl GroupConsumer {
         self.fetcher.positions()
     }
 
+    /// Moves an owned partition's position back to `offset`, locally (see
+    /// [`crate::Consumer::rewind`]); a partition not owned, or already at or
+    /// before `offset`, is left alone.
+    pub fn rewind(&mut self, tp: &TopicPartition, offset: u64) {
+        if self.owned.contains(tp)
+            && self
+                .fetcher
+                .positions()
+                .get(tp)
+                .is_some_and(|p| *p > offset)
+        {
+            self.fetcher.assign(tp.clone(), offset);
+        }
+    }
+
     /// Waits up to `timeout` for records of the owned partitions,
     /// heartbeating (and adopting new assignments) as it goes.
     pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>> {

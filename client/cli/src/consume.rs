@@ -12,7 +12,6 @@
 //! retried with the next one; the command ends only on a fatal error, and
 //! without `--follow` only once its last positions are committed.
 
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
@@ -149,15 +148,13 @@ pub async fn run(broker: &str, json: bool, a: ConsumeArgs) -> anyhow::Result<()>
     let mut out = std::io::BufWriter::new(stdout.lock());
     while a.follow || !done(&consumer) {
         let records = consumer.poll(Duration::from_millis(500)).await?;
-        for r in &records {
-            if a.max.is_some_and(|m| count >= m) {
-                break;
-            }
-            render::write_record(&mut out, r, json, a.print_key)?;
-            count += 1;
+        let printed = print_upto(&mut out, &records, json, a.print_key, a.max, &mut count)?;
+        // Records polled but not printed (`-n` reached) are not consumed:
+        // positions go back to the first of them, so no commit covers them.
+        for (p, o) in unprinted(&records[printed..]) {
+            consumer.rewind(p.1, o)?;
         }
-        out.flush()?;
-        if a.group.is_some() && !records.is_empty() {
+        if a.group.is_some() && printed > 0 {
             uncommitted = true;
         }
         if uncommitted {
@@ -225,15 +222,11 @@ async fn run_member(broker: &str, json: bool, a: ConsumeArgs) -> anyhow::Result<
             r = member.poll(Duration::from_millis(500)) => r?,
             () = &mut stop => break,
         };
-        for r in &records {
-            if a.max.is_some_and(|m| count >= m) {
-                break;
-            }
-            render::write_record(&mut out, r, json, a.print_key)?;
-            count += 1;
+        let printed = print_upto(&mut out, &records, json, a.print_key, a.max, &mut count)?;
+        for (tp, o) in unprinted(&records[printed..]) {
+            member.rewind(&tp, o);
         }
-        out.flush()?;
-        uncommitted |= !records.is_empty();
+        uncommitted |= printed > 0;
         if uncommitted {
             match tokio::time::timeout(COMMIT_TIMEOUT, member.commit()).await {
                 Ok(Ok(())) => uncommitted = false,
@@ -275,6 +268,42 @@ async fn run_member(broker: &str, json: bool, a: ConsumeArgs) -> anyhow::Result<
         .await
         .map_err(|e| anyhow::anyhow!("leaving the group failed (its session will expire): {e}"))?;
     Ok(())
+}
+
+/// Prints records until `max` (if any) have been printed in all; returns
+/// how many of `records` were printed.
+fn print_upto(
+    out: &mut impl std::io::Write,
+    records: &[strata_client::ConsumerRecord],
+    json: bool,
+    print_key: bool,
+    max: Option<u64>,
+    count: &mut u64,
+) -> anyhow::Result<usize> {
+    let mut printed = 0;
+    for r in records {
+        if max.is_some_and(|m| *count >= m) {
+            break;
+        }
+        render::write_record(out, r, json, print_key)?;
+        *count += 1;
+        printed += 1;
+    }
+    out.flush()?;
+    Ok(printed)
+}
+
+/// The first offset of each partition among records not printed.
+fn unprinted(
+    records: &[strata_client::ConsumerRecord],
+) -> std::collections::BTreeMap<TopicPartition, u64> {
+    let mut first = std::collections::BTreeMap::new();
+    for r in records {
+        first
+            .entry((r.topic.clone(), r.partition))
+            .or_insert(r.offset);
+    }
+    first
 }
 
 /// A membership error a member recovers from by rejoining.
