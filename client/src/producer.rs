@@ -793,17 +793,13 @@ impl Worker {
                     });
                     if failed {
                         // The stream is gone: what was in flight behind the
-                        // failure was not appended. It was sent before
-                        // anything still waiting in `retry` (retries launch
-                        // from the front), so it goes first, in order: the
-                        // broker must see sequences in order.
+                        // failure was not appended; it all goes again.
                         session = None;
-                        let mut redo: VecDeque<Batch> =
-                            again.into_iter().chain(in_flight.drain(..)).collect();
-                        redo.extend(retry.drain(..));
-                        retry = redo;
+                        for b in again.into_iter().chain(in_flight.drain(..)) {
+                            requeue(&mut retry, b);
+                        }
                     } else if let Some(b) = again {
-                        retry.push_front(b);
+                        requeue(&mut retry, b);
                     }
                 }
             }
@@ -978,5 +974,69 @@ fn fail(batch: Batch, e: &ClientError) {
             other => ClientError::Unavailable(other.to_string()),
         };
         let _ = p.done.send(Err(err));
+    }
+}
+
+/// Puts a batch to be sent again into `retry`, which stays in sequence
+/// order: the broker must see a producer's sequences in order. A retry
+/// that failed again goes before the retries still waiting; batches that
+/// were in flight behind one that failed go after it (several failing in
+/// one window — a new leader not ready yet answering each — used to be
+/// pushed to the front one by one, reversing them, and the first resent was
+/// refused as out of order).
+fn requeue(retry: &mut VecDeque<Batch>, b: Batch) {
+    let Some(seq) = b.sequence else {
+        retry.push_front(b);
+        return;
+    };
+    // Batches without a sequence yet (renumbered after a producer reset)
+    // get theirs when launched, after every numbered one.
+    let after = |x: &Batch| x.sequence.is_none_or(|s| (seq.wrapping_sub(s) as i32) < 0);
+    match retry.iter().position(after) {
+        Some(i) => retry.insert(i, b),
+        None => retry.push_back(b),
+    }
+}
+
+#[cfg(test)]
+mod requeue_tests {
+    use super::*;
+
+    fn batch(sequence: Option<u32>) -> Batch {
+        Batch {
+            records: Vec::new(),
+            bytes: 0,
+            sequence,
+            attempts: 1,
+            created: Instant::now(),
+            sent: true,
+        }
+    }
+
+    fn order(retry: &VecDeque<Batch>) -> Vec<Option<u32>> {
+        retry.iter().map(|b| b.sequence).collect()
+    }
+
+    #[test]
+    fn batches_failing_in_one_window_are_resent_in_sequence_order() {
+        // Eight in flight, each answered with a retriable error in turn.
+        let mut retry = VecDeque::new();
+        for s in [100, 105, 110, 115] {
+            requeue(&mut retry, batch(Some(s)));
+        }
+        assert_eq!(order(&retry), [Some(100), Some(105), Some(110), Some(115)]);
+        // The front one is resent alone and fails again: still first.
+        let front = retry.pop_front().unwrap();
+        requeue(&mut retry, front);
+        assert_eq!(order(&retry), [Some(100), Some(105), Some(110), Some(115)]);
+        // Unnumbered batches stay behind numbered ones.
+        let mut retry: VecDeque<Batch> = [batch(None), batch(None)].into();
+        requeue(&mut retry, batch(Some(7)));
+        assert_eq!(order(&retry), [Some(7), None, None]);
+        // Across the sequence wrap.
+        let mut retry = VecDeque::new();
+        requeue(&mut retry, batch(Some(3)));
+        requeue(&mut retry, batch(Some(u32::MAX - 2)));
+        assert_eq!(order(&retry), [Some(u32::MAX - 2), Some(3)]);
     }
 }
