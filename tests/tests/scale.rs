@@ -106,9 +106,13 @@ async fn hundreds_of_sleeping_groups_fail_over_together_and_lose_nothing() {
     }
     let total = (TOPICS * PARTITIONS) as usize;
     let a = &admin;
+    // A bound on waiting, not a performance target (creation times are a
+    // benchmark's, `bench/partitions.sh`): 200 RF=3 partitions took 52 s to
+    // be led in this debug build alone on 2 cores, and over 120 s once in
+    // CI after the other test binaries.
     poll_until_async(
         "every partition led",
-        Duration::from_secs(120),
+        Duration::from_secs(300),
         || async move {
             a.cluster_status().await.is_ok_and(|st| {
                 st.partitions.len() == total && st.partitions.iter().all(|p| p.leader.is_some())
