@@ -792,6 +792,22 @@ impl RaftEngine {
                 .ensure_linearizable(ReadPolicy::ReadIndex)
                 .await
                 .map_err(|e| self.read_index_failed(&e))?;
+            // The read index covers what is committed, not what this
+            // leader has appended and not committed yet. A rebuild within
+            // one leadership (after a failed proposal or read) must also
+            // wait for those: they will commit, and a table without them
+            // would take a retry of one as new (a duplicate in the log) and
+            // refuse the producer's next batch as out of order.
+            let last = self.raft.metrics().borrow_watched().last_log_index;
+            self.raft
+                .wait(Some(LEASE_RENEW_TIMEOUT))
+                .applied_index_at_least(last, "producer state rebuild")
+                .await
+                .map_err(|_| {
+                    BrokerError::NotEnoughReplicas(
+                        "this leader's last entries have not committed yet; retry".into(),
+                    )
+                })?;
             let st = self.sm.state();
             let Some(p) = st.partition() else {
                 unreachable!("a partition's state machine holds a partition")
