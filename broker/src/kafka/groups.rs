@@ -349,23 +349,6 @@ fn subscription(topics: &[String]) -> BytesMut {
     b
 }
 
-/// The consumer protocol's assignment (v0).
-fn assignment(assigned: &[pb::TopicPartitions]) -> BytesMut {
-    let mut b = BytesMut::new();
-    b.put_i16(0);
-    b.put_i32(assigned.len() as i32);
-    for t in assigned {
-        b.put_i16(t.topic.len() as i16);
-        b.put_slice(t.topic.as_bytes());
-        b.put_i32(t.partitions.len() as i32);
-        for p in &t.partitions {
-            b.put_i32(*p as i32);
-        }
-    }
-    b.put_i32(-1);
-    b
-}
-
 /// DescribeGroups: state and members ("Dead" for an unknown group, as
 /// Kafka answers).
 pub fn describe_groups(k: Arc<Kafka>, v: i16, mut r: Reader) -> Work {
@@ -405,7 +388,7 @@ pub fn describe_groups(k: Arc<Kafka>, v: i16, mut r: Reader) -> Work {
                         w.string(&m.client_id);
                         w.string(&m.client_host);
                         w.nullable_bytes(Some(&subscription(&m.subscribed_topics)));
-                        w.nullable_bytes(Some(&assignment(&m.assigned)));
+                        w.nullable_bytes(Some(&super::membership::encode_assignment(&m.assigned)));
                         w.tags();
                     });
                 }

@@ -110,8 +110,9 @@ fn parse_subscription(meta: &Bytes) -> (Vec<String>, Vec<pb::TopicPartitions>) {
     parsed.unwrap_or_default()
 }
 
-/// A consumer-protocol assignment (v0 layout; every version reads it).
-fn encode_assignment(a: &[pb::TopicPartitions]) -> BytesMut {
+/// A consumer-protocol assignment (v0 layout; every version reads it), as
+/// SyncGroup hands it out and DescribeGroups shows it.
+pub(super) fn encode_assignment(a: &[pb::TopicPartitions]) -> BytesMut {
     let mut b = BytesMut::new();
     b.put_i16(0);
     b.put_i32(a.len() as i32);

@@ -118,6 +118,26 @@ impl Reader {
         Ok(((u >> 1) as i32) ^ -((u & 1) as i32))
     }
 
+    /// The length prefix of a nullable string, bytes or array (`None` for
+    /// null): a varint of length + 1 when flexible, else an `int16`
+    /// (`classic16`, strings) or `int32` where −1 is null.
+    fn nullable_len(
+        &mut self,
+        what: &'static str,
+        classic16: bool,
+    ) -> Result<Option<usize>, WireError> {
+        let n = match (self.flexible, classic16) {
+            (true, _) => return Ok(self.uvarint()?.checked_sub(1).map(|n| n as usize)),
+            (false, true) => i32::from(self.i16()?),
+            (false, false) => self.i32()?,
+        };
+        match n {
+            -1 => Ok(None),
+            n if n < 0 => Err(WireError::Malformed(format!("{what} length {n}"))),
+            n => Ok(Some(n as usize)),
+        }
+    }
+
     /// A length read off the wire, checked against the bytes left.
     fn length(&mut self, what: &'static str, n: usize) -> Result<usize, WireError> {
         self.need(what, n)?;
@@ -126,17 +146,8 @@ impl Reader {
 
     /// A nullable string, in the reader's encoding.
     pub fn nullable_string(&mut self) -> Result<Option<String>, WireError> {
-        let len = if self.flexible {
-            match self.uvarint()? {
-                0 => return Ok(None),
-                n => (n - 1) as usize,
-            }
-        } else {
-            match self.i16()? {
-                -1 => return Ok(None),
-                n if n < 0 => return Err(WireError::Malformed(format!("string length {n}"))),
-                n => n as usize,
-            }
+        let Some(len) = self.nullable_len("string", true)? else {
+            return Ok(None);
         };
         let len = self.length("string", len)?;
         let b = self.buf.split_to(len);
@@ -162,17 +173,8 @@ impl Reader {
 
     /// Nullable bytes (the records field), in the reader's encoding.
     pub fn nullable_bytes(&mut self) -> Result<Option<Bytes>, WireError> {
-        let len = if self.flexible {
-            match self.uvarint()? {
-                0 => return Ok(None),
-                n => (n - 1) as usize,
-            }
-        } else {
-            match self.i32()? {
-                -1 => return Ok(None),
-                n if n < 0 => return Err(WireError::Malformed(format!("bytes length {n}"))),
-                n => n as usize,
-            }
+        let Some(len) = self.nullable_len("bytes", false)? else {
+            return Ok(None);
         };
         let len = self.length("bytes", len)?;
         Ok(Some(self.buf.split_to(len)))
@@ -181,17 +183,8 @@ impl Reader {
     /// An array's element count (`None` for a null array), bounded by the
     /// bytes left: every element takes at least one byte.
     pub fn array_len(&mut self) -> Result<Option<usize>, WireError> {
-        let n = if self.flexible {
-            match self.uvarint()? {
-                0 => return Ok(None),
-                n => (n - 1) as usize,
-            }
-        } else {
-            match self.i32()? {
-                -1 => return Ok(None),
-                n if n < 0 => return Err(WireError::Malformed(format!("array length {n}"))),
-                n => n as usize,
-            }
+        let Some(n) = self.nullable_len("array", false)? else {
+            return Ok(None);
         };
         if n > self.remaining() {
             return Err(WireError::Malformed(format!(
